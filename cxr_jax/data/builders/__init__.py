@@ -1,0 +1,1 @@
+"""Dataset builders; importing this package registers them with TFDS."""
