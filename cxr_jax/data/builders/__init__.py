@@ -1,1 +1,2 @@
-"""Dataset builders; importing this package registers them with TFDS."""
+"""Dataset builders; importing this package registers every one of them with TFDS."""
+from cxr_jax.data.builders import phantom  # noqa: F401
