@@ -1,0 +1,33 @@
+"""Pieces shared by the config files: data specs, stages, argument parsing."""
+from __future__ import annotations
+
+import ml_collections
+
+from cxr_jax.curriculum import schedule
+from cxr_jax.train.optim import optimizer_config  # noqa: F401  (re-exported for configs)
+
+
+def parse_arg(arg: str | None, **defaults):
+  """'dataset=phantom,seeds=3' -> ConfigDict of `defaults` updated by the pairs (big_vision style)."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (p.strip() for p in (arg or '').split(','))):
+    key, _, value = item.partition('=')
+    if key not in defaults:
+      raise ValueError(f'config argument {key!r} is unknown; known: {sorted(defaults)}')
+    out[key] = type(defaults[key])(value) if not isinstance(defaults[key], bool) else value.lower() in ('1', 'true', 'yes')
+  return out
+
+
+def data(name: str, split: str = 'train', options: str = '', manual_dir: str = '') -> ml_collections.ConfigDict:
+  """A data spec: TFDS builder `name`, its split, builder-config options 'k=v,...', raw files."""
+  return ml_collections.ConfigDict(dict(name=name, split=split, options=options, manual_dir=manual_dir))
+
+
+def stage(name: str, data_spec, steps: int, batch_size: int, image_size: int,
+          strength=1.0, temperature=0.2, ema_momentum=0.99, keep_head: bool = True):
+  """One pretraining stage; schedulable entries take a number or a `schedule(...)`."""
+  as_schedule = lambda v: v if isinstance(v, ml_collections.ConfigDict) else schedule('constant', v)
+  return ml_collections.ConfigDict(dict(
+      name=name, data=data_spec, steps=steps, batch_size=batch_size, image_size=image_size,
+      strength=as_schedule(strength), temperature=as_schedule(temperature),
+      ema_momentum=as_schedule(ema_momentum), keep_head=keep_head))

@@ -1,0 +1,166 @@
+"""Input pipeline: a prepared TFDS dataset (ArrayRecord) read through Grain.
+
+source (builder.as_data_source()[split]) -> optional subset (label fraction) ->
+IndexSampler (shard by JAX process, shuffle per epoch with a seed) -> field selection ->
+batch to the per-host batch -> (optional worker processes) -> numpy batches.
+
+Images stay uint8 on the host; views are cut and augmented on device (augment.py).
+The iterator's state can be saved and restored (`get_state` / `set_state`, and by Orbax
+through grain.checkpoint), so a resumed run sees the same data order.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import sys
+from typing import Sequence
+
+import grain
+import jax
+import numpy as np
+
+
+def parse_options(text: str, key: str = 'options') -> dict:
+  """'size=64,num_train=100' -> {'size': 64, 'num_train': 100} (values as Python literals)."""
+  options = {}
+  for item in filter(None, (p.strip() for p in _split_top_level(text))):
+    if '=' not in item:
+      raise ValueError(f'{key}: expected key=value pairs separated by commas, got {item!r} in {text!r}')
+    k, v = item.split('=', 1)
+    try:
+      options[k.strip()] = ast.literal_eval(v.strip())
+    except (ValueError, SyntaxError):
+      options[k.strip()] = v.strip()
+  return options
+
+
+def _split_top_level(text: str) -> list[str]:
+  """Splits on commas outside brackets, so 'p=(0.5,0.5),n=2' keeps the tuple whole."""
+  parts, depth, current = [], 0, ''
+  for ch in text:
+    depth += ch in '([{'
+    depth -= ch in ')]}'
+    if ch == ',' and depth == 0:
+      parts.append(current)
+      current = ''
+    else:
+      current += ch
+  return parts + [current]
+
+
+def get_builder(data_cfg, data_dir: str, key: str = 'data'):
+  """The TFDS builder named by a data config, prepared on first use.
+
+  data_cfg fields: name (registered TFDS name, e.g. 'phantom'), options (builder-config
+  options 'k=v,...', given to the builder module's `make_config` when it has one, else
+  `config=<name>` selects a predefined config), manual_dir (where the user's raw files are).
+  `key` names the config entry in error messages.
+  """
+  import tensorflow_datasets as tfds
+  import cxr_jax.data.builders  # noqa: F401  (registers our builders)
+  try:
+    cls = tfds.builder_cls(data_cfg.name)
+  except Exception as e:  # TFDS raises DatasetNotFoundError with a long list
+    raise ValueError(f'{key}.name: no dataset builder named {data_cfg.name!r} '
+                     f'(our builders: {sorted(_our_builders())})') from e
+  options = parse_options(data_cfg.options, f'{key}.options')
+  module = sys.modules[cls.__module__]
+  if hasattr(module, 'make_config'):
+    try:
+      config = module.make_config(**options)
+    except TypeError as e:
+      raise ValueError(f'{key}.options: {e}') from e
+  else:
+    config = options.pop('config', None)
+    if options:
+      raise ValueError(f'{key}.options: builder {data_cfg.name!r} takes only config=NAME, got {options}')
+  builder = cls(data_dir=os.fspath(data_dir), config=config, file_format='array_record')
+  if not builder.is_prepared():
+    download_config = tfds.download.DownloadConfig(manual_dir=data_cfg.manual_dir or None)
+    builder.download_and_prepare(download_config=download_config)
+  return builder
+
+
+def _our_builders():
+  import pkgutil
+  import cxr_jax.data.builders as pkg
+  return [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith('_')]
+
+
+def get_source(builder, split: str, key: str = 'data.split'):
+  """The random-access source of one split, with an error naming the missing split."""
+  sources = builder.as_data_source()
+  if split not in sources:
+    raise ValueError(f'{key}: dataset {builder.name!r} has no split {split!r}; '
+                     f'its splits are {sorted(sources)}')
+  return sources[split]
+
+
+class Subset:
+  """A random-access view of `source` restricted to `indices` (e.g. a label fraction)."""
+
+  def __init__(self, source, indices: Sequence[int]):
+    self._source = source
+    self._indices = np.asarray(indices, dtype=np.int64)
+
+  def __len__(self):
+    return len(self._indices)
+
+  def __getitem__(self, i):
+    return self._source[int(self._indices[i])]
+
+
+class SelectFields(grain.transforms.Map):
+  """Keeps the fields the step needs, with fixed dtypes (uint8 images, int32 labels)."""
+
+  def __init__(self, fields: Sequence[str]):
+    self._fields = tuple(fields)
+
+  def map(self, record):
+    out = {}
+    for name in self._fields:
+      value = np.asarray(record[name])
+      if name == 'label':
+        value = value.astype(np.int32)
+      out[name] = value
+    return out
+
+
+def make_loader(source, *, batch_size: int, seed: int, fields: Sequence[str] = ('image',),
+                shuffle: bool = True, num_epochs: int | None = None,
+                drop_remainder: bool = True, worker_count: int = 0,
+                shard: bool = True) -> grain.DataLoader:
+  """A Grain loader of per-host batches of `fields` from `source`.
+
+  batch_size is the per-host batch (global batch / jax.process_count()). Each JAX process
+  reads a disjoint shard; with `shuffle` the order changes every epoch, determined by
+  `seed`. num_epochs=None repeats forever (training); 1 gives one pass (evaluation).
+  shard=False gives every process the whole source (small evaluation splits).
+  """
+  if len(source) < batch_size and drop_remainder:
+    raise ValueError(f'the dataset has {len(source)} examples, fewer than one batch of '
+                     f'{batch_size}; lower the batch size')
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source),
+      shard_options=(grain.sharding.ShardByJaxProcess(drop_remainder=drop_remainder) if shard
+                     else grain.sharding.NoSharding()),
+      shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+  operations = [SelectFields(fields), grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)]
+  return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
+                          worker_count=worker_count)
+
+
+def per_host_batch(global_batch: int, key: str = 'batch_size') -> int:
+  """The per-process share of a global batch; it must divide evenly over devices."""
+  if global_batch % jax.device_count():
+    raise ValueError(f'{key}={global_batch} must be divisible by the number of devices '
+                     f'({jax.device_count()})')
+  return global_batch // jax.process_count()
+
+
+def read_all(source, fields: Sequence[str], batch_size: int = 256) -> dict[str, np.ndarray]:
+  """The whole split as numpy arrays, in index order (small evaluation splits)."""
+  loader = make_loader(source, batch_size=min(batch_size, len(source)), seed=0, fields=fields,
+                       shuffle=False, num_epochs=1, drop_remainder=False, shard=False)
+  batches = list(loader)
+  return {k: np.concatenate([b[k] for b in batches]) for k in fields}

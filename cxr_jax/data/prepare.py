@@ -1,0 +1,183 @@
+"""Prepare a dataset once: from the folder a user downloaded to validated ArrayRecord files.
+
+Command line (a progress bar per split on a terminal):
+
+  python -m cxr_jax.data.prepare --dataset=covid_qu_ex --config=infection \\
+      --manual_dir=~/data/COVID-QU-Ex --data_dir=~/tensorflow_datasets [--size=256] \\
+      [--skip_bad_files] [--workers=8] [--option=split_seed=1 ...]
+
+Library (what training configs that name a real dataset call on first use; a dataset
+already prepared with the same options is opened, not rebuilt):
+
+  builder = prepare('kermany_pneumonia', data_dir, manual_dir='~/data/chest_xray', size=256)
+  source = builder.as_data_source()['train']
+
+The options (size, skip_bad_files, split fractions, dataset-specific ones such as
+CheXpert's `uncertainty`) name the config folder the data is written to, so different
+options never overwrite each other.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+import textwrap
+import time
+from typing import Any, Optional, Sequence
+
+import tensorflow_datasets as tfds
+
+
+def builder_class(name: str):
+  """The registered TFDS builder class called `name` (importing our builders first)."""
+  import cxr_jax.data.builders  # noqa: F401  pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.core import registered  # pylint: disable=import-outside-toplevel
+  try:
+    return registered.imported_builder_cls(name)
+  except Exception as e:  # DatasetNotFoundError and friends.
+    raise ValueError(f'unknown dataset {name!r}; cxr_jax datasets: '
+                     f'{", ".join(dataset_names())}') from e
+
+
+def dataset_names() -> list[str]:
+  """Names of the datasets cxr_jax registers (not the whole TFDS catalog)."""
+  import types  # pylint: disable=import-outside-toplevel
+  import cxr_jax.data.builders as package  # pylint: disable=import-outside-toplevel
+  names = set()
+  for attr, module in vars(package).items():
+    if attr.startswith('_') or not isinstance(module, types.ModuleType):
+      continue  # _common holds the unregistered base class.
+    for obj in vars(module).values():
+      if (isinstance(obj, type) and issubclass(obj, tfds.core.DatasetBuilder)
+          and obj.__module__ == module.__name__):
+        names.add(obj.name)
+  return sorted(names)
+
+
+def make_builder(name: str, data_dir: str, config: Optional[str] = None, workers: int = 0,
+                 **overrides: Any):
+  """A builder of dataset `name` with options `overrides`, reading/writing `data_dir`.
+
+  Args:
+    name: registered name, e.g. 'covid_qu_ex'.
+    data_dir: TFDS data directory (prepared data goes to data_dir/name/config/version).
+    config: name of the builder config to start from (default: the builder's first).
+    workers: decoding processes for preparation (0: automatic; 1: in-process).
+    **overrides: builder config options, e.g. size=512, skip_bad_files=True.
+  """
+  from cxr_jax.data.builders import _common  # pylint: disable=import-outside-toplevel
+  cls = builder_class(name)
+  module = sys.modules[cls.__module__]
+  data_dir = os.path.expanduser(os.fspath(data_dir))
+  if issubclass(cls, _common.CxrBuilder):
+    cfg = _common.config_with(cls, config, **overrides)
+    return cls(data_dir=data_dir, config=cfg, file_format='array_record', workers=workers)
+  if hasattr(module, 'make_config'):  # The phantom names its configs by their values.
+    if config and not overrides:
+      return cls(data_dir=data_dir, config=config, file_format='array_record')
+    cfg = module.make_config(**overrides)
+    return cls(data_dir=data_dir, config=cfg, file_format='array_record')
+  if overrides:
+    raise ValueError(f'dataset {name!r} takes no options, got {sorted(overrides)}')
+  return cls(data_dir=data_dir, config=config, file_format='array_record')
+
+
+def prepare(name: str, data_dir: str, manual_dir: Optional[str] = None,
+            config: Optional[str] = None, workers: int = 0, **overrides: Any):
+  """Prepares dataset `name` if needed and returns its builder (ready for as_data_source).
+
+  Raises:
+    ValueError: unknown dataset or option; the dataset is not prepared and no
+      manual_dir was given (the message says where to get it).
+    cxr_jax.data.validate.DataValidationError: bad or missing files, unknown labels.
+    cxr_jax.data.splits.PatientOverlapError: a patient in two splits.
+  """
+  builder = make_builder(name, data_dir, config=config, workers=workers, **overrides)
+  if _is_prepared(builder):
+    return builder
+  needs_manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', ''))
+  if needs_manual and not manual_dir:
+    raise ValueError(
+        f'dataset {name!r} (config {builder.builder_config.name!r}) is not prepared in '
+        f'{data_dir} and no manual_dir was given. Download it and pass manual_dir=<folder>:'
+        f'\n{textwrap.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).strip()}')
+  if needs_manual:
+    manual_dir = os.path.expanduser(os.fspath(manual_dir))
+    if not os.path.isdir(manual_dir):
+      raise ValueError(f'{name}: manual_dir {manual_dir} is not a folder')
+    if not os.listdir(manual_dir):
+      raise ValueError(f'{name}: manual_dir {manual_dir} is empty; expected layout:\n'
+                       f'{textwrap.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).strip()}')
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  builder.download_and_prepare(download_config=download_config)
+  return builder
+
+
+def _is_prepared(builder) -> bool:
+  """Whether the complete dataset is on disk (TFDS renames its folder only at the end)."""
+  return os.path.exists(os.path.join(os.fspath(builder.data_dir), 'dataset_info.json'))
+
+
+def _parse_value(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # A bare word such as zeros or PA.
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog='python -m cxr_jax.data.prepare',
+      description='Validate a downloaded chest X-ray dataset and write it as TFDS '
+      'ArrayRecord files.')
+  parser.add_argument('--dataset', required=True, help='e.g. covid_qu_ex, chexpert_cxr')
+  parser.add_argument('--manual_dir', help='the folder you downloaded and unpacked')
+  parser.add_argument('--data_dir', default=os.path.expanduser('~/tensorflow_datasets'),
+                      help='where prepared datasets live (default: %(default)s)')
+  parser.add_argument('--config', help='builder config to start from (e.g. infection)')
+  parser.add_argument('--size', type=int, help='storage size in pixels (default 256)')
+  parser.add_argument('--skip_bad_files', action='store_true',
+                      help='leave out missing/unreadable files (listed in the metadata)')
+  parser.add_argument('--workers', type=int, default=0,
+                      help='decoding processes (0: min(8, CPUs); 1: in-process)')
+  parser.add_argument('--option', action='append', default=[], metavar='KEY=VALUE',
+                      help='any other builder option, e.g. --option=uncertainty=zeros')
+  return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  overrides = {}
+  if args.size is not None:
+    overrides['size'] = args.size
+  if args.skip_bad_files:
+    overrides['skip_bad_files'] = True
+  for item in args.option:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise SystemExit(f'--option expects KEY=VALUE, got {item!r}')
+    overrides[key.strip()] = _parse_value(value.strip())
+  # TFDS's own bars count examples without a total; ours (per split) show an ETA.
+  tfds.disable_progress_bar()
+  start = time.time()
+  try:
+    builder = prepare(args.dataset, args.data_dir, manual_dir=args.manual_dir,
+                      config=args.config, workers=args.workers, **overrides)
+  except ValueError as e:  # Validation, overlap and usage errors: message, no traceback.
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  info = builder.info
+  print(f'{builder.name}/{builder.builder_config.name} ready in {builder.data_dir} '
+        f'({time.time() - start:.0f} s)')
+  for split, split_info in info.splits.items():
+    print(f'  {split}: {split_info.num_examples} examples')
+  skipped = info.metadata.get('skipped_files', []) if info.metadata else []
+  if skipped:
+    print(f'  skipped {len(skipped)} bad file(s); listed in builder.info.metadata'
+          "['skipped_files']")
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,349 @@
+"""ResNet-18/34/50 (v1.5) encoders for chest radiographs, in flax.linen.
+
+The models are pure functions of (params, batch_stats, inputs): call
+`model.apply({'params': p, 'batch_stats': s}, x, train=True,
+mutable=['batch_stats'])` in training and without `mutable` in evaluation.
+
+Layout choices, all made so that torchvision weights map one to one onto the
+parameter tree (a converter imports them later):
+  * v1.5: in bottleneck blocks the stride sits on the 3x3 convolution.
+  * Explicit torch-style padding (1 for 3x3, 3 for the 7x7 stem, 1 for the
+    stem max-pool) instead of 'SAME', which pads asymmetrically at stride 2
+    and would shift every feature map by half a pixel against torchvision.
+  * Names: 'conv_init'/'bn_init' (torch conv1/bn1), 'stage{i}_block{j}'
+    (torch layer{i}.{j}) holding 'conv1', 'bn1', ..., 'proj_conv'/'proj_bn'
+    (torch downsample.0/.1), and 'head' (torch fc).
+
+BatchNorm uses momentum 0.9 and epsilon 1e-5 (torch momentum 0.1), and the last
+BN scale of every residual block starts at zero, so each block starts as the
+identity on its residual branch (Goyal et al., 2017). Under `jax.jit` with a
+batch-sharded global array, the batch mean inside BatchNorm is already taken
+over the global batch, so no `axis_name` is needed; it is passed through for
+`shard_map`/`pmap` users.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+
+# torchvision's init for convolutions: kaiming_normal_(mode='fan_out',
+# nonlinearity='relu').
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+_BN_MOMENTUM = 0.9
+_BN_EPSILON = 1e-5
+
+
+def _batch_norm(train: bool, dtype: Dtype, axis_name: str | None,
+                zero_scale: bool = False, name: str | None = None):
+  """BatchNorm with the ResNet settings; zero_scale for a block's last BN."""
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=_BN_MOMENTUM,
+      epsilon=_BN_EPSILON,
+      dtype=dtype,
+      axis_name=axis_name,
+      scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+      name=name)
+
+
+def conv3x3_small_map(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A 3x3, stride-1, zero-padded ('SAME') convolution written as one dot.
+
+  XLA's CPU backend turns 3x3 convolutions over maps smaller than 3x3 into a
+  very slow swapped-operand form (see DESIGN.md, "Known CPU performance
+  facts"). On such maps only a few of the 9 taps can ever touch a real pixel,
+  so we gather the shifted slices of the zero-padded input for those taps,
+  concatenate them on channels, and contract once with the matching rows of
+  the kernel: the same result, as a plain matrix product.
+
+  Args:
+    x: input [B, H, W, Cin] with H < 3 and W < 3 (any H, W is correct, but
+      the slice count grows with the map, so use it only on small maps).
+    kernel: [3, 3, Cin, Cout], laid out as flax's nn.Conv kernel.
+
+  Returns:
+    [B, H, W, Cout].
+  """
+  _, h, w, cin = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # Tap (di, dj) reads padded rows di..di+h-1, i.e. input rows di-1..di+h-2;
+  # it touches the map unless that range lies wholly in the padding. On a
+  # 1-pixel axis only the centre tap survives; on a 2-pixel axis all three do.
+  rows = [d for d in range(3) if d - 1 < h and d - 1 + h - 1 >= 0]
+  cols = [d for d in range(3) if d - 1 < w and d - 1 + w - 1 >= 0]
+  taps = [(di, dj) for di in rows for dj in cols]
+  patches = jnp.concatenate(
+      [xp[:, di:di + h, dj:dj + w, :] for di, dj in taps], axis=-1)
+  k = jnp.concatenate([kernel[di, dj] for di, dj in taps], axis=0)
+  # [B, H, W, T * Cin] x [T * Cin, Cout]: the patch channel order matches the
+  # kernel row order (tap-major, then input channel).
+  return lax.dot_general(patches, k, (((3,), (0,)), ((), ())))
+
+
+class Conv3x3(nn.Module):
+  """3x3 convolution, no bias, torch padding 1, with the small-map fast path.
+
+  Holds one parameter 'kernel' [3, 3, Cin, Cout], exactly as
+  `nn.Conv(features, (3, 3), use_bias=False)` would, so parameter trees do
+  not depend on `small_map_conv`.
+
+  Attributes:
+    features: output channels.
+    strides: 1 or 2 (both spatial axes).
+    small_map_conv: when True, a stride-1 convolution whose input map is
+      smaller than 3x3 in both axes (static shape, checked at trace time) is
+      computed by `conv3x3_small_map` instead of `lax.conv_general_dilated`.
+    dtype: compute dtype; the kernel is stored in float32.
+  """
+  features: int
+  strides: int = 1
+  small_map_conv: bool = True
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = conv_kernel_init
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Applies the convolution: [B, H, W, Cin] -> [B, H', W', features]."""
+    kernel = self.param('kernel', self.kernel_init,
+                        (3, 3, x.shape[-1], self.features), jnp.float32)
+    x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    if (self.small_map_conv and self.strides == 1 and x.shape[1] < 3 and
+        x.shape[2] < 3):
+      return conv3x3_small_map(x, kernel)
+    return lax.conv_general_dilated(
+        x, kernel,
+        window_strides=(self.strides, self.strides),
+        padding=((1, 1), (1, 1)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _conv1x1(features: int, strides: int, dtype: Dtype, name: str):
+  return nn.Conv(features, (1, 1), strides=(strides, strides), padding='VALID',
+                 use_bias=False, dtype=dtype, kernel_init=conv_kernel_init,
+                 name=name)
+
+
+class BasicBlock(nn.Module):
+  """ResNet-18/34 block: two 3x3 convs; [B, H, W, Cin] -> [B, H/s, W/s, F].
+
+  Attributes:
+    features: output channels F.
+    strides: stride s of the first 3x3 convolution (and the projection).
+    small_map_conv, dtype, axis_name: as in `ResNet`.
+  """
+  features: int
+  strides: int = 1
+  small_map_conv: bool = True
+  dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    bn = functools.partial(_batch_norm, train, self.dtype, self.axis_name)
+    residual = x
+    y = Conv3x3(self.features, self.strides, self.small_map_conv, self.dtype,
+                name='conv1')(x)
+    y = nn.relu(bn(name='bn1')(y))
+    y = Conv3x3(self.features, 1, self.small_map_conv, self.dtype,
+                name='conv2')(y)
+    y = bn(zero_scale=True, name='bn2')(y)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      residual = _conv1x1(self.features, self.strides, self.dtype,
+                          'proj_conv')(x)
+      residual = bn(name='proj_bn')(residual)
+    return nn.relu(residual + y)
+
+
+class BottleneckBlock(nn.Module):
+  """ResNet-50 block (v1.5): 1x1, 3x3 (strided), 1x1 x4 expansion.
+
+  [B, H, W, Cin] -> [B, H/s, W/s, 4F].
+
+  Attributes:
+    features: bottleneck channels F (the block outputs 4F).
+    strides: stride s of the 3x3 convolution (and the projection).
+    small_map_conv, dtype, axis_name: as in `ResNet`.
+  """
+  features: int
+  strides: int = 1
+  small_map_conv: bool = True
+  dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    bn = functools.partial(_batch_norm, train, self.dtype, self.axis_name)
+    out_features = self.features * self.expansion
+    residual = x
+    y = _conv1x1(self.features, 1, self.dtype, 'conv1')(x)
+    y = nn.relu(bn(name='bn1')(y))
+    y = Conv3x3(self.features, self.strides, self.small_map_conv, self.dtype,
+                name='conv2')(y)
+    y = nn.relu(bn(name='bn2')(y))
+    y = _conv1x1(out_features, 1, self.dtype, 'conv3')(y)
+    y = bn(zero_scale=True, name='bn3')(y)
+    if self.strides != 1 or x.shape[-1] != out_features:
+      residual = _conv1x1(out_features, self.strides, self.dtype,
+                          'proj_conv')(x)
+      residual = bn(name='proj_bn')(residual)
+    return nn.relu(residual + y)
+
+
+BLOCKS = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
+STEMS = ('imagenet', 'small')
+
+
+def _scaled(channels: int, width: float) -> int:
+  """Channels after the width multiplier: rounded, at least 1."""
+  return max(1, int(round(channels * width)))
+
+
+class ResNet(nn.Module):
+  """ResNet v1.5 encoder with an optional linear head.
+
+  Attributes:
+    stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+    block_cls: 'basic' | 'bottleneck', or a block class with the interface of
+      `BasicBlock` (attribute `expansion`).
+    width: multiplier on the base 64 channels (stage i has 64 * 2^i * width
+      bottleneck channels, rounded, at least 1).
+    num_classes: if None, `__call__` returns pooled features [B, C]; else
+      logits [B, num_classes] from a Dense layer named 'head'.
+    stem: 'imagenet' (7x7/2 conv + 3x3/2 max-pool: /4 before stage 1) or
+      'small' (3x3/1 conv, no pool: for 32-64 px inputs).
+    dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+    small_map_conv: use the one-dot form for 3x3 stride-1 convolutions on
+      maps smaller than 3x3 (a large CPU speed-up; numerically the same).
+    axis_name: BatchNorm's cross-device axis for shard_map/pmap; leave None
+      under jit with global arrays (the batch mean is already global).
+  """
+  stage_sizes: Sequence[int]
+  block_cls: Any = 'basic'
+  width: float = 1.0
+  num_classes: int | None = None
+  stem: str = 'imagenet'
+  dtype: Dtype = jnp.float32
+  small_map_conv: bool = True
+  axis_name: str | None = None
+
+  def setup(self):
+    # Only the head lives here; the body is built in the compact
+    # `feature_map`, so `__call__` can compose feature_map -> pool -> head.
+    if self.num_classes is not None:
+      self.head = nn.Dense(self.num_classes, dtype=self.dtype)
+
+  def _block(self):
+    block = self.block_cls
+    if isinstance(block, str):
+      if block not in BLOCKS:
+        raise ValueError(f'Unknown ResNet block {block!r}; valid blocks: '
+                         f'{sorted(BLOCKS)}.')
+      block = BLOCKS[block]
+    return block
+
+  @property
+  def num_features(self) -> int:
+    """Channels C of the last stage's map and of the pooled features."""
+    return (_scaled(64 * 2**(len(self.stage_sizes) - 1), self.width) *
+            self._block().expansion)
+
+  @nn.compact
+  def feature_map(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """The last stage's feature map (what Grad-CAM looks at).
+
+    Args:
+      x: images [B, H, W, Cin] (Cin = 1 for radiographs).
+      train: batch statistics (and their running update) if True, running
+        averages otherwise.
+
+    Returns:
+      [B, h, w, C] in `dtype`; h = H/32 with the imagenet stem, H/8 with the
+      small stem (for 4 stages).
+    """
+    if self.stem not in STEMS:
+      raise ValueError(f'Unknown ResNet stem {self.stem!r}; valid stems: '
+                       f'{list(STEMS)}.')
+    if self.width <= 0:
+      raise ValueError(f'ResNet width must be > 0, got {self.width}.')
+    block = self._block()
+    x = x.astype(self.dtype)
+    stem_features = _scaled(64, self.width)
+    if self.stem == 'imagenet':
+      x = nn.Conv(stem_features, (7, 7), strides=(2, 2),
+                  padding=((3, 3), (3, 3)), use_bias=False, dtype=self.dtype,
+                  kernel_init=conv_kernel_init, name='conv_init')(x)
+    else:
+      x = Conv3x3(stem_features, 1, self.small_map_conv, self.dtype,
+                  name='conv_init')(x)
+    x = _batch_norm(train, self.dtype, self.axis_name, name='bn_init')(x)
+    x = nn.relu(x)
+    if self.stem == 'imagenet':
+      # Pads with -inf (reduce_window's init value), as torch's MaxPool2d.
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        x = block(
+            features=_scaled(64 * 2**i, self.width),
+            strides=2 if i > 0 and j == 0 else 1,
+            small_map_conv=self.small_map_conv,
+            dtype=self.dtype,
+            axis_name=self.axis_name,
+            name=f'stage{i + 1}_block{j}')(x, train)
+    return x
+
+  def pool(self, fmap: jax.Array) -> jax.Array:
+    """Global average pool: [B, h, w, C] -> [B, C]."""
+    return jnp.mean(fmap, axis=(1, 2))
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Images [B, H, W, Cin] -> features [B, C], or logits [B, num_classes]."""
+    features = self.pool(self.feature_map(x, train))
+    if self.num_classes is None:
+      return features
+    return self.head(features)
+
+
+def resnet18(**kw) -> ResNet:
+  """ResNet-18: basic blocks (2, 2, 2, 2); 512 * width features."""
+  return ResNet(stage_sizes=(2, 2, 2, 2), block_cls='basic', **kw)
+
+
+def resnet34(**kw) -> ResNet:
+  """ResNet-34: basic blocks (3, 4, 6, 3); 512 * width features."""
+  return ResNet(stage_sizes=(3, 4, 6, 3), block_cls='basic', **kw)
+
+
+def resnet50(**kw) -> ResNet:
+  """ResNet-50: bottleneck blocks (3, 4, 6, 3); 2048 * width features."""
+  return ResNet(stage_sizes=(3, 4, 6, 3), block_cls='bottleneck', **kw)
+
+
+ENCODERS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50}
+
+
+def build_encoder(name: str, **kw) -> ResNet:
+  """Builds an encoder by name ('resnet18' | 'resnet34' | 'resnet50').
+
+  Args:
+    name: the encoder's name.
+    **kw: `ResNet` attributes (width, num_classes, stem, dtype, ...).
+
+  Raises:
+    ValueError: if `name` is not a known encoder.
+  """
+  if name not in ENCODERS:
+    raise ValueError(f'Unknown encoder {name!r}; valid encoders: '
+                     f'{sorted(ENCODERS)}.')
+  return ENCODERS[name](**kw)

@@ -1,0 +1,68 @@
+"""SimCLR (Chen et al., ICML 2020; v2 projector: Chen et al., NeurIPS 2020).
+
+Two augmented views of each image go through the encoder and a projection MLP; NT-Xent
+pulls the two projections of an image together and pushes them away from the other
+2B - 2 projections of the global batch.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from cxr_jax.models import heads
+
+DEFAULTS = ml_collections.ConfigDict(dict(
+    proj_hidden_dim=512,  # width of the projector's hidden layers
+    proj_dim=128,         # dimension of the projection z the loss sees
+    proj_layers=3,        # SimCLR v2 uses a 3-layer projector
+))
+
+
+def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
+  """NT-Xent over 2B anchors (SimCLR eq. 1), mean over anchors.
+
+  Args:
+    z1, z2: [B, D] projections of the two views; row i of z1 and of z2 come from the same
+      image (the positive pair). Every other row of either view is a negative.
+    temperature: the softmax temperature tau.
+  Returns:
+    scalar loss: mean over the 2B anchors of
+      -log exp(sim(a, pos)/tau) / sum_{k != a} exp(sim(a, k)/tau), sim = cosine.
+  """
+  z = jnp.concatenate([z1, z2], axis=0).astype(jnp.float32)
+  z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-12))
+  n = z.shape[0]
+  batch = n // 2
+  logits = (z @ z.T) / temperature
+  logits = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, logits)  # an anchor is not its own negative
+  positives = jnp.concatenate([jnp.arange(batch, n), jnp.arange(0, batch)])
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, positives))
+
+
+def build_model(encoder, cfg):
+  projector = heads.ProjectionMLP(cfg.proj_hidden_dim, cfg.proj_dim, num_layers=cfg.proj_layers)
+  return heads.SSLModel(encoder=encoder, projector=projector)
+
+
+def init_extra(params, batch_stats, cfg):
+  del params, batch_stats, cfg
+  return {}
+
+
+def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
+  del extra, cfg
+  batch = view1.shape[0]
+  # both views in one forward pass: BatchNorm sees the statistics of all 2B views
+  out, updates = model.apply({'params': params, 'batch_stats': batch_stats},
+                             jnp.concatenate([view1, view2], axis=0), train=True,
+                             mutable=['batch_stats'])
+  z = out['projection']
+  loss = nt_xent(z[:batch], z[batch:], hp['temperature'])
+  return loss, (updates['batch_stats'], {'loss': loss}, out['features'][:batch])
+
+
+def update_extra(extra, params, batch_stats, hp, cfg, aux):
+  del params, batch_stats, hp, cfg, aux
+  return extra

@@ -1,0 +1,100 @@
+"""VICReg: Variance-Invariance-Covariance Regularization (Bardes, Ponce, LeCun; ICLR 2022).
+
+loss = lambda s(Z, Z') + mu v(Z, Z') + nu [c(Z) + c(Z')]       (VICReg eq. 6)
+
+  invariance  s = mean over the B x D entries of (Z - Z')^2
+  variance    v = hinge on the per-dimension std over the batch,
+                  mean_j max(0, gamma - sqrt(Var(z^j) + eps)), averaged over the two views
+  covariance  c(Z) = sum_{i != j} Cov(Z)_ij^2 / D,  Cov with the unbiased 1/(B - 1)
+
+The normalisations follow the authors' reference implementation (facebookresearch/vicreg,
+main_vicreg.py), for which the weights 25/25/1 were tuned: the paper's eq. 5 writes the
+invariance as 1/B sum_b ||z_b - z'_b||^2 (D times ours) and eq. 6 sums the two views'
+variance terms (twice ours). Var is the unbiased batch variance, as in the paper's
+eq. 1 and the code.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cxr_jax.models import heads
+
+DEFAULTS = ml_collections.ConfigDict(dict(
+    proj_hidden_dim=512,   # expander width (paper: 8192)
+    proj_dim=512,          # embedding dimension D (paper: 8192)
+    proj_layers=3,         # Dense-BN-ReLU, Dense-BN-ReLU, Dense (paper: 3)
+    sim_weight=25.0,       # lambda, invariance
+    var_weight=25.0,       # mu, variance
+    cov_weight=1.0,        # nu, covariance
+    gamma=1.0,             # target standard deviation
+    eps=1e-4,              # added to the variance under the square root
+))
+
+
+def loss_terms(z1: jax.Array, z2: jax.Array, gamma: float = 1.0, eps: float = 1e-4):
+  """The three VICReg terms (unweighted), see the module docstring.
+
+  Args:
+    z1, z2: [B, D] embeddings of the two views; B >= 2 (B = 1 raises ValueError: the
+      unbiased variance and covariance over one example are undefined).
+    gamma: target std of each dimension.
+    eps: numerical floor inside the square root of the variance.
+  Returns:
+    dict(invariance, variance, covariance) of scalars.
+  """
+  batch, dim = z1.shape
+  if batch < 2:
+    raise ValueError(f'vicreg: variance and covariance need a batch of at least 2 '
+                     f'(undefined for B={batch})')
+  z1, z2 = z1.astype(jnp.float32), z2.astype(jnp.float32)
+  invariance = jnp.mean((z1 - z2) ** 2)
+
+  def variance(z):  # eq. 1: mean_j max(0, gamma - S(z^j, eps))
+    std = jnp.sqrt(jnp.var(z, axis=0, ddof=1) + eps)
+    return jnp.mean(jax.nn.relu(gamma - std))
+
+  def covariance(z):  # eq. 3-4: off-diagonal squared covariances / D
+    z = z - jnp.mean(z, axis=0)
+    cov = z.T @ z / (batch - 1)
+    return (jnp.sum(cov * cov) - jnp.sum(jnp.diagonal(cov) ** 2)) / dim
+
+  return {'invariance': invariance,
+          'variance': 0.5 * (variance(z1) + variance(z2)),
+          'covariance': covariance(z1) + covariance(z2)}
+
+
+def loss(z1: jax.Array, z2: jax.Array, sim_weight: float = 25.0, var_weight: float = 25.0,
+         cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4) -> jax.Array:
+  """VICReg loss (eq. 6) of two [B, D] embeddings (B >= 2), a scalar."""
+  t = loss_terms(z1, z2, gamma, eps)
+  return sim_weight * t['invariance'] + var_weight * t['variance'] + cov_weight * t['covariance']
+
+
+def build_model(encoder, cfg):
+  projector = heads.ProjectionMLP(cfg.proj_hidden_dim, cfg.proj_dim, num_layers=cfg.proj_layers)
+  return heads.SSLModel(encoder=encoder, projector=projector)
+
+
+def init_extra(params, batch_stats, cfg):
+  del params, batch_stats, cfg
+  return {}
+
+
+def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
+  del extra, hp
+  batch = view1.shape[0]
+  out, updates = model.apply({'params': params, 'batch_stats': batch_stats},
+                             jnp.concatenate([view1, view2], axis=0), train=True,
+                             mutable=['batch_stats'])
+  z = out['projection']
+  t = loss_terms(z[:batch], z[batch:], cfg.gamma, cfg.eps)
+  value = (cfg.sim_weight * t['invariance'] + cfg.var_weight * t['variance']
+           + cfg.cov_weight * t['covariance'])
+  return value, (updates['batch_stats'], {'loss': value, **t}, out['features'][:batch])
+
+
+def update_extra(extra, params, batch_stats, hp, cfg, aux):
+  del params, batch_stats, hp, cfg, aux
+  return extra

@@ -1,0 +1,74 @@
+"""Runs an experiment: python launch.py --config=configs/X.py --workdir=DIR [--config.a.b=v ...]
+
+Re-running the same command resumes an interrupted run and skips finished jobs.
+On several hosts, start one process per host with JAX's usual variables (or flags) and
+this initialises `jax.distributed` before anything else touches the devices.
+"""
+import logging
+import os
+import re
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the report go.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0, for multi-process runs.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index in a multi-process run.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _check_overrides(argv):
+  """Names the bad key of an unknown --config.x.y override (ml_collections only says "'y'")."""
+  path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  if path is None:
+    return
+  spec = path.split(':', 1)
+  import importlib.util
+  loader = importlib.util.spec_from_file_location('_config_module', spec[0])
+  if loader is None:
+    return
+  module = importlib.util.module_from_spec(loader)
+  loader.loader.exec_module(module)
+  config = module.get_config(spec[1]) if len(spec) > 1 else module.get_config()
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    key = arg[len('--config.'):].split('=', 1)[0]
+    node, walked = config, 'config'
+    for part in re.findall(r'[^.\[\]]+|\[\d+\]', key):
+      if part.startswith('['):
+        idx = int(part[1:-1])
+        if not isinstance(node, (list, tuple)) or idx >= len(node):
+          sys.exit(f'error: {arg}: {walked} has no entry {part}')
+        node, walked = node[idx], walked + part
+      else:
+        if not hasattr(node, 'keys') or part not in node.keys():
+          known = sorted(node.keys()) if hasattr(node, 'keys') else []
+          sys.exit(f'error: {arg}: unknown config key {walked}.{part}; {walked} has {known}')
+        node, walked = node[part], f'{walked}.{part}'
+
+
+def main(argv):
+  del argv
+  if _COORDINATOR.value or 'JAX_COORDINATOR_ADDRESS' in os.environ:
+    import jax
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TFDS are chatty at INFO
+  logging.getLogger('cxr_jax').setLevel(logging.INFO)
+  from cxr_jax import experiment
+  experiment.run(_CONFIG.value, _WORKDIR.value)
+  print(f'report: {os.path.join(_WORKDIR.value, "report.md")}')
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  _check_overrides(sys.argv)
+  app.run(main)

@@ -1,0 +1,104 @@
+"""kermany_pneumonia (nested zip copy, __MACOSX, subtypes) and covid19_radiography."""
+import numpy as np
+import pytest
+
+from cxr_jax.data.builders import kermany_pneumonia
+from cxr_jax.data.splits import PatientOverlapError
+
+
+def test_kermany_names():
+  p = kermany_pneumonia.parse_name
+  assert p('person1649_bacteria_4379') == ('person1649', 'bacteria')
+  assert p('person1149_virus_1924') == ('person1149', 'virus')
+  assert p('IM-0115-0001') == ('IM-0115', '')
+  assert p('NORMAL2-IM-1442-0001') == ('NORMAL2-IM-1442', '')
+
+
+def _kermany(h, root):
+  files = {
+      'train/NORMAL': ['IM-0115-0001.jpeg', 'NORMAL2-IM-1442-0001.jpeg'],
+      'train/PNEUMONIA': ['person1649_bacteria_4379.jpeg', 'person1649_bacteria_4380.jpeg',
+                          'person1149_virus_1924.jpeg'],
+      'val/NORMAL': ['NORMAL2-IM-1427-0001.jpeg'],
+      'val/PNEUMONIA': ['person1946_bacteria_4874.jpeg'],
+      'test/NORMAL': ['IM-0001-0001.jpeg'],
+      'test/PNEUMONIA': ['person100_bacteria_475.jpeg', 'person1_virus_6.jpeg'],
+  }
+  for i, (folder, names) in enumerate(files.items()):
+    for j, name in enumerate(names):
+      img = h.chest(50, 60, seed=i * 10 + j)
+      h.save(root / 'chest_xray' / folder / name, img, 'RGB' if j == 1 else None)
+      # The zip's nested copy and macOS resource forks must not be read.
+      h.save(root / 'chest_xray' / 'chest_xray' / folder / name, img)
+      h.write(root / '__MACOSX' / 'chest_xray' / folder / f'._{name}', 'junk')
+  return root
+
+
+def test_kermany_layout(h, build, tmp_path):
+  root = _kermany(h, tmp_path / 'k')
+  builder, data = build('kermany_pneumonia', root)
+  assert {s: len(r) for s, r in data.items()} == {'train': 5, 'val': 2, 'test': 3}
+  recs = h.by_id([r for rs in data.values() for r in rs])
+  assert all(k.startswith('chest_xray/') and '/chest_xray/chest_xray/' not in f'/{k}'
+             for k in recs)
+  r = recs['chest_xray/train/PNEUMONIA/person1649_bacteria_4379.jpeg']
+  assert (r['label'], r['subtype'], r['subtype_label']) == (1, b'bacteria', 1)
+  assert r['patient_id'] == b'person1649'
+  r = recs['chest_xray/test/PNEUMONIA/person1_virus_6.jpeg']
+  assert (r['label'], r['subtype'], r['subtype_label']) == (1, b'virus', 2)
+  r = recs['chest_xray/train/NORMAL/NORMAL2-IM-1442-0001.jpeg']
+  assert (r['label'], r['subtype'], r['patient_id']) == (0, b'normal', b'NORMAL2-IM-1442')
+  for r in recs.values():
+    h.check_orientation(r['image'])
+    assert not r['has_mask']
+  assert builder.CLASS_NAMES == ('NORMAL', 'PNEUMONIA')
+
+
+def test_kermany_overlap_fails_and_patient_resplit(h, build, tmp_path):
+  root = _kermany(h, tmp_path / 'k')
+  h.save(root / 'chest_xray' / 'test' / 'PNEUMONIA' / 'person1649_bacteria_9999.jpeg',
+         h.chest())
+  with pytest.raises(PatientOverlapError) as err:
+    build('kermany_pneumonia', root)
+  assert "patient 'person1649' in splits ['test', 'train']" in str(err.value)
+  _, data = build('kermany_pneumonia', root, split='patient')
+  where = {r['id'].decode(): s for s, rs in data.items() for r in rs}
+  person = {s for k, s in where.items() if 'person1649_' in k}
+  assert len(person) == 1 and sum(map(len, data.values())) == 11
+
+
+CLASSES = ('COVID', 'Lung_Opacity', 'Normal', 'Viral Pneumonia')
+
+
+def test_covid19_radiography_layout(h, build, tmp_path):
+  base = tmp_path / 'dl' / 'COVID-19_Radiography_Dataset' / 'COVID-19_Radiography_Dataset'
+  for c, cls in enumerate(CLASSES):
+    for i in range(1, 4):
+      name = f'{cls}-{i}.png'
+      # 299x299 images (some RGB), 256x256 3-channel 0/255 masks.
+      h.save(base / cls / 'images' / name, h.chest(299, 299, seed=c * 10 + i),
+             'RGB' if i == 2 else None)
+      h.save(base / cls / 'masks' / name, h.lung_mask(256, 256), 'RGB')
+  h.write(base / 'COVID.metadata.xlsx', 'not read')
+  builder, data = build('covid19_radiography', tmp_path / 'dl')
+  records = [r for rs in data.values() for r in rs]
+  assert len(records) == 12 and set(data) <= {'train', 'val', 'test'}
+  for r in records:
+    cls = r['id'].decode().split('/')[2]
+    assert r['label'] == CLASSES.index(cls)
+    assert r['has_mask']
+    h.check_orientation(r['image'])
+    # The 256 mask, resized to the 299 image, lies on the dark lungs.
+    img, m = r['image'][..., 0], r['mask'][..., 0].astype(bool)
+    expected = h.lung_mask(h.SIZE, h.SIZE) > 0
+    assert (m == expected).mean() > 0.95
+    assert img[m].mean() < 70 < img[~m].mean()
+
+
+def test_covid19_radiography_unknown_class_folder(h, build, tmp_path):
+  base = tmp_path / 'COVID-19_Radiography_Dataset'
+  h.save(base / 'COVID' / 'images' / 'COVID-1.png', h.chest())
+  h.save(base / 'COVID' / 'masks' / 'COVID-1.png', h.lung_mask())
+  h.save(base / 'Tuberculosis' / 'images' / 'TB-1.png', h.chest())
+  with pytest.raises(ValueError, match="unknown label.*'Tuberculosis'"):
+    build('covid19_radiography', tmp_path)

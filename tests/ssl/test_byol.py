@@ -1,0 +1,158 @@
+"""Tests for cxr_jax.ssl.byol: regression loss (BYOL eq. 2), EMA rate and update."""
+import importlib.util
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from cxr_jax.ssl import byol
+
+
+def numpy_regression_loss(p, z):
+  """BYOL eq. 2 per example, || p/||p|| - z/||z|| ||^2, averaged over the batch."""
+  total = 0.0
+  for pb, zb in zip(np.asarray(p, np.float64), np.asarray(z, np.float64)):
+    diff = pb / np.linalg.norm(pb) - zb / np.linalg.norm(zb)
+    total += sum(d * d for d in diff)
+  return total / len(p)
+
+
+@pytest.mark.parametrize('batch,dim', [(1, 3), (2, 5), (7, 4), (16, 32)])
+def test_regression_loss_matches_numpy(batch, dim):
+  rng = np.random.default_rng(batch * 10 + dim)
+  p = rng.normal(size=(batch, dim)).astype(np.float32)
+  z = rng.normal(size=(batch, dim)).astype(np.float32)
+  np.testing.assert_allclose(float(byol.regression_loss(p, z)), numpy_regression_loss(p, z),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_regression_loss_hand_cases():
+  loss = lambda p, z: float(byol.regression_loss(np.asarray([p], np.float32),
+                                                 np.asarray([z], np.float32)))
+  assert abs(loss([1, 0], [0, 1]) - 2.0) < 1e-6        # orthogonal: 2 - 2 cos = 2
+  assert abs(loss([3, 0], [1, 0])) < 1e-6              # same direction, any norm: 0
+  assert abs(loss([1, 0], [-2, 0]) - 4.0) < 1e-6       # opposite: 4
+  np.testing.assert_allclose(loss([1, 1], [1, 0]), 2 - math.sqrt(2), rtol=1e-6)  # 45 degrees
+
+
+def test_regression_loss_stops_the_gradient_on_the_target():
+  rng = np.random.default_rng(3)
+  p = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
+  z = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
+  grad_p, grad_z = jax.grad(byol.regression_loss, argnums=(0, 1))(p, z)
+  np.testing.assert_array_equal(grad_z, 0.0)
+  assert float(jnp.abs(grad_p).max()) > 0.0
+
+
+def test_ema_momentum_formula():
+  base, total = 0.996, 1000
+  for k in [0, 1, 250, 500, 777, 1000]:
+    expected = 1 - (1 - base) * (math.cos(math.pi * k / total) + 1) / 2
+    np.testing.assert_allclose(float(byol.ema_momentum(k, total, base)), expected, rtol=1e-7)
+  np.testing.assert_allclose(float(byol.ema_momentum(0, total, base)), 0.996, rtol=1e-7)
+  np.testing.assert_allclose(float(byol.ema_momentum(500, total, base)), 0.998, rtol=1e-7)
+  assert float(byol.ema_momentum(total, total, base)) == 1.0
+  assert float(byol.ema_momentum(2 * total, total, base)) == 1.0  # clipped after the end
+  # the progress form the loss uses: k / K with K = 1
+  np.testing.assert_allclose(float(byol.ema_momentum(0.25, 1.0, base)),
+                             float(byol.ema_momentum(250, total, base)), rtol=1e-7)
+
+
+def test_target_momentum_rules():
+  cfg = ml_collections.ConfigDict(dict(ema_base=0.99, ema_cosine=True))
+  # 1. a stage schedule in hp wins
+  assert float(byol.target_momentum({'ema_momentum': 0.5, 'progress': 0.0}, cfg)) == 0.5
+  # 2. the paper's cosine of the progress
+  np.testing.assert_allclose(float(byol.target_momentum({'progress': 0.5}, cfg)), 0.995, rtol=1e-7)
+  # 3. a constant
+  cfg.ema_cosine = False
+  np.testing.assert_allclose(float(byol.target_momentum({'progress': 0.5}, cfg)), 0.99, rtol=1e-7)
+
+
+def test_ema_update_leafwise_and_ignores_online_only_subtrees():
+  rng = np.random.default_rng(0)
+  target = {'encoder': {'w': rng.normal(size=(3, 2)), 'b': rng.normal(size=(2,))},
+            'projector': {'w': rng.normal(size=(2, 2))}}
+  online = {'encoder': {'w': rng.normal(size=(3, 2)), 'b': rng.normal(size=(2,))},
+            'projector': {'w': rng.normal(size=(2, 2))}, 'predictor': {'w': np.ones(2)}}
+  tau = 0.9
+  new = byol.ema_update(target, online, tau)
+  assert set(new) == {'encoder', 'projector'}
+  for path in [('encoder', 'w'), ('encoder', 'b'), ('projector', 'w')]:
+    t, o = target[path[0]][path[1]], online[path[0]][path[1]]
+    np.testing.assert_allclose(new[path[0]][path[1]], tau * t + (1 - tau) * o, rtol=1e-12)
+
+
+def test_init_extra_copies_the_online_network_without_predictor():
+  params = {'encoder': {'w': jnp.ones((2, 2))}, 'projector': {'w': jnp.ones(2)},
+            'predictor': {'w': jnp.ones(2)}}
+  stats = {'encoder': {'bn': {'mean': jnp.zeros(2)}}}
+  extra = byol.init_extra(params, stats, byol.DEFAULTS)
+  assert set(extra['target']['params']) == {'encoder', 'projector'}
+  assert extra['target']['params']['encoder']['w'] is not params['encoder']['w']  # no alias
+  np.testing.assert_array_equal(extra['target']['params']['encoder']['w'], 1.0)
+  np.testing.assert_array_equal(extra['target']['batch_stats']['encoder']['bn']['mean'], 0.0)
+
+
+class LinearModel:
+  """Stands in for heads.SSLModel in loss_fn: features = flattened image, projection =
+  features @ W, prediction = projection @ V (when it has a predictor)."""
+
+  def __init__(self, predictor=True):
+    self.predictor = predictor
+
+  def clone(self, predictor=None):
+    return LinearModel(predictor is not None)
+
+  def apply(self, variables, x, train, mutable):
+    assert train and mutable == ['batch_stats']
+    params = variables['params']
+    features = x.reshape(x.shape[0], -1)
+    out = {'features': features, 'projection': features @ params['projector']['w']}
+    if self.predictor:
+      out['prediction'] = out['projection'] @ params['predictor']['w']
+    return out, {'batch_stats': variables['batch_stats']}
+
+
+def _linear_setup(predictor, seed=0, batch=3, dim=4):
+  rng = np.random.default_rng(seed)
+  view1 = rng.normal(size=(batch, 2, 3, 1)).astype(np.float32)
+  view2 = rng.normal(size=(batch, 2, 3, 1)).astype(np.float32)
+  params = {'encoder': {}, 'projector': {'w': rng.normal(size=(6, dim)).astype(np.float32)}}
+  if predictor:
+    params['predictor'] = {'w': rng.normal(size=(dim, dim)).astype(np.float32)}
+  target = {'encoder': {}, 'projector': {'w': rng.normal(size=(6, dim)).astype(np.float32)}}
+  return view1, view2, params, target
+
+
+def test_loss_fn_pairs_each_prediction_with_the_other_views_target():
+  view1, view2, params, target = _linear_setup(predictor=True)
+  extra = {'target': {'params': target, 'batch_stats': {}}}
+  cfg = byol.DEFAULTS.copy_and_resolve_references()
+  hp = {'progress': 0.5}
+  loss, (_, metrics, features) = byol.loss_fn(LinearModel(), params, {}, extra, view1, view2,
+                                               hp, cfg)
+  flat = lambda v: v.reshape(len(v), -1)
+  p1, p2 = (flat(v) @ params['projector']['w'] @ params['predictor']['w'] for v in (view1, view2))
+  z1, z2 = (flat(v) @ target['projector']['w'] for v in (view1, view2))
+  expected = numpy_regression_loss(p1, z2) + numpy_regression_loss(p2, z1)  # symmetrised
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  np.testing.assert_allclose(features, flat(view1), rtol=1e-6)
+  np.testing.assert_allclose(float(metrics['ema_momentum']), 1 - 0.004 * 0.5, rtol=1e-7)
+
+
+def _run_sharded_check(cases):
+  # one copy of the 4-device script, kept in test_simclr.py
+  spec = importlib.util.spec_from_file_location('_ssl_sharded_check',
+                                                Path(__file__).with_name('test_simclr.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  module.run_sharded_check(cases)
+
+
+def test_sharded_loss_equals_single_device():
+  _run_sharded_check([('byol', dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16))])

@@ -1,0 +1,86 @@
+"""launch.py end to end on a tiny phantom: a kill during pretraining, a resume that does not
+start pretraining over, the report, and clear errors for bad configs."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, subprocess_env, tiny_overrides
+
+
+def _launch(workdir, *extra, cache=None, data_dir=None, **kw):
+  cmd = [sys.executable, 'launch.py', '--config=configs/default.py', f'--workdir={workdir}',
+         *tiny_overrides(data_dir), *extra]
+  return subprocess.run(cmd, cwd=ROOT, env=subprocess_env(cache), capture_output=True, text=True,
+                        timeout=900, **kw)
+
+
+def _metrics(workdir):
+  return [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_killed_run_resumes_and_finishes(tmp_path, jax_cache_dir, tiny_data_dir):
+  workdir = tmp_path / 'run'
+  longer = ['--config.pretrain.stages[0].steps=40']
+  cmd = [sys.executable, 'launch.py', '--config=configs/default.py', f'--workdir={workdir}',
+         *tiny_overrides(tiny_data_dir), *longer]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(jax_cache_dir),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  ckpt = workdir / 'pretrain' / 'low_res' / 'ckpt'
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(p.name) for p in ckpt.glob('*') if p.name.isdigit()] if ckpt.exists() else []
+    if steps and max(steps) >= 4:
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, 'the run ended before it could be killed: ' + proc.stderr.read()[-2000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(int(r['step']) for r in _metrics(workdir) if r['job'] == 'pretrain/low_res')
+  assert 4 <= killed_at < 40
+  assert not (workdir / 'pretrain' / 'low_res' / 'done.json').exists()
+
+  result = _launch(workdir, *longer, cache=jax_cache_dir, data_dir=tiny_data_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [r for r in _metrics(workdir) if r['job'] == 'pretrain/low_res']
+  steps = [r['step'] for r in rows]
+  # the second run logged only steps after its resume point: pretraining did not start over
+  assert steps.count(2) == 1, f'step 2 was trained twice: {steps}'
+  assert max(steps) == 40 and sorted(set(steps)) == list(range(2, 41, 2))
+
+  report = (workdir / 'report.md').read_text()
+  assert '| scratch | 1 | 1 |' in report and '| curricular | 1 | 1 |' in report
+  for init in ('scratch', 'curricular'):
+    res = json.loads((workdir / 'finetune' / init / '1' / 'seed0' / 'result.json').read_text())
+    assert 0.0 <= res['test']['auroc'] <= 1.0 and res['num_train'] == 16
+  config = json.loads((workdir / 'config.json').read_text())
+  assert config['pretrain']['stages'][0]['steps'] == 40
+  assert any((workdir / 'tensorboard').iterdir())
+
+  # a third run finds everything done and trains nothing
+  before = (workdir / 'metrics.jsonl').read_text()
+  again = _launch(workdir, *longer, cache=jax_cache_dir, data_dir=tiny_data_dir)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert (workdir / 'metrics.jsonl').read_text() == before
+
+  # the same workdir with another config is refused, naming the difference
+  other = _launch(workdir, '--config.pretrain.stages[0].steps=41', data_dir=tiny_data_dir)
+  assert other.returncode != 0
+  assert 'holds a run of a different config' in other.stderr
+  assert 'pretrain.stages[0].steps: 40 -> 41' in other.stderr
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.pretrain.temprature=0.1', 'unknown config key config.pretrain.temprature'),
+    ('--config.pretrain.stages[0].data.split=unlabelled',
+     "config.pretrain.stages[0].data.split: dataset 'phantom' has no split 'unlabelled'"),
+    ('--config.pretrain.method=simclear', "config.pretrain.method must be one of"),
+    ('--config.finetune.inits=scratch,imagenett', "unknown init 'imagenett'"),
+])
+def test_bad_config_is_named(tmp_path, tiny_data_dir, override, message):
+  result = _launch(tmp_path / 'bad', override, data_dir=tiny_data_dir)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-2000:]
