@@ -56,11 +56,8 @@ def _check_overrides(argv):
 
 def main(argv):
   del argv
-  if _COORDINATOR.value or 'JAX_COORDINATOR_ADDRESS' in os.environ:
-    import jax
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+  from cxr_jax import platform
+  platform.setup(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TFDS are chatty at INFO
   logging.getLogger('cxr_jax').setLevel(logging.INFO)
   from cxr_jax import experiment

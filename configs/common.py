@@ -24,9 +24,14 @@ def data(name: str, split: str = 'train', options: str = '', manual_dir: str = '
 
 
 def stage(name: str, data_spec, steps: int, batch_size: int, image_size: int,
-          strength=1.0, temperature=0.2, ema_momentum=0.99, keep_head: bool = True):
-  """One pretraining stage; schedulable entries take a number or a `schedule(...)`."""
-  as_schedule = lambda v: v if isinstance(v, ml_collections.ConfigDict) else schedule('constant', v)
+          strength=1.0, temperature=0.2, ema_momentum=None, keep_head: bool = True):
+  """One pretraining stage; schedulable entries take a number or a `schedule(...)`.
+
+  ema_momentum=None keeps the method's own rule for its target network (kind 'method'),
+  e.g. BYOL's cosine increase from its ema_base to 1.
+  """
+  as_schedule = lambda v: (v if isinstance(v, ml_collections.ConfigDict) else
+                           schedule('method', 0.0) if v is None else schedule('constant', v))
   return ml_collections.ConfigDict(dict(
       name=name, data=data_spec, steps=steps, batch_size=batch_size, image_size=image_size,
       strength=as_schedule(strength), temperature=as_schedule(temperature),

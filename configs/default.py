@@ -12,7 +12,7 @@ import ml_collections
 
 from configs import common
 from cxr_jax.curriculum import schedule
-from cxr_jax.ssl import simclr
+from cxr_jax import ssl
 
 
 def get_config(arg=None):
@@ -37,8 +37,10 @@ def get_config(arg=None):
   ))
 
   c.pretrain = ml_collections.ConfigDict()
-  c.pretrain.method = 'simclr'            # simclr (more in cxr_jax/ssl/)
-  c.pretrain.simclr = simclr.DEFAULTS
+  c.pretrain.method = 'simclr'            # simclr | moco | byol | barlow_twins | vicreg
+  for name in ssl.METHODS:                # each method's hyperparameters: config.pretrain.<name>
+    c.pretrain[name] = ssl.get_method(name).DEFAULTS.copy_and_resolve_references()
+  c.pretrain.monitor_every = 50           # steps between kNN / linear-probe monitors (0: off)
   c.pretrain.optimizer = common.optimizer_config(
       'lars', lr=0.3, base_batch_size=256, lr_scaling='linear', warmup_steps=20,
       weight_decay=1e-6)

@@ -7,7 +7,7 @@ the command line with a fixed type (`--config.pretrain.stages.cxr.strength.end=0
   constant     start throughout
   linear       start -> end, linearly over the stage
   cosine       start -> end along half a cosine (slow, fast, slow)
-  step         start -> end in `steps` equal jumps (a staircase)
+  step         start -> end in a staircase of `steps` equal levels (steps - 1 jumps)
   exponential  start -> end geometrically (start and end must be > 0)
 """
 from __future__ import annotations

@@ -115,6 +115,16 @@ def _model_encoder(config):
   return build_encoder(m.name, width=m.width, stem=m.stem, dtype=jnp.dtype(m.dtype))
 
 
+def _init_key(seed):
+  # parameter initialisation only: the 'rbg' generator compiles a ResNet's init in seconds
+  # where the default threefry takes tens of seconds on CPU
+  return jax.random.key(seed, impl='rbg')
+
+
+def _init(model, rng, dummy):
+  return jax.jit(model.init, static_argnames='train')(rng, dummy, train=False)
+
+
 def _merge(fresh, previous):
   """`fresh` with every subtree that `previous` also has (same shapes) taken from it."""
   if isinstance(fresh, dict):
@@ -141,8 +151,10 @@ def _pretrain_step(model, method, mcfg, tx, schedules, image_size):
     params = optax.apply_updates(state.params, updates)
     extra = method.update_extra(state.extra, params, batch_stats, hp, mcfg,
                                 dict(metrics, features=features))
-    metrics = dict(metrics, loss=loss, strength=hp['strength'],
-                   temperature=hp['temperature'])
+    # only scalars are logged (MoCo's metrics also carry its keys for the queue)
+    metrics = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
+    metrics = dict(metrics, loss=loss, strength=hp['strength'], temperature=hp['temperature'],
+                   lr=hp['lr'])
     return state.replace(step=t + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state, extra=extra), metrics
   return step
@@ -167,18 +179,19 @@ def pretrain_stage(config, index: int, previous, mesh, writer, workdir: Path, da
   source = pipeline.get_source(builder, stage.data.split, key=f'{key}.data.split')
   batch_size = pipeline.per_host_batch(stage.batch_size, f'{key}.batch_size')
   tx, lr_schedule = optim.make_optimizer(config.pretrain.optimizer, stage.steps, stage.batch_size)
+  # ema_momentum of kind 'method' leaves the rate to the method's own rule (BYOL's cosine)
   schedules = {
       name: curriculum.make_schedule(stage[name], stage.steps, f'{key}.{name}')
-      for name in ('strength', 'temperature', 'ema_momentum')}
+      for name in ('strength', 'temperature', 'ema_momentum')
+      if not (name == 'ema_momentum' and stage[name].kind == 'method')}
   schedules['progress'] = lambda t: t / stage.steps
   schedules['lr'] = lr_schedule
   channels = builder.info.features['image'].shape[-1]
 
   def init_state():
-    rng = jax.random.key(config.seed)
-    rng = jax.random.fold_in(rng, index)
+    rng = jax.random.fold_in(_init_key(config.seed), index)
     dummy = jnp.zeros((2, stage.image_size, stage.image_size, channels), jnp.float32)
-    variables = model.init(rng, dummy, train=False)
+    variables = _init(model, rng, dummy)
     params, batch_stats = variables['params'], variables['batch_stats']
     if previous is not None:
       if stage.keep_head:
@@ -197,9 +210,12 @@ def pretrain_stage(config, index: int, previous, mesh, writer, workdir: Path, da
                  donate_argnums=0, out_shardings=sharding.replicated(mesh))
   loader = pipeline.make_loader(source, batch_size=batch_size, seed=config.seed * 1000 + index,
                                 fields=('image',), worker_count=config.worker_count)
+  monitor = (make_monitor(config, model, stage.image_size, mesh, data_dir)
+             if config.pretrain.monitor_every else None)
   job = loop.Job(name=f'pretrain/{stage.name}', directory=directory, num_steps=stage.steps,
                  init_state=init_state, train_step=step, loader=loader, mesh=mesh,
-                 checkpoint_every=config.checkpoint_every, log_every=config.log_every)
+                 checkpoint_every=config.checkpoint_every, log_every=config.log_every,
+                 eval_every=config.pretrain.monitor_every, evaluate=monitor)
   state = loop.run_job(job, writer)
   final = loop.to_numpy({'params': state.params, 'batch_stats': state.batch_stats})
   if jax.process_index() == 0:
@@ -229,28 +245,66 @@ def _finetune_step(model, tx, image_size, strength):
   return step
 
 
+def batched_apply(fn, mesh, batch_size: int):
+  """Wraps a jit-compiled fn(variables, images [B,H,W,C] uint8) -> [B, ...] into a function of
+  a whole numpy array, run in fixed-size, batch-sharded batches (one compilation)."""
+  from jax.experimental import multihost_utils
+
+  def apply(variables, images):
+    out = []
+    for start in range(0, len(images), batch_size):
+      chunk = images[start:start + batch_size]
+      n = len(chunk)
+      if n < batch_size:  # pad to the fixed batch shape
+        chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+      local = chunk.reshape((jax.process_count(), -1) + chunk.shape[1:])[jax.process_index()]
+      result = fn(variables, sharding.to_global({'x': local}, mesh)['x'])
+      out.append(np.asarray(multihost_utils.process_allgather(result, tiled=True))[:n])
+    return np.concatenate(out)
+  return apply
+
+
 def make_predict(model, image_size, mesh, batch_size):
-  """Returns predict(variables, images uint8 [N,H,W,C]) -> probabilities [N,K] (numpy)."""
+  """predict(variables, images uint8 [N,H,W,C]) -> class probabilities [N,K] (numpy)."""
   @jax.jit
   def probs(variables, images):
     x = augment.resize(images.astype(jnp.float32) / 255.0, image_size)
     return jax.nn.softmax(model.apply(variables, x, train=False), axis=-1)
+  return batched_apply(probs, mesh, batch_size)
 
-  def predict(variables, images):
-    n = len(images)
-    out = []
-    for start in range(0, n, batch_size):
-      chunk = images[start:start + batch_size]
-      pad = batch_size - len(chunk)
-      if pad:  # a fixed batch shape: one compilation for all batches
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      local = chunk.reshape((jax.process_count(), -1) + chunk.shape[1:])[jax.process_index()]
-      p = probs(variables, sharding.to_global({'x': local}, mesh)['x'])
-      from jax.experimental import multihost_utils
-      p = np.asarray(multihost_utils.process_allgather(p, tiled=True))
-      out.append(p[:len(images[start:start + batch_size])])
-    return np.concatenate(out)
-  return predict
+
+def make_monitor(config, model, image_size, mesh, data_dir):
+  """Online monitors of a pretraining stage on the labeled data of config.finetune.data:
+  weighted kNN (k=20, T=0.07, cosine; Wu et al. 2018) and a logistic-regression probe on the
+  encoder's frozen (stop-gradient) features, fit on the train split, scored on val.
+
+  The probe is refit at each monitoring step rather than trained inside the SSL step, since
+  the pretraining data is unlabeled by construction."""
+  from cxr_jax.eval import metrics as M
+  from cxr_jax.eval import probes
+  ft = config.finetune
+  builder = pipeline.get_builder(ft.data, data_dir, key='config.finetune.data')
+  names = schema.class_names(builder)
+  bank = pipeline.read_all(pipeline.get_source(builder, ft.data.train_split), ('image', 'label'))
+  query = pipeline.read_all(pipeline.get_source(builder, ft.data.val_split), ('image', 'label'))
+
+  @jax.jit
+  def features(variables, images):
+    x = augment.resize(images.astype(jnp.float32) / 255.0, image_size)
+    return model.apply(variables, x, train=False)['features']
+  extract = batched_apply(features, mesh, config.eval_batch_size)
+
+  def evaluate(state):
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    fb, fq = extract(variables, bank['image']), extract(variables, query['image'])
+    knn = np.asarray(probes.knn_predict(fb, bank['label'], fq, len(names), k=20, temperature=0.07))
+    knn_metrics = M.classification_metrics(query['label'], knn, names)
+    probe = probes.linear_probe_fit(fb, bank['label'], len(names))
+    linear = np.asarray(probes.linear_probe_predict(probe, fq))
+    return state, {'monitor/knn_acc': knn_metrics['accuracy'],
+                   'monitor/knn_auroc': knn_metrics['auroc'],
+                   'monitor/linear_acc': float(np.mean(linear.argmax(-1) == query['label']))}
+  return evaluate
 
 
 def _selection_score(metrics):
@@ -294,9 +348,9 @@ def finetune_job(config, init: str, fraction: float, seed: int, encoder_vars, me
   channels = builder.info.features['image'].shape[-1]
 
   def init_state():
-    rng = jax.random.fold_in(jax.random.key(config.seed), 10_000 + seed)
+    rng = jax.random.fold_in(_init_key(config.seed), 10_000 + seed)
     dummy = jnp.zeros((2, ft.image_size, ft.image_size, channels), jnp.float32)
-    variables = model.init(rng, dummy, train=False)
+    variables = _init(model, rng, dummy)
     params, batch_stats = variables['params'], variables['batch_stats']
     if init == 'curricular':
       params = dict(params, encoder=_merge(params['encoder'], encoder_vars['params']['encoder']))

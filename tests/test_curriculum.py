@@ -44,7 +44,8 @@ def test_step():
   edges = [25, 50, 75]
   expected = [0.3 * sum(t >= e for e in edges) for t in steps]
   np.testing.assert_allclose(values, expected, rtol=1e-6, atol=1e-7)
-  assert values[steps.index(74)] == pytest.approx(0.6) and values[steps.index(75)] == pytest.approx(0.9)
+  assert values[steps.index(74)] == pytest.approx(0.6)
+  assert values[steps.index(75)] == pytest.approx(0.9)
 
 
 def test_exponential():
@@ -59,7 +60,8 @@ def test_exponential():
 @pytest.mark.parametrize('start,end', [(0.0, 1.0), (-1.0, 1.0), (1.0, 0.0)])
 def test_exponential_needs_positive_values(start, end):
   with pytest.raises(ValueError, match='exponential'):
-    curriculum.make_schedule(curriculum.schedule('exponential', start, end), N, name='x.temperature')
+    curriculum.make_schedule(curriculum.schedule('exponential', start, end), N,
+                             name='x.temperature')
 
 
 def test_unknown_kind_names_the_key():

@@ -12,10 +12,12 @@ every draw is independent per example and per view), in the order applied:
 
   1. Random resized crop. Area fraction a = 1 - (1 - min_scale) * s * U(0, 1),
      log aspect ratio r = s * max_log_ratio * U(-1, 1) (so the ratio is
-     log-uniform in [3/4, 4/3]^s). The crop covers fractions
-     fh = min(sqrt(a / e^r), 1) of the height and fw = min(sqrt(a * e^r), 1)
-     of the width (ratios are relative to the image's own aspect; stored
-     radiographs are square), at a uniform random position inside the image.
+     log-uniform in [3/4, 4/3]^s). The crop covers a fraction
+     fw = clip(sqrt(a * e^r), a, 1) of the width and fh = a / fw of the
+     height (so its area fraction is exactly a; the aspect ratio fw / fh is
+     e^r unless the box would leave the image, and is relative to the
+     image's own aspect; stored radiographs are square), at a uniform random
+     position inside the image (y0 = U(0, 1) * (H - h), likewise x0).
      It is resampled to out_size x out_size with a linear (triangle) kernel,
      antialiased when shrinking (`jax.image.scale_and_translate`); pixel
      centres sit at half-integers, and weights falling outside the image are
@@ -161,8 +163,10 @@ def _augment_one(key: jax.Array, image: jax.Array, strength: jax.Array,
   # s = 0, so the box is then the whole image, as in `resize`.
   area = 1.0 - (1.0 - p.min_scale) * s * u(0)
   ratio = jnp.exp(p.max_log_ratio * s * sym(1))
-  fh = jnp.minimum(jnp.sqrt(area / ratio), 1.0)
-  fw = jnp.minimum(jnp.sqrt(area * ratio), 1.0)
+  # Keep the area exact and give up aspect where the box would leave the
+  # image: fw in [area, 1] makes fh = area / fw lie in [area, 1] too.
+  fw = jnp.clip(jnp.sqrt(area * ratio), area, 1.0)
+  fh = area / fw
   h, w = fh * height, fw * width
   y0, x0 = u(2) * (height - h), u(3) * (width - w)
   x = _crop_resize(image, y0, x0, h, w, out_size)

@@ -1,4 +1,4 @@
-"""Tests for cxr_jax.models.heads: MLP maths, subtree names, encoder transfer."""
+"""Tests for cxr_jax.models.heads: MLP maths, subtree names, transfer."""
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +57,8 @@ def _np_mlp(x, params, stats, num_layers, use_bn, train):
   return _np_dense(x, params[f'dense{num_layers - 1}'])
 
 
-@pytest.mark.parametrize('num_layers,use_bn', [(3, True), (2, False), (1, True)])
+@pytest.mark.parametrize('num_layers,use_bn',
+                         [(3, True), (2, False), (1, True)])
 def test_projection_mlp_matches_numpy(num_layers, use_bn):
   x = jax.random.normal(jax.random.key(1), (6, 12))
   mlp = heads.ProjectionMLP(hidden_dim=10, out_dim=4, num_layers=num_layers,

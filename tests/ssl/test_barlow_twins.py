@@ -1,11 +1,10 @@
 """Tests for cxr_jax.ssl.barlow_twins: the loss against Barlow Twins eq. 1-2."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cxr_jax.ssl import barlow_twins
+from tests.ssl.test_simclr import run_sharded_check  # the one 4-device script
 
 
 def numpy_barlow_twins(z1, z2, lambd, eps=0.0):
@@ -65,14 +64,5 @@ def test_defaults():
   assert barlow_twins.DEFAULTS['lambda'] == 5e-3 and barlow_twins.DEFAULTS.proj_layers == 3
 
 
-def _run_sharded_check(cases):
-  # one copy of the 4-device script, kept in test_simclr.py
-  spec = importlib.util.spec_from_file_location('_ssl_sharded_check',
-                                                Path(__file__).with_name('test_simclr.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  module.run_sharded_check(cases)
-
-
 def test_sharded_loss_equals_single_device():
-  _run_sharded_check([('barlow_twins', dict(proj_hidden_dim=16, proj_dim=8))])
+  run_sharded_check([('barlow_twins', dict(proj_hidden_dim=16, proj_dim=8))])

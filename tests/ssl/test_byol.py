@@ -1,7 +1,5 @@
 """Tests for cxr_jax.ssl.byol: regression loss (BYOL eq. 2), EMA rate and update."""
-import importlib.util
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +8,7 @@ import numpy as np
 import pytest
 
 from cxr_jax.ssl import byol
+from tests.ssl.test_simclr import run_sharded_check  # the one 4-device script
 
 
 def numpy_regression_loss(p, z):
@@ -145,14 +144,5 @@ def test_loss_fn_pairs_each_prediction_with_the_other_views_target():
   np.testing.assert_allclose(float(metrics['ema_momentum']), 1 - 0.004 * 0.5, rtol=1e-7)
 
 
-def _run_sharded_check(cases):
-  # one copy of the 4-device script, kept in test_simclr.py
-  spec = importlib.util.spec_from_file_location('_ssl_sharded_check',
-                                                Path(__file__).with_name('test_simclr.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  module.run_sharded_check(cases)
-
-
 def test_sharded_loss_equals_single_device():
-  _run_sharded_check([('byol', dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16))])
+  run_sharded_check([('byol', dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16))])

@@ -1,7 +1,5 @@
 """Tests for cxr_jax.ssl.moco: InfoNCE (MoCo eq. 1), the FIFO queue, 1 vs 4 devices."""
-import importlib.util
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +7,7 @@ import numpy as np
 import pytest
 
 from cxr_jax.ssl import moco
+from tests.ssl.test_simclr import run_sharded_check  # the one 4-device script
 
 
 def numpy_infonce(q, k, queue, tau):
@@ -182,18 +181,9 @@ def test_loss_fn_v3_is_symmetric_in_batch_and_scaled_by_two_tau():
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 
-def _run_sharded_check(cases):
-  # one copy of the 4-device script, kept in test_simclr.py
-  spec = importlib.util.spec_from_file_location('_ssl_sharded_check',
-                                                Path(__file__).with_name('test_simclr.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  module.run_sharded_check(cases)
-
-
 def test_sharded_loss_equals_single_device():
   small = dict(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16)
-  _run_sharded_check([
+  run_sharded_check([
       ('moco', dict(small, variant='v2', queue_size=16)),
       ('moco', dict(small, variant='v3', proj_layers=3, proj_bn=True, ema_cosine=True)),
   ])

@@ -120,7 +120,8 @@ def check(name, overrides):
     assert tree_one == tree_four, part
     # summation order differs across devices: float32 round-off relative to the part's scale
     # (e.g. the gradient of a bias before BatchNorm is 0 up to round-off)
-    scale = max([float(np.abs(np.asarray(a)).max()) for a in flat_one if np.size(a)] + [1.0])
+    scale = max([float(np.abs(np.asarray(a)).max()) for a in flat_one if np.size(a)]
+                + [1.0])
     for a, b in zip(flat_one, flat_four):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * scale,
                                  err_msg=f'{name} {overrides}: {part}')

@@ -1,12 +1,11 @@
 """Tests for cxr_jax.ssl.vicreg: the loss against VICReg eq. 1-6 (reference normalisation)."""
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cxr_jax.ssl import vicreg
+from tests.ssl.test_simclr import run_sharded_check  # the one 4-device script
 
 
 def numpy_vicreg(z1, z2, sim=25.0, var=25.0, cov=1.0, gamma=1.0, eps=1e-4):
@@ -78,14 +77,5 @@ def test_batch_of_one_raises():
     vicreg.loss(np.ones((1, 4)), np.ones((1, 4)))
 
 
-def _run_sharded_check(cases):
-  # one copy of the 4-device script, kept in test_simclr.py
-  spec = importlib.util.spec_from_file_location('_ssl_sharded_check',
-                                                Path(__file__).with_name('test_simclr.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  module.run_sharded_check(cases)
-
-
 def test_sharded_loss_equals_single_device():
-  _run_sharded_check([('vicreg', dict(proj_hidden_dim=16, proj_dim=8))])
+  run_sharded_check([('vicreg', dict(proj_hidden_dim=16, proj_dim=8))])
