@@ -23,9 +23,17 @@ def data(name: str, split: str = 'train', options: str = '', manual_dir: str = '
   return ml_collections.ConfigDict(dict(name=name, split=split, options=options, manual_dir=manual_dir))
 
 
-def stage(name: str, data_spec, steps: int, batch_size: int, image_size: int,
-          strength=1.0, temperature=0.2, ema_momentum=None, keep_head: bool = True):
+def stage(name: str, data_spec, steps: int, batch_size: int, image_size=64,
+          strength=1.0, temperature=0.2, ema_momentum=None, keep_head: bool = True,
+          keep_optimizer: bool = False, keep_target: bool = True):
   """One pretraining stage; schedulable entries take a number or a `schedule(...)`.
+
+  image_size: view size in px; a schedule gives progressive resizing (rounded to multiples
+    of 8, one compilation per distinct size). Override with `...image_size.start=32`.
+  keep_head: start the projector/predictor from the previous stage (else re-initialise).
+  keep_optimizer: carry the previous stage's optimizer state (momenta) over.
+  keep_target: carry the previous stage's EMA target network (BYOL, MoCo) over; else the
+    target restarts as a copy of the carried-over online network.
 
   ema_momentum=None keeps the method's own rule for its target network (kind 'method'),
   e.g. BYOL's cosine increase from its ema_base to 1.
@@ -33,6 +41,8 @@ def stage(name: str, data_spec, steps: int, batch_size: int, image_size: int,
   as_schedule = lambda v: (v if isinstance(v, ml_collections.ConfigDict) else
                            schedule('method', 0.0) if v is None else schedule('constant', v))
   return ml_collections.ConfigDict(dict(
-      name=name, data=data_spec, steps=steps, batch_size=batch_size, image_size=image_size,
+      name=name, data=data_spec, steps=steps, batch_size=batch_size,
+      image_size=as_schedule(float(image_size) if not isinstance(image_size, ml_collections.ConfigDict) else image_size),
       strength=as_schedule(strength), temperature=as_schedule(temperature),
-      ema_momentum=as_schedule(ema_momentum), keep_head=keep_head))
+      ema_momentum=as_schedule(ema_momentum), keep_head=keep_head,
+      keep_optimizer=keep_optimizer, keep_target=keep_target))

@@ -11,6 +11,7 @@ Knobs worth trying: --config.pretrain.stages[1].steps=400, --config.finetune.num
 import ml_collections
 
 from configs import common
+from cxr_jax import curriculum
 from cxr_jax.curriculum import schedule
 from cxr_jax import ssl
 
@@ -32,11 +33,13 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       name='resnet18',        # resnet18 | resnet34 | resnet50
       width=0.25,             # channel multiplier on the standard 64 base channels
-      stem='small',           # 'small' (3x3/1, no max-pool) for <= 64 px; 'imagenet' otherwise
+      stem='imagenet',        # 'imagenet' (7x7/2 + max-pool); 'small' (3x3/1, no pool) for <= 32 px
       dtype='float32',        # compute dtype; parameters stay float32
   ))
 
   c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.init = 'scratch'             # 'imagenet': stage 1 starts from finetune.imagenet_checkpoint
+  c.pretrain.ssl_stage = ''               # the stage run alone for the 'ssl' init ('' = the last)
   c.pretrain.method = 'simclr'            # simclr | moco | byol | barlow_twins | vicreg
   for name in ssl.METHODS:                # each method's hyperparameters: config.pretrain.<name>
     c.pretrain[name] = ssl.get_method(name).DEFAULTS.copy_and_resolve_references()
@@ -46,26 +49,39 @@ def get_config(arg=None):
       weight_decay=1e-6)
   # the curriculum: low resolution and gentle views first, then full resolution, strong views
   c.pretrain.stages = [
-      common.stage('low_res', common.data('phantom', 'unlabeled', phantom), steps=150,
-                   batch_size=128, image_size=32, strength=schedule('linear', 0.4, 0.8),
+      common.stage('low_res', common.data('phantom', 'unlabeled', phantom), steps=120,
+                   batch_size=128, image_size=48, strength=schedule('linear', 0.4, 0.8),
                    temperature=0.2),
       common.stage('full_res', common.data('phantom', 'unlabeled', phantom), steps=150,
-                   batch_size=128, image_size=48, strength=1.0, temperature=0.2),
+                   batch_size=128, image_size=64, strength=1.0, temperature=0.2),
   ]
+
+  # data-difficulty curriculum inside each stage (Hacohen & Weinshall 2019): batches drawn
+  # from the easiest g(t) fraction of the stage's data; kind 'none' = uniform shuffling
+  c.curriculum = ml_collections.ConfigDict()
+  c.curriculum.pacing = curriculum.pacing('none', start=0.2, full_at=0.5)
+  c.curriculum.difficulty = 'entropy'     # entropy | contrast | metadata:<field>
 
   c.finetune = ml_collections.ConfigDict()
   c.finetune.data = ml_collections.ConfigDict(dict(
       name='phantom', options=phantom, manual_dir='',
       train_split='train', val_split='val', test_split='test'))
-  c.finetune.inits = 'scratch,curricular'  # comma-separated: scratch, curricular
+  c.finetune.inits = 'scratch,curricular'  # comma-separated: scratch, imagenet, ssl, curricular
+  c.finetune.protocols = 'finetune'         # comma-separated: finetune, linear, knn
+  c.finetune.imagenet_checkpoint = ''       # a converted .msgpack (python -m cxr_jax.models.convert)
   c.finetune.label_fractions = (1.0,)       # fractions of the train split's patients
   c.finetune.num_seeds = 3
   c.finetune.steps = 200
   c.finetune.batch_size = 32
-  c.finetune.image_size = 48
+  c.finetune.image_size = 64
   c.finetune.strength = 0.3                 # light augmentation while fine-tuning
   c.finetune.eval_every = 25                # steps between val evaluations (model selection)
   c.finetune.optimizer = common.optimizer_config(
       'adamw', lr=1e-3, base_batch_size=32, lr_scaling='none', warmup_steps=10,
       weight_decay=1e-4)
+
+  c.explain = ml_collections.ConfigDict()
+  c.explain.enabled = False                 # Grad-CAM lung-attention shares on test (needs masks)
+  c.explain.extra_masks = ''                # comma-separated extra mask fields of the dataset
+  c.explain.num_overlays = 2                # overlay examples per class in the report
   return c

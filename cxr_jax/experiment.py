@@ -38,9 +38,9 @@ from cxr_jax.train import sharding
 
 log = logging.getLogger('cxr_jax')
 
-INITS = ('scratch', 'curricular')
+INITS = ('scratch', 'imagenet', 'ssl', 'curricular')
 STAGE_KEYS = ('name', 'data', 'steps', 'batch_size', 'image_size', 'strength', 'temperature',
-              'ema_momentum', 'keep_head')
+              'ema_momentum', 'keep_head', 'keep_optimizer', 'keep_target')
 _NAME = re.compile(r'^[A-Za-z0-9_.-]+$')
 
 
@@ -68,8 +68,19 @@ def validate(config: ml_collections.ConfigDict):
   for init in _inits(config):
     if init not in INITS:
       raise ValueError(f'config.finetune.inits: unknown init {init!r}; choose from {INITS}')
-    if init == 'curricular' and not names:
-      raise ValueError('config.finetune.inits has "curricular" but config.pretrain.stages is empty')
+    if init in ('curricular', 'ssl') and not names:
+      raise ValueError(f'config.finetune.inits has {init!r} but config.pretrain.stages is empty')
+    if init == 'imagenet' and not config.finetune.imagenet_checkpoint:
+      raise ValueError('config.finetune.inits has "imagenet" but '
+                       'config.finetune.imagenet_checkpoint is empty')
+  for protocol in _protocols(config):
+    if protocol not in PROTOCOLS:
+      raise ValueError(f'config.finetune.protocols: unknown protocol {protocol!r}; '
+                       f'choose from {PROTOCOLS}')
+  if config.pretrain.init not in ('scratch', 'imagenet'):
+    raise ValueError(f"config.pretrain.init must be 'scratch' or 'imagenet', got {config.pretrain.init!r}")
+  if 'ssl' in _inits(config):
+    _ssl_stage_index(config)
 
 
 def _inits(config):
@@ -131,7 +142,8 @@ def _merge(fresh, previous):
     return {k: (_merge(v, previous[k]) if k in previous else v) for k, v in fresh.items()}
   if np.shape(previous) != np.shape(fresh):
     return fresh
-  return jnp.asarray(previous, dtype=fresh.dtype)
+  # a copy: the result is donated to a training step, `previous` may be needed again
+  return jnp.array(previous, dtype=fresh.dtype, copy=True)
 
 
 def _pretrain_step(model, method, mcfg, tx, schedules, image_size):
@@ -154,23 +166,105 @@ def _pretrain_step(model, method, mcfg, tx, schedules, image_size):
     # only scalars are logged (MoCo's metrics also carry its keys for the queue)
     metrics = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
     metrics = dict(metrics, loss=loss, strength=hp['strength'], temperature=hp['temperature'],
-                   lr=hp['lr'])
+                   lr=hp['lr'], image_size=jnp.asarray(image_size, jnp.float32))
     return state.replace(step=t + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state, extra=extra), metrics
   return step
 
 
-def pretrain_stage(config, index: int, previous, mesh, writer, workdir: Path, data_dir: Path):
-  """Trains stage `index` of the curriculum; returns its final {'params', 'batch_stats'}."""
+def image_sizes(spec, num_steps: int, key: str) -> np.ndarray:
+  """[num_steps] view sizes of a stage: its `image_size` schedule rounded to multiples of 8
+  (progressive resizing; each distinct size compiles the step once)."""
+  fn = curriculum.make_schedule(spec, num_steps, key)
+  sizes = np.asarray([float(fn(t)) for t in range(num_steps)])
+  sizes = (np.round(sizes / 8) * 8).astype(int)
+  if sizes.min() < 8:
+    raise ValueError(f'{key}: image sizes must be >= 8 px, got {sizes.min()}')
+  return sizes
+
+
+class _ResizingStep:
+  """The stage's step at the view size its schedule gives for the current step: one
+  jit-compiled function per distinct size, chosen on the host (no device sync)."""
+
+  def __init__(self, make_step, sizes, mesh):
+    self._sizes = sizes
+    self._steps = {int(s): jax.jit(make_step(int(s)), donate_argnums=0,
+                                   out_shardings=sharding.replicated(mesh))
+                   for s in np.unique(sizes)}
+    self._t = None
+
+  def __call__(self, state, batch):
+    if self._t is None:
+      self._t = int(state.step)
+    size = int(self._sizes[min(self._t, len(self._sizes) - 1)])
+    self._t += 1
+    return self._steps[size](state, batch)
+
+
+def _pretrain_loader(config, stage, source, batch_size, seed):
+  """Uniform shuffling, or the data-difficulty curriculum of config.curriculum."""
+  spec = config.curriculum.pacing
+  if spec.kind == 'none':
+    return pipeline.make_loader(source, batch_size=batch_size, seed=seed, fields=('image',),
+                                worker_count=config.worker_count)
+  import grain
+  from cxr_jax.data import pacing as pacing_lib
+  kind = config.curriculum.difficulty
+  if kind.startswith('metadata:'):
+    column = pipeline.read_all(source, (kind.split(':', 1)[1],))
+    difficulty = pacing_lib.metadata_difficulty(next(iter(column.values())))
+  else:
+    images = pipeline.read_all(source, ('image',))['image']
+    difficulty = pacing_lib.image_statistic_difficulty(images, kind)
+  sampler = pacing_lib.PacedSampler(
+      difficulty, curriculum.make_pacing(spec, stage.steps, 'config.curriculum.pacing'),
+      batch_size=stage.batch_size, seed=seed)
+  return grain.DataLoader(
+      data_source=source, sampler=sampler,
+      shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+      operations=[pipeline.SelectFields(('image',)),
+                  grain.transforms.Batch(batch_size, drop_remainder=True)],
+      worker_count=config.worker_count)
+
+
+def _carry_over(fresh, previous, stage):
+  """The new stage's starting state: the previous stage's network (the whole model when
+  keep_head, else the encoder only), optionally its optimizer state and EMA target."""
+  params, batch_stats = fresh.params, fresh.batch_stats
+  if stage.keep_head:
+    params, batch_stats = _merge(params, previous.params), _merge(batch_stats, previous.batch_stats)
+  else:
+    params = dict(params, encoder=_merge(params['encoder'], previous.params['encoder']))
+    batch_stats = dict(batch_stats, encoder=_merge(batch_stats['encoder'],
+                                                     previous.batch_stats['encoder']))
+  opt_state = fresh.opt_state
+  if stage.keep_optimizer:
+    same = jax.tree_util.tree_structure(previous.opt_state) == jax.tree_util.tree_structure(opt_state)
+    if not same:
+      raise ValueError(f'pretrain stage {stage.name!r}: keep_optimizer=True needs the same '
+                       'optimizer state structure as the stage before')
+    opt_state = _merge_trees(opt_state, previous.opt_state)
+  extra = fresh.extra
+  if isinstance(extra, dict) and 'target' in extra:
+    if stage.keep_target and isinstance(previous.extra, dict) and 'target' in previous.extra:
+      extra = dict(extra, target=_merge(extra['target'], previous.extra['target']))
+    else:  # the target starts as a copy of the carried-over online network
+      extra = dict(extra, target=_merge(extra['target'], {'params': params, 'batch_stats': batch_stats}))
+  return fresh.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, extra=extra)
+
+
+def _merge_trees(fresh, previous):
+  return jax.tree_util.tree_map(
+      lambda f, p: jnp.array(p, f.dtype, copy=True) if np.shape(p) == np.shape(f) else f,
+      fresh, previous)
+
+
+def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Path,
+                 folder: str = 'pretrain'):
+  """The Job of curriculum stage `index`, starting from `previous` (a TrainState or None)."""
   stage = config.pretrain.stages[index]
   key = f'config.pretrain.stages[{index}]'
-  directory = workdir / 'pretrain' / stage.name
-  done = directory / 'done.json'
-  if done.exists():
-    log.info('pretrain/%s: already done, skipping', stage.name)
-    state = loop.restore_params(directory)
-    return {'params': state['params'], 'batch_stats': state['batch_stats']}
-
   method_name = config.pretrain.method
   method = ssl.get_method(method_name)
   mcfg = config.pretrain[method_name]
@@ -186,41 +280,58 @@ def pretrain_stage(config, index: int, previous, mesh, writer, workdir: Path, da
       if not (name == 'ema_momentum' and stage[name].kind == 'method')}
   schedules['progress'] = lambda t: t / stage.steps
   schedules['lr'] = lr_schedule
+  sizes = image_sizes(stage.image_size, stage.steps, f'{key}.image_size')
   channels = builder.info.features['image'].shape[-1]
 
   def init_state():
     rng = jax.random.fold_in(_init_key(config.seed), index)
-    dummy = jnp.zeros((2, stage.image_size, stage.image_size, channels), jnp.float32)
+    dummy = jnp.zeros((2, int(sizes[0]), int(sizes[0]), channels), jnp.float32)
     variables = _init(model, rng, dummy)
     params, batch_stats = variables['params'], variables['batch_stats']
-    if previous is not None:
-      if stage.keep_head:
-        params, batch_stats = _merge(params, previous['params']), _merge(batch_stats, previous['batch_stats'])
-      else:  # only the encoder carries over; heads start afresh
-        params = dict(params, encoder=_merge(params['encoder'], previous['params']['encoder']))
-        batch_stats = dict(batch_stats, encoder=_merge(batch_stats['encoder'],
-                                                         previous['batch_stats']['encoder']))
+    if index == 0 and config.pretrain.init == 'imagenet':
+      imported = _imagenet_encoder(config)
+      params = dict(params, encoder=_merge(params['encoder'], imported['params']['encoder']))
+      batch_stats = dict(batch_stats, encoder=_merge(batch_stats['encoder'],
+                                                     imported['batch_stats']['encoder']))
     state = loop.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
         opt_state=tx.init(params), extra=method.init_extra(params, batch_stats, mcfg),
         rng=loop.fresh_rng(config.seed * 1000 + index))
+    if previous is not None:
+      state = _carry_over(state, previous, stage)
     return sharding.replicate(state, mesh)
 
-  step = jax.jit(_pretrain_step(model, method, mcfg, tx, schedules, stage.image_size),
-                 donate_argnums=0, out_shardings=sharding.replicated(mesh))
-  loader = pipeline.make_loader(source, batch_size=batch_size, seed=config.seed * 1000 + index,
-                                fields=('image',), worker_count=config.worker_count)
-  monitor = (make_monitor(config, model, stage.image_size, mesh, data_dir)
+  step = _ResizingStep(lambda size: _pretrain_step(model, method, mcfg, tx, schedules, size),
+                       sizes, mesh)
+  loader = _pretrain_loader(config, stage, source, batch_size, config.seed * 1000 + index)
+  monitor = (make_monitor(config, model, int(sizes[-1]), mesh, data_dir)
              if config.pretrain.monitor_every else None)
-  job = loop.Job(name=f'pretrain/{stage.name}', directory=directory, num_steps=stage.steps,
-                 init_state=init_state, train_step=step, loader=loader, mesh=mesh,
-                 checkpoint_every=config.checkpoint_every, log_every=config.log_every,
-                 eval_every=config.pretrain.monitor_every, evaluate=monitor)
-  state = loop.run_job(job, writer)
-  final = loop.to_numpy({'params': state.params, 'batch_stats': state.batch_stats})
-  if jax.process_index() == 0:
-    done.write_text(json.dumps({'stage': stage.name, 'steps': stage.steps}))
-  return final
+  return loop.Job(name=f'{folder}/{stage.name}', directory=workdir / folder / stage.name,
+                  num_steps=stage.steps, init_state=init_state, train_step=step, loader=loader,
+                  mesh=mesh, checkpoint_every=config.checkpoint_every,
+                  log_every=config.log_every, eval_every=config.pretrain.monitor_every,
+                  evaluate=monitor)
+
+
+def _imagenet_encoder(config):
+  path = config.finetune.imagenet_checkpoint
+  if not path:
+    raise ValueError('config.finetune.imagenet_checkpoint is empty, but the run asks for '
+                     'ImageNet weights; convert a torchvision/timm checkpoint with '
+                     '`python -m cxr_jax.models.convert` and give its path')
+  from cxr_jax.models import convert
+  return convert.load_encoder(path)
+
+
+def pretrain_curriculum(config, mesh, writer, workdir: Path, data_dir: Path,
+                        stage_indices=None, folder: str = 'pretrain'):
+  """Runs the stages in order (each resumes or skips itself); returns the final TrainState."""
+  state = None
+  indices = range(len(config.pretrain.stages)) if stage_indices is None else stage_indices
+  for index in indices:
+    state = loop.run_job(pretrain_job(config, index, state, mesh, workdir, data_dir, folder),
+                         writer)
+  return state
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -321,97 +432,186 @@ def _eval_metrics(labels, probs, class_names):
 
 
 _FINETUNE_FNS = {}
+PROTOCOLS = ('finetune', 'linear', 'knn')
+_PROTOCOL_DIRS = {'finetune': 'finetune', 'linear': 'linear_probe', 'knn': 'knn'}
 
 
-def finetune_job(config, init: str, fraction: float, seed: int, encoder_vars, mesh, writer,
-                 workdir: Path, data_dir: Path) -> dict:
-  """Fine-tunes one (init, label fraction, seed) cell; returns its result dict."""
+class _EvalData:
+  """The labeled splits of config.finetune.data, read once per run (label fractions are
+  index subsets of `train`)."""
+
+  def __init__(self, config, data_dir):
+    ft = config.finetune
+    self.builder = pipeline.get_builder(ft.data, data_dir, key='config.finetune.data')
+    self.class_names = schema.class_names(self.builder)
+    get = lambda split, key: pipeline.get_source(self.builder, split, f'config.finetune.data.{key}')
+    self.train_source = get(ft.data.train_split, 'train_split')
+    self.train_meta = pipeline.read_all(self.train_source, ('label', 'patient_id'))
+    self.val = pipeline.read_all(get(ft.data.val_split, 'val_split'), ('image', 'label'))
+    fields = ('image', 'label', 'patient_id') + (('mask',) if self._has('mask') else ())
+    self.test = pipeline.read_all(get(ft.data.test_split, 'test_split'), fields)
+    self.channels = self.builder.info.features['image'].shape[-1]
+
+  def _has(self, name):
+    return name in self.builder.info.features
+
+  def train_indices(self, fraction, seed):
+    if fraction >= 1.0:
+      return np.arange(len(self.train_source))
+    from cxr_jax.data import splits
+    return np.asarray(splits.label_fraction_subset(
+        self.train_meta['label'], self.train_meta['patient_id'], fraction, seed))
+
+
+def _encoder_vars(state_or_vars):
+  if state_or_vars is None:
+    return None
+  if isinstance(state_or_vars, loop.TrainState):
+    return {'params': {'encoder': state_or_vars.params['encoder']},
+            'batch_stats': {'encoder': state_or_vars.batch_stats['encoder']}}
+  return state_or_vars
+
+
+def _classifier_variables(model, config, seed, channels, image_size, encoder_vars):
+  rng = jax.random.fold_in(_init_key(config.seed), 10_000 + seed)
+  dummy = jnp.zeros((2, image_size, image_size, channels), jnp.float32)
+  variables = _init(model, rng, dummy)
+  params, batch_stats = variables['params'], variables['batch_stats']
+  if encoder_vars is not None:
+    params = dict(params, encoder=_merge(params['encoder'], encoder_vars['params']['encoder']))
+    batch_stats = dict(batch_stats, encoder=_merge(batch_stats['encoder'],
+                                                   encoder_vars['batch_stats']['encoder']))
+  return params, batch_stats
+
+
+def _frozen_probe(config, protocol, model, variables, data, indices, mesh):
+  """Linear probe or weighted kNN on the frozen encoder's features: val and test probs."""
+  from cxr_jax.eval import probes
+  image_size = config.finetune.image_size
+
+  @jax.jit
+  def features(variables, images):
+    x = augment.resize(images.astype(jnp.float32) / 255.0, image_size)
+    return model.apply(variables, x, method=lambda m, x: m.encoder(x, train=False))
+  extract = batched_apply(features, mesh, config.eval_batch_size)
+  train_images = pipeline.read_all(pipeline.Subset(data.train_source, indices), ('image',))['image']
+  train_labels = data.train_meta['label'][indices]
+  bank = extract(variables, train_images)
+  k = len(data.class_names)
+  out = []
+  for images in (data.val['image'], data.test['image']):
+    f = extract(variables, images)
+    if protocol == 'knn':
+      out.append(np.asarray(probes.knn_predict(bank, train_labels, f, k, k=20, temperature=0.07)))
+    else:
+      probe = probes.linear_probe_fit(bank, train_labels, k)
+      out.append(np.asarray(probes.linear_probe_predict(probe, f)))
+  return out
+
+
+def finetune_job(config, protocol: str, init: str, fraction: float, seed: int, encoder_vars,
+                 data: _EvalData, mesh, writer, workdir: Path) -> dict:
+  """Evaluates one (protocol, init, label fraction, seed) cell; returns its result dict.
+
+  protocol 'finetune' trains the whole classifier (model selection on val only); 'linear'
+  and 'knn' score the frozen encoder's features."""
   ft = config.finetune
-  directory = workdir / 'finetune' / init / f'{fraction:g}' / f'seed{seed}'
+  directory = workdir / _PROTOCOL_DIRS[protocol] / init / f'{fraction:g}' / f'seed{seed}'
   result_path = directory / 'result.json'
   if result_path.exists():
     return json.loads(result_path.read_text())
-  builder = pipeline.get_builder(ft.data, data_dir, key='config.finetune.data')
-  class_names = schema.class_names(builder)
-  train = pipeline.get_source(builder, ft.data.train_split, 'config.finetune.data.train_split')
-  if fraction < 1.0:
-    from cxr_jax.data import splits
-    labels = pipeline.read_all(train, ('label',))['label']
-    patients = pipeline.read_all(train, ('patient_id',))['patient_id']
-    train = pipeline.Subset(train, splits.label_fraction_subset(labels, patients, fraction, seed))
-  val = pipeline.read_all(pipeline.get_source(builder, ft.data.val_split,
-                                              'config.finetune.data.val_split'), ('image', 'label'))
-  test_source = pipeline.get_source(builder, ft.data.test_split, 'config.finetune.data.test_split')
+  directory.mkdir(parents=True, exist_ok=True)
+  class_names = data.class_names
+  indices = data.train_indices(fraction, seed)
   model = heads.ClassifierModel(encoder=_model_encoder(config), num_classes=len(class_names))
-  batch_size = pipeline.per_host_batch(ft.batch_size, 'config.finetune.batch_size')
-  tx, _ = optim.make_optimizer(ft.optimizer, ft.steps, ft.batch_size)
-  channels = builder.info.features['image'].shape[-1]
-
-  def init_state():
-    rng = jax.random.fold_in(_init_key(config.seed), 10_000 + seed)
-    dummy = jnp.zeros((2, ft.image_size, ft.image_size, channels), jnp.float32)
-    variables = _init(model, rng, dummy)
-    params, batch_stats = variables['params'], variables['batch_stats']
-    if init == 'curricular':
-      params = dict(params, encoder=_merge(params['encoder'], encoder_vars['params']['encoder']))
-      batch_stats = dict(batch_stats, encoder=_merge(batch_stats['encoder'],
-                                                     encoder_vars['batch_stats']['encoder']))
-    copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # distinct buffers: params are donated
-    extra = {'best_params': copy(params), 'best_batch_stats': copy(batch_stats),
-             'best_score': jnp.asarray(-jnp.inf), 'best_step': jnp.zeros((), jnp.int32)}
-    state = loop.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                            batch_stats=batch_stats, opt_state=tx.init(params), extra=extra,
-                            rng=loop.fresh_rng(seed))
-    return sharding.replicate(state, mesh)
-
   cache_key = (config.model.to_json(), ft.to_json(), len(class_names))
   if cache_key not in _FINETUNE_FNS:  # one compilation serves every init, fraction and seed
+    tx, _ = optim.make_optimizer(ft.optimizer, ft.steps, ft.batch_size)
     _FINETUNE_FNS[cache_key] = (
-        make_predict(model, ft.image_size, mesh, config.eval_batch_size),
+        tx, make_predict(model, ft.image_size, mesh, config.eval_batch_size),
         jax.jit(_finetune_step(model, tx, ft.image_size, ft.strength), donate_argnums=0,
                 out_shardings=sharding.replicated(mesh)))
-  predict, step = _FINETUNE_FNS[cache_key]
+  tx, predict, step = _FINETUNE_FNS[cache_key]
+  job_name = f'{_PROTOCOL_DIRS[protocol]}/{init}/{fraction:g}/seed{seed}'
 
-  def evaluate(state):
-    probs = predict({'params': state.params, 'batch_stats': state.batch_stats}, val['image'])
-    m = _eval_metrics(val['label'], probs, class_names)
-    score = _selection_score(m)
-    if score > float(state.extra['best_score']):  # model selection on val only
-      copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)
-      state = state.replace(extra={
-          'best_params': copy(state.params), 'best_batch_stats': copy(state.batch_stats),
-          'best_score': jnp.asarray(score, jnp.float32), 'best_step': jnp.copy(state.step)})
-      state = sharding.replicate(state, mesh)
-    return state, {f'val/{k}': v for k, v in m.items() if np.isfinite(v)}
+  if protocol != 'finetune':
+    params, batch_stats = _classifier_variables(model, config, seed, data.channels,
+                                                ft.image_size, encoder_vars)
+    best = {'params': params, 'batch_stats': batch_stats}
+    val_probs, probs = _frozen_probe(config, protocol, model, best, data, indices, mesh)
+    val_score, best_step = _selection_score(_eval_metrics(data.val['label'], val_probs,
+                                                          class_names)), 0
+  else:
+    def init_state():
+      params, batch_stats = _classifier_variables(model, config, seed, data.channels,
+                                                  ft.image_size, encoder_vars)
+      copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # distinct buffers: params are donated
+      extra = {'best_params': copy(params), 'best_batch_stats': copy(batch_stats),
+               'best_score': jnp.asarray(-jnp.inf), 'best_step': jnp.zeros((), jnp.int32)}
+      state = loop.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              batch_stats=batch_stats, opt_state=tx.init(params), extra=extra,
+                              rng=loop.fresh_rng(seed))
+      return sharding.replicate(state, mesh)
 
-  loader = pipeline.make_loader(train, batch_size=min(batch_size, len(train)), seed=seed,
-                                fields=('image', 'label'), worker_count=config.worker_count)
-  job = loop.Job(name=f'finetune/{init}/{fraction:g}/seed{seed}', directory=directory,
-                 num_steps=ft.steps, init_state=init_state, train_step=step, loader=loader,
-                 mesh=mesh, checkpoint_every=config.checkpoint_every,
-                 log_every=config.log_every, eval_every=ft.eval_every, evaluate=evaluate)
-  state = loop.run_job(job, writer)
-  best = {'params': state.extra['best_params'], 'batch_stats': state.extra['best_batch_stats']}
-  test = pipeline.read_all(test_source, ('image', 'label', 'patient_id'))
-  probs = predict(best, test['image'])
-  test_metrics = _eval_metrics(test['label'], probs, class_names)
-  result = {'init': init, 'label_fraction': fraction, 'seed': seed,
-            'num_train': len(train), 'best_step': int(state.extra['best_step']),
-            'val_score': float(state.extra['best_score']), 'class_names': list(class_names),
-            'test': test_metrics}
+    def evaluate(state):
+      probs = predict({'params': state.params, 'batch_stats': state.batch_stats},
+                      data.val['image'])
+      m = _eval_metrics(data.val['label'], probs, class_names)
+      score = _selection_score(m)
+      if score > float(state.extra['best_score']):  # model selection on val only
+        copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)
+        state = state.replace(extra={
+            'best_params': copy(state.params), 'best_batch_stats': copy(state.batch_stats),
+            'best_score': jnp.asarray(score, jnp.float32), 'best_step': jnp.copy(state.step)})
+      return state, {f'val/{k}': v for k, v in m.items() if np.isfinite(v)}
+
+    train = pipeline.Subset(data.train_source, indices)
+    batch_size = pipeline.per_host_batch(ft.batch_size, 'config.finetune.batch_size')
+    loader = pipeline.make_loader(train, batch_size=min(batch_size, len(train)), seed=seed,
+                                  fields=('image', 'label'), worker_count=config.worker_count)
+    job = loop.Job(name=job_name, directory=directory, num_steps=ft.steps,
+                   init_state=init_state, train_step=step, loader=loader, mesh=mesh,
+                   checkpoint_every=config.checkpoint_every, log_every=config.log_every,
+                   eval_every=ft.eval_every, evaluate=evaluate)
+    state = loop.run_job(job, writer)
+    best = {'params': state.extra['best_params'], 'batch_stats': state.extra['best_batch_stats']}
+    probs = predict(best, data.test['image'])
+    val_score, best_step = float(state.extra['best_score']), int(state.extra['best_step'])
+
+  test_metrics = _eval_metrics(data.test['label'], probs, class_names)
+  result = {'protocol': protocol, 'init': init, 'label_fraction': fraction, 'seed': seed,
+            'num_train': int(len(indices)), 'best_step': best_step, 'val_score': val_score,
+            'class_names': list(class_names), 'test': test_metrics}
   if jax.process_index() == 0:
-    np.savez_compressed(directory / 'test_predictions.npz', probs=probs, labels=test['label'],
-                        patient_id=test['patient_id'])
-    writer.write(job.name, ft.steps, {f'test/{k}': v for k, v in test_metrics.items()
+    np.savez_compressed(directory / 'test_predictions.npz', probs=probs,
+                        labels=data.test['label'], patient_id=data.test['patient_id'])
+    if protocol == 'finetune' and config.explain.enabled and 'mask' in data.test:
+      _explain(config, model, best, data, directory)
+    writer.write(job_name, ft.steps, {f'test/{k}': v for k, v in test_metrics.items()
                                       if np.isfinite(v)})
     result_path.write_text(json.dumps(result, indent=2))
   return result
 
 
+def _explain(config, model, variables, data, directory):
+  """Grad-CAM attention inside the lung masks of the test images -> attention.npz."""
+  from cxr_jax.explain import analysis
+  extra = {}
+  for name in filter(None, (n.strip() for n in config.explain.extra_masks.split(','))):
+    if name not in data.builder.info.features:
+      raise ValueError(f'config.explain.extra_masks: the dataset has no field {name!r}')
+    extra[name] = pipeline.read_all(pipeline.get_source(
+        data.builder, config.finetune.data.test_split), (name,))[name]
+  result = analysis.attention_analysis(
+      model, jax.device_get(variables), data.test['image'], data.test['mask'],
+      data.test['label'], config.finetune.image_size, extra_masks=extra or None)
+  np.savez_compressed(directory / 'attention.npz', **result)
+
+
 # ----------------------------------------------------------------------------- the plan
 
 def run(config: ml_collections.ConfigDict, workdir) -> list[dict]:
-  """Runs (or resumes) the whole plan in `workdir`; returns the fine-tuning results."""
+  """Runs (or resumes) the whole plan in `workdir`; returns the evaluation results."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   validate(config)
@@ -419,19 +619,40 @@ def run(config: ml_collections.ConfigDict, workdir) -> list[dict]:
   data_dir = Path(config.data_dir) if config.data_dir else workdir / 'tfds'
   mesh = sharding.make_mesh()
   writer = loop.MetricWriter(workdir)
+  inits = _inits(config)
   try:
-    encoder_vars = None
-    for index in range(len(config.pretrain.stages)):
-      encoder_vars = pretrain_stage(config, index, encoder_vars, mesh, writer, workdir, data_dir)
+    encoders = {'scratch': None}
+    if 'curricular' in inits:
+      encoders['curricular'] = _encoder_vars(pretrain_curriculum(config, mesh, writer, workdir,
+                                                                 data_dir))
+    if 'ssl' in inits:  # one SSL stage on the target data, from scratch
+      encoders['ssl'] = _encoder_vars(pretrain_curriculum(
+          config, mesh, writer, workdir, data_dir, [_ssl_stage_index(config)], 'pretrain_ssl'))
+    if 'imagenet' in inits:
+      encoders['imagenet'] = _imagenet_encoder(config)
+    data = _EvalData(config, data_dir)
     results = []
-    for init in _inits(config):
-      for fraction in config.finetune.label_fractions:
-        for seed in range(config.finetune.num_seeds):
-          results.append(finetune_job(config, init, float(fraction), seed, encoder_vars, mesh,
-                                      writer, workdir, data_dir))
+    for protocol in _protocols(config):
+      for init in inits:
+        for fraction in config.finetune.label_fractions:
+          for seed in range(config.finetune.num_seeds):
+            results.append(finetune_job(config, protocol, init, float(fraction), seed,
+                                        encoders[init], data, mesh, writer, workdir))
   finally:
     writer.close()
   if jax.process_index() == 0:
     from cxr_jax import report
     report.write_report(workdir)
   return results
+
+
+def _protocols(config):
+  return [p.strip() for p in config.finetune.protocols.split(',') if p.strip()]
+
+
+def _ssl_stage_index(config):
+  names = [s.name for s in config.pretrain.stages]
+  name = config.pretrain.ssl_stage or names[-1]
+  if name not in names:
+    raise ValueError(f'config.pretrain.ssl_stage={name!r} is not a stage; stages: {names}')
+  return names.index(name)

@@ -1,14 +1,102 @@
-"""Process-level setup, done once before JAX touches a device: multi-process runtime."""
+"""Process-level setup, done once before JAX initialises a backend.
+
+`setup()` (called first by launch.py, and by the benchmarks) does two things:
+
+1. XLA flag defaults for the CPU backend, put into XLA_FLAGS before the backend starts
+   (XLA reads the variable once, when the first backend is created; setting it later
+   has no effect). Only flags measured to help are set (docs/benchmarks.md), and a flag
+   the user already put in XLA_FLAGS always wins. The CPU flags are ignored by GPU/TPU
+   compilations, so setting them on an accelerator host changes nothing there.
+2. `jax.distributed.initialize` when this is one process of a multi-process run
+   (coordinator flags given, or JAX's usual environment variables set), with the CPU
+   collectives (gloo) that a multi-process CPU run needs for cross-process reductions.
+"""
 from __future__ import annotations
 
 import os
 
+# --xla_cpu_experimental_ynn_fusion_type=<empty>: convolutions through XLA's Eigen
+# kernels instead of YNNPACK fusions. Measured on the 2-core dev machine with jax 0.10.2
+# (docs/benchmarks.md): faster for ResNet training steps and less memory.
+_YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
+_CPU_DEFAULTS = {_YNN_FLAG: ''}
+
+_ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'
+
+
+def _backend_initialised() -> bool:
+  import sys
+  if 'jax' not in sys.modules:
+    return False
+  try:
+    from jax._src import xla_bridge
+    return bool(getattr(xla_bridge, '_backends', {}))
+  except Exception:  # private API moved: assume not, the flags are harmless either way
+    return False
+
+
+def _set_flag(name: str, value: str, override: bool = False):
+  """Puts `name=value` into XLA_FLAGS unless the user set `name` (or override)."""
+  flags = os.environ.get('XLA_FLAGS', '').split()
+  present = [f for f in flags if f.split('=', 1)[0] == name]
+  if present and not override:
+    return
+  flags = [f for f in flags if f.split('=', 1)[0] != name] + [f'{name}={value}']
+  os.environ['XLA_FLAGS'] = ' '.join(flags)
+
+
+def set_cpu_ynn_fusion(enabled: bool):
+  """Chooses YNNPACK fusions on (XLA's own default) or off for the CPU backend.
+
+  Must run before the backend starts; overrides XLA_FLAGS' value. For A/B benchmarks.
+  """
+  if enabled:
+    flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+             if f.split('=', 1)[0] != _YNN_FLAG]
+    # a sentinel entry keeps setup()'s default from switching them off again
+    os.environ['XLA_FLAGS'] = ' '.join(flags)
+    os.environ['CXR_JAX_CPU_YNN'] = '1'
+  else:
+    _set_flag(_YNN_FLAG, '', override=True)
+
+
+def apply_xla_defaults():
+  """Sets the CPU flag defaults in XLA_FLAGS (no-op where the user chose otherwise)."""
+  if _backend_initialised():
+    return  # too late to take effect; do not pretend otherwise
+  if os.environ.get('CXR_JAX_CPU_YNN') == '1':
+    return
+  for name, value in _CPU_DEFAULTS.items():
+    _set_flag(name, value)
+
 
 def setup(coordinator_address: str | None = None, num_processes: int | None = None,
-          process_id: int | None = None) -> None:
-  """Initialises `jax.distributed` when this is one process of a multi-process run
-  (flags given, or the usual JAX_COORDINATOR_ADDRESS environment variable set)."""
-  if coordinator_address or 'JAX_COORDINATOR_ADDRESS' in os.environ:
-    import jax
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+          process_id: int | None = None, local_device_ids=None) -> None:
+  """Process setup: XLA flag defaults, then `jax.distributed` for multi-process runs.
+
+  Args:
+    coordinator_address: 'host:port' of process 0; None reads JAX_COORDINATOR_ADDRESS
+      (or lets jax.distributed auto-detect a cluster: SLURM, TPU pods...) when a
+      multi-process run is signalled by that variable.
+    num_processes, process_id: this run's size and this process's rank (None: from
+      the environment, e.g. JAX_NUM_PROCESSES / JAX_PROCESS_ID, or auto-detected).
+    local_device_ids: devices this process drives (None: all visible).
+  """
+  apply_xla_defaults()
+  if not (coordinator_address or os.environ.get(_ENV_COORDINATOR)):
+    return
+  import jax
+  if num_processes is None and os.environ.get('JAX_NUM_PROCESSES'):
+    num_processes = int(os.environ['JAX_NUM_PROCESSES'])
+  if process_id is None and os.environ.get('JAX_PROCESS_ID'):
+    process_id = int(os.environ['JAX_PROCESS_ID'])
+  # Cross-process collectives on the CPU backend need an implementation (without one,
+  # a CPU computation spanning processes fails); gloo ships with jaxlib. GPU/TPU runs
+  # use NCCL / ICI and ignore this option.
+  try:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  except Exception:  # option renamed in a later jax: the default may already be gloo
+    pass
+  jax.distributed.initialize(coordinator_address=coordinator_address or None,
+                             num_processes=num_processes, process_id=process_id,
+                             local_device_ids=local_device_ids)

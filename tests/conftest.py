@@ -8,13 +8,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `configs` is imported as a package by config files
 
+
+
+def pytest_configure(config):
+  # one persistent compilation cache for this process and its subprocesses: the same
+  # tiny programs are compiled once per session instead of once per test
+  import tempfile
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='cxr_jax_jit_'))
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+
+
 TINY_PHANTOM = 'size=32,num_unlabeled=64,num_train=16,num_val=16,num_test=32,confounder_strength=0.5,seed=0'
 
 
 @pytest.fixture(scope='session')
-def jax_cache_dir(tmp_path_factory):
-  """A persistent compilation cache shared by the test subprocesses (fewer compilations)."""
-  return str(tmp_path_factory.mktemp('jax_cache'))
+def jax_cache_dir():
+  """The persistent compilation cache shared by the test subprocesses."""
+  return os.environ['JAX_COMPILATION_CACHE_DIR']
 
 
 @pytest.fixture(scope='session')
@@ -34,7 +44,7 @@ def tiny_overrides(data_dir=None):
       '--config.model.width=0.125',
       '--config.pretrain.stages[0].steps=4', '--config.pretrain.stages[1].steps=4',
       '--config.pretrain.stages[0].batch_size=16', '--config.pretrain.stages[1].batch_size=16',
-      '--config.pretrain.stages[1].image_size=32',
+      '--config.pretrain.stages[0].image_size.start=32', '--config.pretrain.stages[1].image_size.start=32',
       '--config.pretrain.simclr.proj_hidden_dim=32', '--config.pretrain.simclr.proj_dim=16',
       '--config.finetune.steps=4', '--config.finetune.num_seeds=1',
       '--config.finetune.eval_every=2', '--config.finetune.batch_size=8',

@@ -465,8 +465,8 @@ def main(argv=None):
   parser.add_argument('--in_channels', type=int, default=1, choices=(1, 3),
                       help='1: fold RGB into one gray channel (sum); 3: keep RGB')
   parser.add_argument('--normalize', default='imagenet', choices=('imagenet', 'none'),
-                      help='fold torchvision\'s ImageNet normalisation into the first layer '
-                      'so the model takes [0, 1] images (default), or leave the weights as they are')
+                      help="fold torchvision's ImageNet normalisation into the first layer so "
+                      'the model takes [0, 1] images (default), or leave the weights as they are')
   args = parser.parse_args(argv)
   normalize = None if args.normalize == 'none' else args.normalize
   variables = convert_torch_resnet(load_state_dict(args.src), args.arch, args.in_channels,

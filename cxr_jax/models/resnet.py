@@ -228,6 +228,11 @@ class ResNet(nn.Module):
       maps smaller than 3x3 (a large CPU speed-up; numerically the same).
     axis_name: BatchNorm's cross-device axis for shard_map/pmap; leave None
       under jit with global arrays (the batch mean is already global).
+    remat: rematerialise each residual block in the backward pass (nn.remat):
+      only block inputs are kept between forward and backward, trading about
+      one more forward pass for activation memory (large resolutions or
+      batches). Same parameters and, up to float rounding, the same outputs
+      and gradients.
   """
   stage_sizes: Sequence[int]
   block_cls: Any = 'basic'
@@ -237,6 +242,7 @@ class ResNet(nn.Module):
   dtype: Dtype = jnp.float32
   small_map_conv: bool = True
   axis_name: str | None = None
+  remat: bool = False
 
   def setup(self):
     # Only the head lives here; the body is built in the compact
@@ -278,6 +284,9 @@ class ResNet(nn.Module):
     if self.width <= 0:
       raise ValueError(f'ResNet width must be > 0, got {self.width}.')
     block = self._block()
+    if self.remat:
+      # `train` (argument 2, counting self) switches code paths: keep it static.
+      block = nn.remat(block, static_argnums=(2,))
     x = x.astype(self.dtype)
     stem_features = _scaled(64, self.width)
     if self.stem == 'imagenet':

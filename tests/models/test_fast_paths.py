@@ -1,0 +1,134 @@
+"""Every speed path gives the plain path's numbers: outputs AND gradients.
+
+Fast paths: the small-map 3x3 convolution (resnet.conv3x3_small_map), block
+rematerialisation (ResNet(remat=True)), and the CPU XLA flag default set by
+cxr_jax.platform (YNNPACK fusions off). Speed itself is measured in benchmarks/, never
+asserted here.
+"""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+import pytest
+
+from cxr_jax import platform
+from cxr_jax.models import resnet
+from tests.conftest import ROOT, subprocess_env
+
+
+def _random_variables(shapes, seed=0):
+  """Random values for every variable, BN scales/variances away from zero."""
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, v: jnp.asarray(
+          (rng.uniform(0.5, 1.5, v.shape) if jax.tree_util.keystr(path)
+           .endswith(("'scale']", "'var']")) else
+           0.3 * rng.standard_normal(v.shape)), v.dtype), shapes)
+
+
+@pytest.mark.parametrize('hw', [(1, 1), (2, 2), (1, 2), (2, 1)])
+def test_small_map_conv_gradients_match_xla_conv(hw):
+  x = jax.random.normal(jax.random.key(0), (3, *hw, 5))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 5, 4))
+  w = jax.random.normal(jax.random.key(2), (3, *hw, 4))  # a non-uniform cotangent
+
+  def plain(x, k):
+    return jnp.sum(w * lax.conv_general_dilated(
+        x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+
+  def fast(x, k):
+    return jnp.sum(w * resnet.conv3x3_small_map(x, k))
+
+  vp, gp = jax.jit(jax.value_and_grad(plain, argnums=(0, 1)))(x, k)
+  vf, gf = jax.jit(jax.value_and_grad(fast, argnums=(0, 1)))(x, k)
+  np.testing.assert_allclose(vf, vp, rtol=1e-5, atol=1e-5)
+  for a, b in zip(gf, gp):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _train_loss_and_grads(model, variables, x):
+  """Loss, parameter gradients and new batch stats of one training-mode apply."""
+  def loss(params):
+    out, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                               x, train=True, mutable=['batch_stats'])
+    return jnp.mean(jnp.sin(out)), updates['batch_stats']
+  (value, stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+  return value, grads, stats
+
+
+def _assert_trees_close(a, b, rtol, atol):
+  la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)
+  assert len(la) == len(lb)
+  for (path, x), y in zip(la, lb):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+def test_small_map_model_gradients_match_plain():
+  # imagenet stem on 64 px: stage 4 runs on 2x2 maps, where the fast path applies.
+  # 8 examples keep BN's batch statistics well conditioned on 2x2 maps.
+  x = jax.random.normal(jax.random.key(3), (8, 64, 64, 1))
+  fast = resnet.resnet18(width=0.125, small_map_conv=True)
+  slow = resnet.resnet18(width=0.125, small_map_conv=False)
+  variables = _random_variables(jax.eval_shape(fast.init, jax.random.key(0), x))
+  vf, gf, sf = _train_loss_and_grads(fast, variables, x)
+  vs, gs, ss = _train_loss_and_grads(slow, variables, x)
+  np.testing.assert_allclose(vf, vs, rtol=1e-5, atol=1e-6)
+  _assert_trees_close(gf, gs, rtol=2e-3, atol=2e-5)
+  _assert_trees_close(sf, ss, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet50'])
+def test_remat_keeps_params_outputs_and_gradients(name):
+  x = jax.random.normal(jax.random.key(4), (4, 32, 32, 1))
+  plain = resnet.build_encoder(name, width=0.125)
+  remat = resnet.build_encoder(name, width=0.125, remat=True)
+  shapes = jax.eval_shape(plain.init, jax.random.key(0), x)
+  assert (jax.tree.map(lambda v: (v.shape, v.dtype), shapes) ==
+          jax.tree.map(lambda v: (v.shape, v.dtype),
+                       jax.eval_shape(remat.init, jax.random.key(0), x)))
+  variables = _random_variables(shapes)
+  vp, gp, sp = _train_loss_and_grads(plain, variables, x)
+  vr, gr, sr = _train_loss_and_grads(remat, variables, x)
+  np.testing.assert_allclose(vr, vp, rtol=1e-5, atol=1e-6)
+  _assert_trees_close(gr, gp, rtol=1e-4, atol=1e-6)
+  _assert_trees_close(sr, sp, rtol=1e-5, atol=1e-6)
+  # eval mode (no remat effect, but the wrapped blocks must take train=False too)
+  np.testing.assert_allclose(jax.jit(remat.apply)(variables, x),
+                             jax.jit(plain.apply)(variables, x), rtol=1e-5, atol=1e-6)
+
+
+def test_platform_sets_cpu_flag_default_and_respects_user(monkeypatch):
+  monkeypatch.setattr(platform, '_backend_initialised', lambda: False)
+  monkeypatch.delenv('CXR_JAX_CPU_YNN', raising=False)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  platform.apply_xla_defaults()
+  flags = os.environ['XLA_FLAGS'].split()
+  assert '--xla_force_host_platform_device_count=2' in flags
+  assert '--xla_cpu_experimental_ynn_fusion_type=' in flags
+  # a value the user chose wins
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=default')
+  platform.apply_xla_defaults()
+  assert os.environ['XLA_FLAGS'] == '--xla_cpu_experimental_ynn_fusion_type=default'
+
+
+def _step(out, xla_flags, cache):
+  env = subprocess_env(cache)
+  env['XLA_FLAGS'] = xla_flags
+  subprocess.run([sys.executable, '-m', 'tests.train.step_equivalence', str(out)], cwd=ROOT,
+                 env=env, check=True, timeout=600)
+  return dict(np.load(out))
+
+
+def test_cpu_flag_default_gives_the_same_step(tmp_path, jax_cache_dir):
+  """One real SimCLR step (augmentation, model, loss, LARS) with XLA's default CPU
+  fusions and with platform.py's default: same loss, parameters and BN statistics."""
+  ynn = _step(tmp_path / 'ynn.npz', '', jax_cache_dir)
+  eigen = _step(tmp_path / 'eigen.npz', '--xla_cpu_experimental_ynn_fusion_type=',
+                jax_cache_dir)
+  assert set(ynn) == set(eigen)
+  for key in ynn:
+    np.testing.assert_allclose(eigen[key], ynn[key], rtol=2e-4, atol=2e-5, err_msg=key)

@@ -1,0 +1,110 @@
+"""The experiment plan: a pretraining stage resumed mid-way follows the same schedules and
+data order as an uninterrupted one; carry-over between stages; config validation."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from cxr_jax import experiment
+from cxr_jax.curriculum import schedule
+from cxr_jax.train import loop, sharding
+from tests.conftest import TINY_PHANTOM
+
+
+def tiny_config(data_dir):
+  c = default.get_config()
+  c.data_dir = str(data_dir)
+  c.phantom = TINY_PHANTOM
+  c.model.width = 0.125
+  c.pretrain.simclr.proj_hidden_dim, c.pretrain.simclr.proj_dim = 32, 16
+  for stage in c.pretrain.stages:
+    stage.steps, stage.batch_size = 6, 16
+    stage.image_size = schedule('constant', 32)
+  c.pretrain.stages[0].strength = schedule('linear', 0.2, 0.9)
+  c.pretrain.monitor_every = 0
+  c.checkpoint_every, c.log_every = 3, 1
+  c.curriculum.pacing.kind = 'root'   # the paced sampler must survive the resume too
+  return c
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def _rows(workdir, job):
+  rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return {r['step']: r for r in rows if r['job'] == job and 'train/loss' in r}
+
+
+def test_resumed_stage_follows_the_same_schedule_and_data(tmp_path, tiny_data_dir):
+  config = tiny_config(tiny_data_dir)
+  mesh = sharding.make_mesh()
+  a, b = tmp_path / 'a', tmp_path / 'b'
+  a.mkdir(), b.mkdir()
+  writer = loop.MetricWriter(a)
+  straight = loop.run_job(experiment.pretrain_job(config, 0, None, mesh, a, tiny_data_dir), writer)
+  writer.close()
+
+  writer = loop.MetricWriter(b)
+  job = experiment.pretrain_job(config, 0, None, mesh, b, tiny_data_dir)
+  inner, calls = job.train_step, []
+
+  def stop_after_three(state, batch):
+    if len(calls) == 3:
+      raise _Interrupted()  # as if killed after the checkpoint of step 3
+    calls.append(1)
+    return inner(state, batch)
+  job.train_step = stop_after_three
+  with pytest.raises(_Interrupted):
+    loop.run_job(job, writer)
+  resumed = loop.run_job(experiment.pretrain_job(config, 0, None, mesh, b, tiny_data_dir), writer)
+  writer.close()
+
+  rows_a, rows_b = _rows(a, 'pretrain/low_res'), _rows(b, 'pretrain/low_res')
+  assert sorted(rows_b) == [1, 2, 3, 4, 5, 6]
+  for step in range(1, 7):
+    for key in ('train/strength', 'train/lr', 'train/temperature', 'train/loss'):
+      np.testing.assert_allclose(rows_b[step][key], rows_a[step][key], rtol=1e-6, err_msg=f'{key}@{step}')
+  assert rows_a[1]['train/strength'] < rows_a[6]['train/strength']  # the schedule did move
+  for x, y in zip(jax.tree_util.tree_leaves(straight.params), jax.tree_util.tree_leaves(resumed.params)):
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
+
+
+def test_stage_carry_over_keeps_or_resets_the_head(tmp_path, tiny_data_dir):
+  config = tiny_config(tiny_data_dir)
+  mesh = sharding.make_mesh()
+  first = experiment.pretrain_job(config, 0, None, mesh, tmp_path, tiny_data_dir).init_state()
+  bumped = first.replace(params=jax.tree_util.tree_map(lambda x: x + 1.0, first.params))
+  config.pretrain.stages[1].keep_head = False
+  fresh = experiment.pretrain_job(config, 1, None, mesh, tmp_path, tiny_data_dir).init_state()
+  carried = experiment.pretrain_job(config, 1, bumped, mesh, tmp_path, tiny_data_dir).init_state()
+  same = lambda x, y: all(np.array_equal(np.asarray(p), np.asarray(q)) for p, q in
+                          zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(y)))
+  assert same(carried.params['encoder'], bumped.params['encoder'])
+  assert same(carried.params['projector'], fresh.params['projector'])   # re-initialised
+  config.pretrain.stages[1].keep_head = True
+  kept = experiment.pretrain_job(config, 1, bumped, mesh, tmp_path, tiny_data_dir).init_state()
+  assert same(kept.params['projector'], bumped.params['projector'])
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda c: setattr(c.pretrain.stages[0], 'steps', 0), r'stages\[0\].steps must be > 0'),
+    (lambda c: setattr(c.pretrain.stages[1], 'name', 'low_res'), 'stage names must be unique'),
+    (lambda c: setattr(c.finetune, 'protocols', 'finetune,lineer'), "unknown protocol 'lineer'"),
+    (lambda c: setattr(c.finetune, 'inits', 'imagenet'), 'imagenet_checkpoint is empty'),
+    (lambda c: setattr(c.pretrain, 'ssl_stage', 'nope'), "ssl_stage='nope' is not a stage"),
+])
+def test_validate_names_the_bad_key(change, message):
+  config = default.get_config()
+  config.finetune.inits = 'scratch,ssl,curricular'
+  change(config)
+  with pytest.raises(ValueError, match=message):
+    experiment.validate(config)
+
+
+def test_image_sizes_round_to_multiples_of_eight():
+  sizes = experiment.image_sizes(schedule('linear', 24, 64), 6, 'k')
+  assert sizes[0] == 24 and sizes[-1] == 56 and all(s % 8 == 0 for s in sizes)
+  assert list(sizes) == sorted(sizes)
