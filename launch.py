@@ -58,7 +58,11 @@ def main(argv):
   del argv
   from cxr_jax import platform
   platform.setup(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TFDS are chatty at INFO
+  import jax
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    # a resumed or repeated run reuses the compiled steps instead of compiling them again
+    jax.config.update('jax_compilation_cache_dir', os.path.join(_WORKDIR.value, 'jax_cache'))
+  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TFDS are chatty below ERROR
   logging.getLogger('cxr_jax').setLevel(logging.INFO)
   from cxr_jax import experiment
   experiment.run(_CONFIG.value, _WORKDIR.value)

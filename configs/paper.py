@@ -53,6 +53,10 @@ arguments):
   data_dir     TFDS data_dir of prepared datasets ('' = <workdir>/tfds)
   size         input side in pixels (0 = configs/default.py's 64 on the phantom, 224 on
                real data)
+  stem         phantom only: imagenet | small ('' = configs/default.py's). Grad-CAM sees the
+               last stage's map: 2x2 at 64 px with the imagenet stem (attention shares then
+               barely move from 1; the report warns), 8x8 with stem=small at ~16x the
+               compute of the encoder's early stages.
   runlocal     shrink everything to a seconds-long smoke run
 Single fields can still be overridden after, e.g. --config.finetune.steps=500.
 """
@@ -87,7 +91,7 @@ def get_config(arg=None):
       arg, dataset='phantom', method='simclr', backbone='', fractions='', seeds=3, inits='',
       protocols='finetune+linear+knn', imagenet='', stage1_init='scratch',
       stage1='image_folder', data_root='', natural_dir='', stage1_dir='', data_dir='',
-      size=0, runlocal=False)
+      size=0, stem='', runlocal=False)
   if a.method not in METHODS:
     raise ValueError(f'configs/paper.py: method={a.method!r}; choose from {METHODS}')
   if a.dataset != 'phantom' and a.dataset not in REAL:
@@ -138,7 +142,7 @@ def get_config(arg=None):
   if a.dataset == 'phantom':
     # dataset fields holding masks: lesion = the opacities. (The confounding marker's
     # region, cxr_jax.explain.analysis.marker_region_masks, is not a stored field.)
-    c.explain.extra_masks = 'lesion'
+    c.explain.extra_masks = 'lesion,marker'
   else:
     c.explain.extra_masks = REAL[a.dataset]['extra_masks']
 
@@ -152,6 +156,8 @@ def _phantom(c, a):
   image sizes as in configs/default.py)."""
   c.phantom = PHANTOM  # a FieldReference: every phantom data spec follows it
   c.model.name = a.backbone or 'resnet18'
+  if a.stem:
+    c.model.stem = a.stem
   if a.size:
     c.pretrain.stages[-1].image_size = schedule('constant', a.size)
     c.finetune.image_size = a.size

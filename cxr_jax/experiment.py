@@ -288,11 +288,9 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
     dummy = jnp.zeros((2, int(sizes[0]), int(sizes[0]), channels), jnp.float32)
     variables = _init(model, rng, dummy)
     params, batch_stats = variables['params'], variables['batch_stats']
-    if index == 0 and config.pretrain.init == 'imagenet':
-      imported = _imagenet_encoder(config)
-      params = dict(params, encoder=_merge(params['encoder'], imported['params']['encoder']))
-      batch_stats = dict(batch_stats, encoder=_merge(batch_stats['encoder'],
-                                                     imported['batch_stats']['encoder']))
+    if index == 0 and config.pretrain.init == 'imagenet' and folder == 'pretrain':
+      merged = _strict_encoder(variables, _imagenet_encoder(config), 'config.finetune.imagenet_checkpoint')
+      params, batch_stats = merged['params'], merged['batch_stats']
     state = loop.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
         opt_state=tx.init(params), extra=method.init_extra(params, batch_stats, mcfg),
@@ -314,13 +312,23 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
 
 
 def _imagenet_encoder(config):
+  """The converted ImageNet ResNet as {'params': {'encoder'}, 'batch_stats': {'encoder'}}."""
   path = config.finetune.imagenet_checkpoint
   if not path:
     raise ValueError('config.finetune.imagenet_checkpoint is empty, but the run asks for '
                      'ImageNet weights; convert a torchvision/timm checkpoint with '
                      '`python -m cxr_jax.models.convert` and give its path')
   from cxr_jax.models import convert
-  return convert.load_encoder(path)
+  enc = convert.load_encoder(path, arch=config.model.name)
+  return {'params': {'encoder': enc['params']}, 'batch_stats': {'encoder': enc['batch_stats']}}
+
+
+def _strict_encoder(variables, encoder_vars, what):
+  """Imported weights must fit exactly (never a silent fall back to random weights)."""
+  from cxr_jax.models import convert
+  enc = {'params': encoder_vars['params']['encoder'],
+         'batch_stats': encoder_vars['batch_stats']['encoder']}
+  return convert.merge_into(variables, enc, what=what)
 
 
 def pretrain_curriculum(config, mesh, writer, workdir: Path, data_dir: Path,
@@ -472,11 +480,16 @@ def _encoder_vars(state_or_vars):
   return state_or_vars
 
 
-def _classifier_variables(model, config, seed, channels, image_size, encoder_vars):
+def _classifier_variables(model, config, seed, channels, image_size, encoder_vars,
+                          strict=False):
   rng = jax.random.fold_in(_init_key(config.seed), 10_000 + seed)
   dummy = jnp.zeros((2, image_size, image_size, channels), jnp.float32)
   variables = _init(model, rng, dummy)
   params, batch_stats = variables['params'], variables['batch_stats']
+  if encoder_vars is not None and strict:
+    merged = _strict_encoder(variables, encoder_vars, 'config.finetune.imagenet_checkpoint')
+    return (jax.tree_util.tree_map(jnp.array, merged['params']),
+            jax.tree_util.tree_map(jnp.array, merged['batch_stats']))
   if encoder_vars is not None:
     params = dict(params, encoder=_merge(params['encoder'], encoder_vars['params']['encoder']))
     batch_stats = dict(batch_stats, encoder=_merge(batch_stats['encoder'],
@@ -536,7 +549,7 @@ def finetune_job(config, protocol: str, init: str, fraction: float, seed: int, e
 
   if protocol != 'finetune':
     params, batch_stats = _classifier_variables(model, config, seed, data.channels,
-                                                ft.image_size, encoder_vars)
+                                                ft.image_size, encoder_vars, init == 'imagenet')
     best = {'params': params, 'batch_stats': batch_stats}
     val_probs, probs = _frozen_probe(config, protocol, model, best, data, indices, mesh)
     val_score, best_step = _selection_score(_eval_metrics(data.val['label'], val_probs,
@@ -544,7 +557,7 @@ def finetune_job(config, protocol: str, init: str, fraction: float, seed: int, e
   else:
     def init_state():
       params, batch_stats = _classifier_variables(model, config, seed, data.channels,
-                                                  ft.image_size, encoder_vars)
+                                                  ft.image_size, encoder_vars, init == 'imagenet')
       copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # distinct buffers: params are donated
       extra = {'best_params': copy(params), 'best_batch_stats': copy(batch_stats),
                'best_score': jnp.asarray(-jnp.inf), 'best_step': jnp.zeros((), jnp.int32)}
@@ -597,14 +610,21 @@ def _explain(config, model, variables, data, directory):
   """Grad-CAM attention inside the lung masks of the test images -> attention.npz."""
   from cxr_jax.explain import analysis
   extra = {}
+  test_source = pipeline.get_source(data.builder, config.finetune.data.test_split)
   for name in filter(None, (n.strip() for n in config.explain.extra_masks.split(','))):
-    if name not in data.builder.info.features:
+    if name == 'marker' and 'confounder' in data.builder.info.features:
+      # the phantom's burned-in marker: the region where it can sit, per image
+      corner = pipeline.read_all(test_source, ('confounder',))['confounder']
+      extra[name] = analysis.marker_region_masks(corner, data.test['image'].shape[1])
+    elif name in data.builder.info.features:
+      extra[name] = pipeline.read_all(test_source, (name,))[name]
+    else:
       raise ValueError(f'config.explain.extra_masks: the dataset has no field {name!r}')
-    extra[name] = pipeline.read_all(pipeline.get_source(
-        data.builder, config.finetune.data.test_split), (name,))[name]
   result = analysis.attention_analysis(
       model, jax.device_get(variables), data.test['image'], data.test['mask'],
-      data.test['label'], config.finetune.image_size, extra_masks=extra or None)
+      data.test['label'], config.finetune.image_size, extra_masks=extra or None,
+      batch_size=config.eval_batch_size, overlay_per_class=config.explain.num_overlays,
+      patient_id=data.test['patient_id'])
   np.savez_compressed(directory / 'attention.npz', **result)
 
 

@@ -443,7 +443,14 @@ def _seed_mean_per_image(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def load_attention(rs: list[dict], groups_fallback=None) -> dict | None:
-  """The seeds' attention.npz of one group, stacked: {key: [per-seed arrays]}, seeds."""
+  """The attention.npz files of one group's seeds, or None when there are none.
+
+  Returns:
+    {'seeds': [k], 'arrays': [the dict of each seed's attention.npz], 'groups': [N]
+    patient ids (attention.npz's, else test_predictions.npz's, else `groups_fallback`,
+    else one per image), 'labels': [N]}; seeds tested on other images than the first
+    are left out.
+  """
   found = [(r, _load_npz(Path(r['_dir']) / 'attention.npz')) for r in rs]
   found = [(r, a) for r, a in found if a is not None]
   if not found:
@@ -491,7 +498,8 @@ def attention_summary(att: dict, n_boot: int, seed: int = 0) -> dict[str, tuple]
     out['occlusion_lung_share'] = (mean, lo, hi, int(np.sum(~np.isnan(occ_img))))
     grad = _seed_mean_per_image([a['lung_share_pred'][:o] for a in att['arrays']])
     ok = ~np.isnan(grad) & ~np.isnan(occ_img)
-    if ok.sum() >= 3:
+    # a constant input (e.g. a uniform 1x1 Grad-CAM) leaves the correlation undefined
+    if ok.sum() >= 3 and np.ptp(grad[ok]) > 0 and np.ptp(occ_img[ok]) > 0:
       from scipy.stats import spearmanr
       rho = spearmanr(grad[ok], occ_img[ok]).statistic
       out['gradcam_occlusion_spearman'] = (float(rho), float('nan'), float('nan'),
@@ -881,6 +889,7 @@ def write_report(workdir, n_boot: int = 1000, seed: int = 0) -> Path:
               'lung share (true) | ' + ''.join(f'{r} share (pred) | ' for r in extra) +
               'occlusion lung share | Grad-CAM vs occlusion ρ | Δ lung share vs scratch (p) |',
               '|---' * (9 + len(extra)) + '|']
+    coarse = set()
     for key, att in atts.items():
       s = summaries[key]
       cell = lambda name: (f'{_fmt(s[name][0], 2)} [{_fmt(s[name][1], 2)}, '
@@ -898,6 +907,9 @@ def write_report(workdir, n_boot: int = 1000, seed: int = 0) -> Path:
                    ''.join(f'{cell(r + "_share_pred")} | ' for r in extra) +
                    f'{cell("occlusion_lung_share")} | '
                    f'{_fmt(rho[0], 2) + f" (n={rho[3]})" if rho else "–"} | {vs} |')
+      res = att['arrays'][0].get('cam_resolution')
+      if res is not None and min(res) < 4:
+        coarse.add(f'{int(res[0])}x{int(res[1])}')
       att_rows.append(dict(protocol=key[0], init=key[1], fraction=key[2],
                            pred=s.get('lung_share_pred'), true=s.get('lung_share_true')))
     lines += ['', 'Share = (fraction of Grad-CAM energy inside the region) / (region area '
@@ -908,6 +920,12 @@ def write_report(workdir, n_boot: int = 1000, seed: int = 0) -> Path:
               'for occlusion-sensitivity maps (gradient-free) on the first test images, with '
               'ρ its Spearman correlation with the Grad-CAM share on those images. Δ vs '
               'scratch: paired bootstrap of the mean lung share difference.', '']
+    if coarse:
+      lines += [f'Warning: Grad-CAM was computed on {" / ".join(sorted(coarse))} feature '
+                'maps here; a 1x1 map gives a uniform CAM (share 1.0 whatever the model '
+                'looks at) and 2x2 is nearly as coarse. Use a larger input or a smaller stem '
+                '(config.finetune.image_size, config.model.stem) for attention that means '
+                'something; the occlusion share does not have this limit.', '']
 
   # -- confounder study
   strength = _phantom_confounding(workdir)

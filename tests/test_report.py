@@ -137,7 +137,8 @@ def _make_workdir(root, seeds=3, patients=60, size=24):
             marker_share_true=rng.normal(MARKER[init], 0.2, n), marker_area=np.full(n, 0.02),
             occlusion_index=np.arange(8), occlusion_lung_share=lung[:8] * 0.9 + 0.05,
             overlay_index=idx, overlay_image=image, overlay_mask=mask, overlay_cam_pred=cams,
-            overlay_cam_true=cams, image_size=np.asarray(size), patient_id=pid)
+            overlay_cam_true=cams, image_size=np.asarray(size), patient_id=pid,
+            cam_resolution=np.array([2, 2] if init == 'ssl' else [8, 8]))
   # one linear-probe result, in its own section
   d = root / 'linear_probe' / 'scratch' / '1' / 'seed0'  # the experiment's folder name
   d.mkdir(parents=True)
@@ -223,6 +224,7 @@ def test_synthetic_workdir_report(tmp_path, capsys):
   assert float(cur[8]) < 1 < float(scratch[8])  # marker share
   assert ('linear', 'scratch', '1') in conf
 
+  assert 'Warning: Grad-CAM was computed on 2x2 feature maps' in text  # ssl's maps
   assert '## Linear probe (frozen encoder): test metrics' in text
   assert '`pretrain/full_res`: 10 steps, final loss 1.2340' in text
   for name in ('auroc_vs_fraction.png', 'attention_share.png', 'overlays_finetune_1.png',

@@ -166,7 +166,9 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
       'overlay_index' [M] int64, 'overlay_image' [M, S, S] uint8 (the eval view, first
         channel), 'overlay_mask' [M, S, S] uint8, 'overlay_cam_pred',
         'overlay_cam_true' [M, S, S] float32 (Grad-CAM upsampled to S, unnormalised),
-      'image_size' [] int64, and 'patient_id' [N] when given.
+      'image_size' [] int64, 'cam_resolution' [2] int64 (h, w of the map Grad-CAM is
+        computed on; shares are uninformative when it is 1x1), and 'patient_id' [N]
+        when given.
   """
   images = np.asarray(images)
   labels = np.asarray(labels).astype(np.int64).reshape(-1)
@@ -229,9 +231,14 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
         ov['cam_pred'][k], ov['cam_true'][k] = cp[j], ct[j]
 
   s = image_size
+  # Grad-CAM's resolution is the last stage's map: a 1x1 map gives a uniform CAM (share 1
+  # whatever the model does) and 2x2 barely better; the report warns about such maps
+  fmap = jax.eval_shape(fmap_fn, variables,
+                        jax.ShapeDtypeStruct((1, s, s, images.shape[-1]), jnp.float32))
   out = {'probs': np.concatenate(probs).astype(np.float32), 'labels': labels,
          'pred': np.concatenate(preds).astype(np.int64),
-         'image_size': np.asarray(image_size, np.int64)}
+         'image_size': np.asarray(image_size, np.int64),
+         'cam_resolution': np.asarray(fmap.shape[1:3], np.int64)}
   for key, values in shares.items():
     out[key] = np.concatenate(values)
   for r, m in regions.items():

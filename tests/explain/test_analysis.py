@@ -48,7 +48,7 @@ class RegionEncoder(nn.Module):
 
 def _model():
   model = heads.ClassifierModel(encoder=RegionEncoder(_region(S)), num_classes=3)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, S, S, 1)))
+  # the encoder has no parameters: the head is the whole variable tree
   variables = {'params': {'head': {'kernel': jnp.diag(jnp.array([A, B, C])),
                                    'bias': jnp.zeros(3)}}}
   return model, variables
@@ -103,6 +103,7 @@ def test_known_shares_at_the_model_resolution():
   assert out['occlusion_lung_share'][0] > 1.5
   assert out['occlusion_lung_share'][1] < 0.5  # image 1 is explained by the outside
   assert int(out['image_size']) == S
+  np.testing.assert_array_equal(out['cam_resolution'], [S, S])  # the map is at image size
 
 
 def test_storage_size_is_resized_like_the_classifier_sees_it():
@@ -210,3 +211,4 @@ def test_real_resnet_on_phantoms_shapes_and_ranges():
   np.testing.assert_allclose(out['probs'].sum(1), 1.0, rtol=1e-5)
   assert out['overlay_cam_pred'].shape == (4, size, size)
   assert out['occlusion_lung_share'].shape == (2,)
+  np.testing.assert_array_equal(out['cam_resolution'], [2, 2])  # small stem: 16 px / 8
