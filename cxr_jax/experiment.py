@@ -123,7 +123,7 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: Path):
 
 def _model_encoder(config):
   m = config.model
-  return build_encoder(m.name, width=m.width, stem=m.stem, dtype=jnp.dtype(m.dtype))
+  return build_encoder(m.name, width=m.width, stem=m.stem, dtype=jnp.dtype(m.dtype), remat=m.remat)
 
 
 def _init_key(seed):

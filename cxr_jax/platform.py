@@ -85,6 +85,9 @@ def setup(coordinator_address: str | None = None, num_processes: int | None = No
   apply_xla_defaults()
   if not (coordinator_address or os.environ.get(_ENV_COORDINATOR)):
     return
+  if coordinator_address in (None, 'auto') and os.environ.get(_ENV_COORDINATOR) == 'auto':
+    coordinator_address = None  # let jax.distributed detect the cluster (TPU, SLURM)
+    os.environ.pop(_ENV_COORDINATOR)
   import jax
   if num_processes is None and os.environ.get('JAX_NUM_PROCESSES'):
     num_processes = int(os.environ['JAX_NUM_PROCESSES'])

@@ -65,3 +65,17 @@ def subprocess_env(jax_cache_dir=None, devices=None):
   if devices:
     env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   return env
+
+
+@pytest.fixture(scope='session')
+def default_flags_step(tmp_path_factory):
+  """One SimCLR step of a tiny ResNet on 1 device with XLA's default CPU flags
+  (tests/train/step_equivalence.py), shared by the sharding and fast-path tests."""
+  import subprocess
+  import numpy as np
+  out = tmp_path_factory.mktemp('step') / 'one_device.npz'
+  env = subprocess_env()
+  env['XLA_FLAGS'] = ''
+  subprocess.run([sys.executable, '-m', 'tests.train.step_equivalence', str(out)], cwd=ROOT,
+                 env=env, check=True, timeout=600)
+  return dict(np.load(out))

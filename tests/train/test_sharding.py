@@ -16,8 +16,8 @@ def _run(tmp_path, devices, cache):
   return dict(np.load(out))
 
 
-def test_one_and_four_devices_agree(tmp_path, jax_cache_dir):
-  one = _run(tmp_path, 1, jax_cache_dir)
+def test_one_and_four_devices_agree(tmp_path, jax_cache_dir, default_flags_step):
+  one = dict(default_flags_step)
   four = _run(tmp_path, 4, jax_cache_dir)
   assert int(one.pop('num_devices')) == 1 and int(four.pop('num_devices')) == 4
   assert one.keys() == four.keys() and len(one) > 50
