@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cxr_jax.models import heads
+from cxr_jax.ssl import common
 
 DEFAULTS = ml_collections.ConfigDict({
     'proj_hidden_dim': 512,   # projector width (paper: 8192)
@@ -66,27 +66,14 @@ def loss(z1: jax.Array, z2: jax.Array, lambd: float = 5e-3, eps: float = 1e-5) -
   return on_diag + lambd * off_diag
 
 
-def build_model(encoder, cfg):
-  projector = heads.ProjectionMLP(cfg.proj_hidden_dim, cfg.proj_dim, num_layers=cfg.proj_layers)
-  return heads.SSLModel(encoder=encoder, projector=projector)
-
-
-def init_extra(params, batch_stats, cfg):
-  del params, batch_stats, cfg
-  return {}
+build_model = common.projector_model
+init_extra = common.no_extra
+update_extra = common.keep_extra
 
 
 def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
   del extra, hp
-  batch = view1.shape[0]
-  out, updates = model.apply({'params': params, 'batch_stats': batch_stats},
-                             jnp.concatenate([view1, view2], axis=0), train=True,
-                             mutable=['batch_stats'])
-  z = out['projection']
-  value = loss(z[:batch], z[batch:], cfg['lambda'], cfg.eps)
-  return value, (updates['batch_stats'], {'loss': value}, out['features'][:batch])
+  z1, z2, features, batch_stats = common.project_two_views(model, params, batch_stats, view1, view2)
+  value = loss(z1, z2, cfg['lambda'], cfg.eps)
+  return value, (batch_stats, {'loss': value}, features)
 
-
-def update_extra(extra, params, batch_stats, hp, cfg, aux):
-  del params, batch_stats, hp, cfg, aux
-  return extra

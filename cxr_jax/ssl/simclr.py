@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cxr_jax.models import heads
+from cxr_jax.ssl import common
 
 DEFAULTS = ml_collections.ConfigDict(dict(
     proj_hidden_dim=512,  # width of the projector's hidden layers
@@ -41,28 +41,14 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, positives))
 
 
-def build_model(encoder, cfg):
-  projector = heads.ProjectionMLP(cfg.proj_hidden_dim, cfg.proj_dim, num_layers=cfg.proj_layers)
-  return heads.SSLModel(encoder=encoder, projector=projector)
-
-
-def init_extra(params, batch_stats, cfg):
-  del params, batch_stats, cfg
-  return {}
+build_model = common.projector_model
+init_extra = common.no_extra
+update_extra = common.keep_extra
 
 
 def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
   del extra, cfg
-  batch = view1.shape[0]
-  # both views in one forward pass: BatchNorm sees the statistics of all 2B views
-  out, updates = model.apply({'params': params, 'batch_stats': batch_stats},
-                             jnp.concatenate([view1, view2], axis=0), train=True,
-                             mutable=['batch_stats'])
-  z = out['projection']
-  loss = nt_xent(z[:batch], z[batch:], hp['temperature'])
-  return loss, (updates['batch_stats'], {'loss': loss}, out['features'][:batch])
+  z1, z2, features, batch_stats = common.project_two_views(model, params, batch_stats, view1, view2)
+  loss = nt_xent(z1, z2, hp['temperature'])
+  return loss, (batch_stats, {'loss': loss}, features)
 
-
-def update_extra(extra, params, batch_stats, hp, cfg, aux):
-  del params, batch_stats, hp, cfg, aux
-  return extra

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cxr_jax.models import heads
+from cxr_jax.ssl import common
 
 DEFAULTS = ml_collections.ConfigDict(dict(
     proj_hidden_dim=512,   # expander width (paper: 8192)
@@ -72,29 +72,16 @@ def loss(z1: jax.Array, z2: jax.Array, sim_weight: float = 25.0, var_weight: flo
   return sim_weight * t['invariance'] + var_weight * t['variance'] + cov_weight * t['covariance']
 
 
-def build_model(encoder, cfg):
-  projector = heads.ProjectionMLP(cfg.proj_hidden_dim, cfg.proj_dim, num_layers=cfg.proj_layers)
-  return heads.SSLModel(encoder=encoder, projector=projector)
-
-
-def init_extra(params, batch_stats, cfg):
-  del params, batch_stats, cfg
-  return {}
+build_model = common.projector_model
+init_extra = common.no_extra
+update_extra = common.keep_extra
 
 
 def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
   del extra, hp
-  batch = view1.shape[0]
-  out, updates = model.apply({'params': params, 'batch_stats': batch_stats},
-                             jnp.concatenate([view1, view2], axis=0), train=True,
-                             mutable=['batch_stats'])
-  z = out['projection']
-  t = loss_terms(z[:batch], z[batch:], cfg.gamma, cfg.eps)
+  z1, z2, features, batch_stats = common.project_two_views(model, params, batch_stats, view1, view2)
+  t = loss_terms(z1, z2, cfg.gamma, cfg.eps)
   value = (cfg.sim_weight * t['invariance'] + cfg.var_weight * t['variance']
            + cfg.cov_weight * t['covariance'])
-  return value, (updates['batch_stats'], {'loss': value, **t}, out['features'][:batch])
+  return value, (batch_stats, {'loss': value, **t}, features)
 
-
-def update_extra(extra, params, batch_stats, hp, cfg, aux):
-  del params, batch_stats, hp, cfg, aux
-  return extra
