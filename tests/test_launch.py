@@ -84,3 +84,28 @@ def test_bad_config_is_named(tmp_path, tiny_data_dir, override, message):
   result = _launch(tmp_path / 'bad', override, data_dir=tiny_data_dir)
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-2000:]
+
+
+def test_a_real_dataset_builder_by_config_alone(tmp_path, jax_cache_dir):
+  """The same plan on the generic `image_folder` builder (class sub-folders of PNGs), chosen
+  by config overrides only: prepared on first use from manual_dir, pretrained, fine-tuned."""
+  import numpy as np
+  from PIL import Image
+  from cxr_jax.data.builders import phantom
+  raw = tmp_path / 'raw'
+  for i in range(64):
+    label = i % 4
+    folder = raw / phantom.CLASS_NAMES[label]
+    folder.mkdir(parents=True, exist_ok=True)
+    image = phantom.render(np.random.default_rng(i), label, 32)['image'][..., 0]
+    Image.fromarray(image).save(folder / f'img{i:03d}.png')
+  data = ['name=image_folder', 'options=size=32', f'manual_dir={raw}']
+  args = [f'--config.pretrain.stages[{s}].data.{kv}' for s in (0, 1) for kv in data + ['split=train']]
+  args += [f'--config.finetune.data.{kv}' for kv in data]
+  workdir = tmp_path / 'run'
+  result = _launch(workdir, *args, f'--config.data_dir={tmp_path / "tfds"}', cache=jax_cache_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  res = json.loads((workdir / 'finetune' / 'curricular' / '1' / 'seed0' / 'result.json').read_text())
+  assert res['class_names'] == sorted(phantom.CLASS_NAMES)  # class folders, sorted
+  assert res['num_train'] > 0 and 0.0 <= res['test']['auroc'] <= 1.0
+  assert (workdir / 'pretrain' / 'full_res' / 'ckpt').exists()
