@@ -90,4 +90,5 @@ def get_config(arg=None):
   c.explain.enabled = False                 # Grad-CAM lung-attention shares on test (needs masks)
   c.explain.extra_masks = ''                # comma-separated extra mask fields of the dataset
   c.explain.num_overlays = 2                # overlay examples per class in the report
+  c.explain.stage = 0                       # ResNet stage Grad-CAM looks at (0 = the last)
   return c

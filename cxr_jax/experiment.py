@@ -221,7 +221,7 @@ def _pretrain_loader(config, stage, source, batch_size, seed):
       difficulty, curriculum.make_pacing(spec, stage.steps, 'config.curriculum.pacing'),
       batch_size=stage.batch_size, seed=seed)
   return grain.DataLoader(
-      data_source=source, sampler=sampler,
+      data_source=pipeline.decoding(source, ('image',)), sampler=sampler,
       shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
       operations=[pipeline.SelectFields(('image',)),
                   grain.transforms.Batch(batch_size, drop_remainder=True)],
@@ -624,7 +624,7 @@ def _explain(config, model, variables, data, directory):
       model, jax.device_get(variables), data.test['image'], data.test['mask'],
       data.test['label'], config.finetune.image_size, extra_masks=extra or None,
       batch_size=config.eval_batch_size, overlay_per_class=config.explain.num_overlays,
-      patient_id=data.test['patient_id'])
+      patient_id=data.test['patient_id'], stage=config.explain.get('stage', 0) or None)
   np.savez_compressed(directory / 'attention.npz', **result)
 
 

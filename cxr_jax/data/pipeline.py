@@ -88,12 +88,50 @@ def _our_builders():
 
 
 def get_source(builder, split: str, key: str = 'data.split'):
-  """The random-access source of one split, with an error naming the missing split."""
-  sources = builder.as_data_source()
-  if split not in sources:
+  """The random-access source of one split, with an error naming the missing split.
+
+  Readers (`make_loader`, `read_all`) decode only the fields they select: the rest of a
+  record (e.g. the zlib-compressed masks, when pretraining reads images) stays undecoded.
+  """
+  splits = sorted(builder.info.splits)
+  if split not in splits:
     raise ValueError(f'{key}: dataset {builder.name!r} has no split {split!r}; '
-                     f'its splits are {sorted(sources)}')
-  return sources[split]
+                     f'its splits are {splits}')
+  return SplitSource(builder, split)
+
+
+class SplitSource:
+  """One split of a prepared TFDS dataset, readable with only some fields decoded."""
+
+  def __init__(self, builder, split: str):
+    self._builder, self._split = builder, split
+    self._full = builder.as_data_source(split)
+    self._decoding: dict[tuple[str, ...], object] = {}
+
+  def __len__(self):
+    return len(self._full)
+
+  def __getitem__(self, i):
+    return self._full[i]
+
+  def decoding(self, fields: Sequence[str]):
+    """A source of the same records that decodes only `fields` (others stay bytes)."""
+    key = tuple(sorted(fields))
+    if key not in self._decoding:
+      import tensorflow_datasets as tfds
+      features = self._builder.info.features
+      missing = [f for f in fields if f not in features]
+      if missing:
+        raise ValueError(f'dataset {self._builder.name!r} has no field(s) {missing}; its '
+                         f'fields are {sorted(features)}')
+      skip = {k: tfds.decode.SkipDecoding() for k in features if k not in fields}
+      self._decoding[key] = self._builder.as_data_source(self._split, decoders=skip)
+    return self._decoding[key]
+
+
+def decoding(source, fields: Sequence[str]):
+  """`source` restricted to decoding `fields` where it supports that, else itself."""
+  return source.decoding(fields) if hasattr(source, 'decoding') else source
 
 
 class Subset:
@@ -108,6 +146,9 @@ class Subset:
 
   def __getitem__(self, i):
     return self._source[int(self._indices[i])]
+
+  def decoding(self, fields: Sequence[str]):
+    return Subset(decoding(self._source, fields), self._indices)
 
 
 class SelectFields(grain.transforms.Map):
@@ -146,7 +187,7 @@ def make_loader(source, *, batch_size: int, seed: int, fields: Sequence[str] = (
                      else grain.sharding.NoSharding()),
       shuffle=shuffle, num_epochs=num_epochs, seed=seed)
   operations = [SelectFields(fields), grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)]
-  return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
+  return grain.DataLoader(data_source=decoding(source, fields), sampler=sampler, operations=operations,
                           worker_count=worker_count)
 
 

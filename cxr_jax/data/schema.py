@@ -4,10 +4,12 @@ All builders (the synthetic phantom and the real chest X-ray sets) store the sam
 fields, so that the pipeline, the training loop and the attention analysis can read any
 of them by config alone:
 
-  image       [S, S, 1] uint8   gray radiograph at the builder's storage size S
+  image       [S, S, 1] uint8   gray radiograph at the builder's storage size S, stored
+                                uncompressed (S*S bytes) so that reading is cheap
                                 (aspect kept: area-resized so the long side is S, then
                                 zero-padded to a square and centred)
-  mask        [S, S, 1] uint8   lung mask, 1 inside the lungs (all zeros when absent)
+  mask        [S, S, 1] uint8   lung mask, 1 inside the lungs (all zeros when absent;
+                                zlib-compressed: binary masks shrink ~50x)
   has_mask    bool              whether `mask` is real
   label       int64             class index, -1 for unlabeled examples
   patient_id  text              the patient (or study) the image belongs to; splits and
@@ -30,7 +32,8 @@ UNLABELED = -1
 def core_features(size: int, **extra) -> tfds.features.FeaturesDict:
   """The shared feature dict at storage size `size`, plus builder-specific `extra` ones."""
   features = {
-      'image': tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8, encoding='zlib'),
+      # stored raw: reading it is a copy, not a decompression (the hot path of every epoch)
+      'image': tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8, encoding='bytes'),
       'mask': tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8, encoding='zlib'),
       'has_mask': tfds.features.Scalar(dtype=np.bool_),
       'label': tfds.features.Scalar(dtype=np.int64),

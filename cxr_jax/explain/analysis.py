@@ -129,7 +129,8 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
                        extra_masks: Mapping[str, np.ndarray] | None = None,
                        batch_size: int = 64, occlusion_count: int = 16,
                        overlay_per_class: int = 2, patient_id=None,
-                       occlusion_patch: int | None = None) -> dict[str, np.ndarray]:
+                       occlusion_patch: int | None = None,
+                       stage: int | None = None) -> dict[str, np.ndarray]:
   """Grad-CAM (and occlusion) attention shares of one classifier on a labeled set.
 
   Args:
@@ -151,6 +152,10 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
     overlay_per_class: maps kept for the first this-many images of each class.
     patient_id: optional [N] patient ids, stored for the report's bootstrap.
     occlusion_patch: side of the occluding square; default S // 8 (stride: half of it).
+    stage: the encoder stage whose map Grad-CAM uses (None: the last). An earlier stage
+      gives a finer map (2x per stage) where the last one is too coarse, e.g. 2x2 at
+      64 px; the model must accept `stage=` in `feature_map` and
+      `logits_from_feature_map` (ClassifierModel does).
 
   Returns:
     dict of numpy arrays (K classes, M overlay images, O = min(occlusion_count, N)):
@@ -192,11 +197,13 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
       raise ValueError(f'extra_masks[{name!r}] has {len(m)} entries for {n} images')
     regions[name] = m
 
+  at = {} if stage is None else {'stage': stage}
+
   def fmap_fn(v, x):
-    return model.apply(v, x, train=False, method=model.feature_map)
+    return model.apply(v, x, train=False, method=model.feature_map, **at)
 
   def head_fn(v, a):
-    return model.apply(v, a, method=model.logits_from_feature_map)
+    return model.apply(v, a, method=model.logits_from_feature_map, **at)
 
   @jax.jit
   def explain(v, batch, y):

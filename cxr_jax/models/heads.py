@@ -142,10 +142,17 @@ class ClassifierModel(nn.Module):
     """Images [B, H, W, Cin] -> logits [B, K]."""
     return self.head(self.encoder(x, train=train))
 
-  def feature_map(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """Images [B, H, W, Cin] -> the encoder's last map [B, h, w, C]."""
-    return self.encoder.feature_map(x, train)
+  def feature_map(self, x: jax.Array, train: bool = False,
+                  stage: int | None = None) -> jax.Array:
+    """Images [B, H, W, Cin] -> the encoder's map after `stage` (None: the last)
+    [B, h, w, C]."""
+    if stage is None:
+      return self.encoder.feature_map(x, train)
+    return self.encoder.feature_map(x, train, last_stage=stage)
 
-  def logits_from_feature_map(self, fmap: jax.Array) -> jax.Array:
-    """Last map [B, h, w, C] -> logits [B, K] (global pool + head)."""
+  def logits_from_feature_map(self, fmap: jax.Array, stage: int | None = None) -> jax.Array:
+    """The map after `stage` (None: the last) -> logits [B, K]: the remaining stages
+    (inference mode), global pool and head."""
+    if stage is not None and stage < len(self.encoder.stage_sizes):
+      fmap = self.encoder.feature_map(fmap, False, first_stage=stage + 1)
     return self.head(self.encoder.pool(fmap))

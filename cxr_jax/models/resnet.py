@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cxr_jax.models.batch_norm import DotBatchNorm
+
 Dtype = Any
 
 # torchvision's init for convolutions: kaiming_normal_(mode='fan_out',
@@ -43,50 +45,119 @@ _BN_EPSILON = 1e-5
 
 
 def _batch_norm(train: bool, dtype: Dtype, axis_name: str | None,
-                zero_scale: bool = False, name: str | None = None):
-  """BatchNorm with the ResNet settings; zero_scale for a block's last BN."""
-  return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=_BN_MOMENTUM,
-      epsilon=_BN_EPSILON,
-      dtype=dtype,
-      axis_name=axis_name,
-      scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
-      name=name)
+                zero_scale: bool = False, name: str | None = None,
+                dot_batch_norm: bool | None = None):
+  """BatchNorm with the ResNet settings; zero_scale for a block's last BN.
+
+  dot_batch_norm: batch sums as dots (`batch_norm.DotBatchNorm`, the same numbers);
+  None = on for the CPU backend, where XLA's own reductions are slow, off elsewhere.
+  """
+  if dot_batch_norm is None:
+    dot_batch_norm = jax.default_backend() == 'cpu'
+  kw = dict(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON,
+            dtype=dtype,
+            scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+            name=name)
+  if dot_batch_norm and axis_name is None:
+    return DotBatchNorm(**kw)
+  return nn.BatchNorm(axis_name=axis_name, **kw)
 
 
-def conv3x3_small_map(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A 3x3, stride-1, zero-padded ('SAME') convolution written as one dot.
+def conv3x3_small_map(x: jax.Array, kernel: jax.Array, strides: int = 1) -> jax.Array:
+  """A 3x3 convolution with torch padding 1 (stride 1 or 2) written as one dot.
 
   XLA's CPU backend turns 3x3 convolutions over maps smaller than 3x3 into a
   very slow swapped-operand form (see DESIGN.md, "Known CPU performance
-  facts"). On such maps only a few of the 9 taps can ever touch a real pixel,
-  so we gather the shifted slices of the zero-padded input for those taps,
-  concatenate them on channels, and contract once with the matching rows of
-  the kernel: the same result, as a plain matrix product.
+  facts"), and the input gradient of a stride-2 one with a 2x2 output into a
+  slow lhs-dilated convolution (~300 ms of a 64 px ResNet-18 step,
+  docs/benchmarks.md). On such maps we gather the strided, shifted slices of the
+  zero-padded input for the taps that can touch a real pixel, concatenate them on
+  channels, and contract once with the matching rows of the kernel: the same
+  result, as a plain matrix product (whose gradients are slices, pads and dots).
 
   Args:
-    x: input [B, H, W, Cin] with H < 3 and W < 3 (any H, W is correct, but
-      the slice count grows with the map, so use it only on small maps).
+    x: input [B, H, W, Cin]; any size is correct, but the patches grow with the
+      map, so use it only where the output is small.
     kernel: [3, 3, Cin, Cout], laid out as flax's nn.Conv kernel.
+    strides: 1 or 2 on both spatial axes.
 
   Returns:
-    [B, H, W, Cout].
+    [B, H', W', Cout] with H' = (H - 1) // strides + 1.
   """
-  _, h, w, cin = x.shape
+  b, h, w, cin = x.shape
+  s = strides
+  ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  # Tap (di, dj) reads padded rows di..di+h-1, i.e. input rows di-1..di+h-2;
-  # it touches the map unless that range lies wholly in the padding. On a
-  # 1-pixel axis only the centre tap survives; on a 2-pixel axis all three do.
-  rows = [d for d in range(3) if d - 1 < h and d - 1 + h - 1 >= 0]
-  cols = [d for d in range(3) if d - 1 < w and d - 1 + w - 1 >= 0]
-  taps = [(di, dj) for di in rows for dj in cols]
+  # Tap d reads padded rows d, d+s, ..., d+s(ho-1), i.e. input rows d-1+s*i; it
+  # touches the map unless all of those lie in the padding (rows -1 or h).
+  def live(d, size, out):
+    return any(0 <= d - 1 + s * i < size for i in range(out))
+  taps = [(di, dj) for di in range(3) if live(di, h, ho)
+          for dj in range(3) if live(dj, w, wo)]
   patches = jnp.concatenate(
-      [xp[:, di:di + h, dj:dj + w, :] for di, dj in taps], axis=-1)
+      [lax.slice(xp, (0, di, dj, 0), (b, di + s * (ho - 1) + 1, dj + s * (wo - 1) + 1, cin),
+                 (1, s, s, 1)) for di, dj in taps], axis=-1)
   k = jnp.concatenate([kernel[di, dj] for di, dj in taps], axis=0)
-  # [B, H, W, T * Cin] x [T * Cin, Cout]: the patch channel order matches the
+  # [B, H', W', T * Cin] x [T * Cin, Cout]: the patch channel order matches the
   # kernel row order (tap-major, then input channel).
   return lax.dot_general(patches, k, (((3,), (0,)), ((), ())))
+
+
+@jax.custom_vjp
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """The ResNet stem's 3x3 stride-2 max-pool (padding 1 with -inf, as torch's).
+
+  The same forward as `nn.max_pool`; its gradient is written out because XLA's CPU
+  backend computes the pool's gradient through a reduce-window that carries four
+  full-size int32 index arrays (~170 ms of a 64 px ResNet-18 step, docs/benchmarks.md).
+  Here each of the 9 taps passes the gradient to the input it read when that input is
+  the window's maximum and no earlier tap (row-major) was: the first maximum gets it,
+  as in XLA's select-and-scatter and torch.
+  """
+  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, 3, 3, 1),
+                           (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def _max_pool_fwd(x):
+  y = max_pool_3x3_s2(x)
+  return y, (x, y)
+
+
+def _max_pool_bwd(res, dy):
+  x, y = res
+  b, h, w, c = x.shape
+  ho, wo = y.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  zero = jnp.zeros((), dy.dtype)
+  taken = jnp.zeros(y.shape, bool)
+  g = {}  # tap (di, dj) -> the gradient it passes on, at output resolution
+  for di in range(3):
+    for dj in range(3):
+      tap = lax.slice(xp, (0, di, dj, 0),
+                      (b, di + 2 * (ho - 1) + 1, dj + 2 * (wo - 1) + 1, c), (1, 2, 2, 1))
+      hit = (tap == y) & ~taken
+      taken = taken | hit
+      g[di, dj] = jnp.where(hit, dy, zero)
+  # Tap d of output i read padded index 2i + d: even indices 2m get taps (d=0, i=m) and
+  # (d=2, i=m-1), odd ones 2m+1 get (d=1, i=m). Sum per parity class at half resolution,
+  # then interleave the four classes once.
+  rows, cols = -(-(h + 2) // 2), -(-(w + 2) // 2)
+  by_parity = {0: ((0, 0), (2, 1)), 1: ((1, 0),)}  # parity -> ((tap, shift), ...)
+  classes = []
+  for a in (0, 1):
+    for bb in (0, 1):
+      total = jnp.zeros((b, rows, cols, c), dy.dtype)
+      for di, si in by_parity[a]:
+        for dj, sj in by_parity[bb]:
+          total = total + lax.pad(g[di, dj], zero, (
+              (0, 0, 0), (si, rows - ho - si, 0), (sj, cols - wo - sj, 0), (0, 0, 0)))
+      classes.append(total)
+  dxp = jnp.stack(classes, axis=0).reshape(2, 2, b, rows, cols, c)
+  dxp = dxp.transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * rows, 2 * cols, c)
+  return (dxp[:, 1:h + 1, 1:w + 1, :],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class Conv3x3(nn.Module):
@@ -99,9 +170,9 @@ class Conv3x3(nn.Module):
   Attributes:
     features: output channels.
     strides: 1 or 2 (both spatial axes).
-    small_map_conv: when True, a stride-1 convolution whose input map is
-      smaller than 3x3 in both axes (static shape, checked at trace time) is
-      computed by `conv3x3_small_map` instead of `lax.conv_general_dilated`.
+    small_map_conv: when True, a convolution whose output map is smaller than
+      3x3 in both axes (static shape, checked at trace time) is computed by
+      `conv3x3_small_map` instead of `lax.conv_general_dilated`.
     dtype: compute dtype; the kernel is stored in float32.
   """
   features: int
@@ -117,9 +188,9 @@ class Conv3x3(nn.Module):
                         (3, 3, x.shape[-1], self.features), jnp.float32)
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    if (self.small_map_conv and self.strides == 1 and x.shape[1] < 3 and
-        x.shape[2] < 3):
-      return conv3x3_small_map(x, kernel)
+    out_h, out_w = ((n - 1) // self.strides + 1 for n in x.shape[1:3])
+    if self.small_map_conv and out_h < 3 and out_w < 3:
+      return conv3x3_small_map(x, kernel, self.strides)
     return lax.conv_general_dilated(
         x, kernel,
         window_strides=(self.strides, self.strides),
@@ -139,18 +210,20 @@ class BasicBlock(nn.Module):
   Attributes:
     features: output channels F.
     strides: stride s of the first 3x3 convolution (and the projection).
-    small_map_conv, dtype, axis_name: as in `ResNet`.
+    small_map_conv, dtype, axis_name, dot_batch_norm: as in `ResNet`.
   """
   features: int
   strides: int = 1
   small_map_conv: bool = True
   dtype: Dtype = jnp.float32
   axis_name: str | None = None
+  dot_batch_norm: bool | None = None
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    bn = functools.partial(_batch_norm, train, self.dtype, self.axis_name)
+    bn = functools.partial(_batch_norm, train, self.dtype, self.axis_name,
+                           dot_batch_norm=self.dot_batch_norm)
     residual = x
     y = Conv3x3(self.features, self.strides, self.small_map_conv, self.dtype,
                 name='conv1')(x)
@@ -173,18 +246,20 @@ class BottleneckBlock(nn.Module):
   Attributes:
     features: bottleneck channels F (the block outputs 4F).
     strides: stride s of the 3x3 convolution (and the projection).
-    small_map_conv, dtype, axis_name: as in `ResNet`.
+    small_map_conv, dtype, axis_name, dot_batch_norm: as in `ResNet`.
   """
   features: int
   strides: int = 1
   small_map_conv: bool = True
   dtype: Dtype = jnp.float32
   axis_name: str | None = None
+  dot_batch_norm: bool | None = None
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    bn = functools.partial(_batch_norm, train, self.dtype, self.axis_name)
+    bn = functools.partial(_batch_norm, train, self.dtype, self.axis_name,
+                           dot_batch_norm=self.dot_batch_norm)
     out_features = self.features * self.expansion
     residual = x
     y = _conv1x1(self.features, 1, self.dtype, 'conv1')(x)
@@ -228,6 +303,9 @@ class ResNet(nn.Module):
       maps smaller than 3x3 (a large CPU speed-up; numerically the same).
     axis_name: BatchNorm's cross-device axis for shard_map/pmap; leave None
       under jit with global arrays (the batch mean is already global).
+    dot_batch_norm: BatchNorm's batch sums as dots (`batch_norm.DotBatchNorm`:
+      the same numbers; XLA's CPU reductions are slow). None = on for the CPU
+      backend only. Ignored (flax's BatchNorm) when axis_name is set.
     remat: rematerialise each residual block in the backward pass (nn.remat):
       only block inputs are kept between forward and backward, trading about
       one more forward pass for activation memory (large resolutions or
@@ -243,6 +321,7 @@ class ResNet(nn.Module):
   small_map_conv: bool = True
   axis_name: str | None = None
   remat: bool = False
+  dot_batch_norm: bool | None = None
 
   def setup(self):
     # Only the head lives here; the body is built in the compact
@@ -266,18 +345,28 @@ class ResNet(nn.Module):
             self._block().expansion)
 
   @nn.compact
-  def feature_map(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """The last stage's feature map (what Grad-CAM looks at).
+  def feature_map(self, x: jax.Array, train: bool = False, first_stage: int = 1,
+                  last_stage: int | None = None) -> jax.Array:
+    """The map after stage `last_stage` (default: the last; what Grad-CAM looks at).
 
     Args:
-      x: images [B, H, W, Cin] (Cin = 1 for radiographs).
+      x: images [B, H, W, Cin] (Cin = 1 for radiographs); with first_stage > 1, the
+        map after stage first_stage - 1 instead (the stem is then skipped), so that
+        `feature_map(feature_map(x, last_stage=k), first_stage=k + 1)` is the whole
+        network with the same parameters.
       train: batch statistics (and their running update) if True, running
         averages otherwise.
+      first_stage, last_stage: 1-based stages to run (inclusive).
 
     Returns:
-      [B, h, w, C] in `dtype`; h = H/32 with the imagenet stem, H/8 with the
-      small stem (for 4 stages).
+      [B, h, w, C] in `dtype`; after the last stage h = H/32 with the imagenet stem,
+      H/8 with the small stem (for 4 stages); each earlier stage doubles h.
     """
+    num_stages = len(self.stage_sizes)
+    last_stage = num_stages if last_stage is None else last_stage
+    if not 1 <= first_stage <= last_stage <= num_stages:
+      raise ValueError(f'ResNet stages run from 1 to {num_stages}; got first_stage='
+                       f'{first_stage}, last_stage={last_stage}')
     if self.stem not in STEMS:
       raise ValueError(f'Unknown ResNet stem {self.stem!r}; valid stems: '
                        f'{list(STEMS)}.')
@@ -288,6 +377,23 @@ class ResNet(nn.Module):
       # `train` (argument 2, counting self) switches code paths: keep it static.
       block = nn.remat(block, static_argnums=(2,))
     x = x.astype(self.dtype)
+    if first_stage == 1:
+      x = self._stem(x, train)
+    for i, num_blocks in enumerate(self.stage_sizes[:last_stage]):
+      if i + 1 < first_stage:
+        continue
+      for j in range(num_blocks):
+        x = block(
+            features=_scaled(64 * 2**i, self.width),
+            strides=2 if i > 0 and j == 0 else 1,
+            small_map_conv=self.small_map_conv,
+            dtype=self.dtype,
+            axis_name=self.axis_name,
+            dot_batch_norm=self.dot_batch_norm,
+            name=f'stage{i + 1}_block{j}')(x, train)
+    return x
+
+  def _stem(self, x: jax.Array, train: bool) -> jax.Array:
     stem_features = _scaled(64, self.width)
     if self.stem == 'imagenet':
       x = nn.Conv(stem_features, (7, 7), strides=(2, 2),
@@ -296,20 +402,12 @@ class ResNet(nn.Module):
     else:
       x = Conv3x3(stem_features, 1, self.small_map_conv, self.dtype,
                   name='conv_init')(x)
-    x = _batch_norm(train, self.dtype, self.axis_name, name='bn_init')(x)
+    x = _batch_norm(train, self.dtype, self.axis_name, name='bn_init',
+                    dot_batch_norm=self.dot_batch_norm)(x)
     x = nn.relu(x)
     if self.stem == 'imagenet':
       # Pads with -inf (reduce_window's init value), as torch's MaxPool2d.
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    for i, num_blocks in enumerate(self.stage_sizes):
-      for j in range(num_blocks):
-        x = block(
-            features=_scaled(64 * 2**i, self.width),
-            strides=2 if i > 0 and j == 0 else 1,
-            small_map_conv=self.small_map_conv,
-            dtype=self.dtype,
-            axis_name=self.axis_name,
-            name=f'stage{i + 1}_block{j}')(x, train)
+      x = max_pool_3x3_s2(x)
     return x
 
   def pool(self, fmap: jax.Array) -> jax.Array:

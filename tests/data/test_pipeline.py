@@ -70,3 +70,23 @@ def test_parse_options():
       'size': 64, 'seed': 3, 'name': 'abc', 'p': (0.5, 0.5)}
   with pytest.raises(ValueError, match='key=value'):
     pipeline.parse_options('size64')
+
+
+def test_readers_decode_only_their_fields_with_the_same_values(source):
+  images_only = source.decoding(('image',))
+  full, lean = source[3], images_only[3]
+  np.testing.assert_array_equal(lean['image'], full['image'])
+  # the lung mask is stored zlib-compressed: left undecoded it is the compressed bytes
+  assert full['mask'].shape == full['image'].shape
+  assert isinstance(lean['mask'], bytes) and len(lean['mask']) < full['mask'].size
+  sub = pipeline.Subset(source, [7, 1]).decoding(('image', 'label'))
+  assert sub[1]['label'] == full_label(source, 1)
+  with pytest.raises(ValueError, match=r"no field\(s\) \['lable'\]"):
+    source.decoding(('lable',))
+  batch = next(iter(pipeline.make_loader(source, batch_size=4, seed=0,
+                                         fields=('image', 'mask'), shuffle=False)))
+  np.testing.assert_array_equal(batch['mask'][3], full['mask'])
+
+
+def full_label(source, i):
+  return int(source[i]['label'])

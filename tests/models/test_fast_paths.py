@@ -1,6 +1,7 @@
 """Every speed path gives the plain path's numbers: outputs AND gradients.
 
-Fast paths: the small-map 3x3 convolution (resnet.conv3x3_small_map), block
+Fast paths: the small-map 3x3 convolution (resnet.conv3x3_small_map, stride 1 and 2),
+BatchNorm with its batch sums as dots (batch_norm.DotBatchNorm), block
 rematerialisation (ResNet(remat=True)), and the CPU XLA flag default set by
 cxr_jax.platform (YNNPACK fusions off). Speed itself is measured in benchmarks/, never
 asserted here.
@@ -16,7 +17,9 @@ import numpy as np
 import pytest
 
 from cxr_jax import platform
-from cxr_jax.models import resnet
+import flax.linen as nn
+
+from cxr_jax.models import batch_norm, resnet
 from tests.conftest import ROOT, subprocess_env
 
 
@@ -48,6 +51,95 @@ def test_small_map_conv_gradients_match_xla_conv(hw):
   np.testing.assert_allclose(vf, vp, rtol=1e-5, atol=1e-5)
   for a, b in zip(gf, gp):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('hw', [(4, 4), (3, 3), (2, 2), (1, 1), (4, 3), (5, 2)])
+def test_strided_small_map_conv_gradients_match_xla_conv(hw):
+  x = jax.random.normal(jax.random.key(0), (3, *hw, 5))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 5, 4))
+  out = tuple((n - 1) // 2 + 1 for n in hw)
+  w = jax.random.normal(jax.random.key(2), (3, *out, 4))
+
+  def plain(x, k):
+    return jnp.sum(w * lax.conv_general_dilated(
+        x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+
+  def fast(x, k):
+    return jnp.sum(w * resnet.conv3x3_small_map(x, k, strides=2))
+
+  vp, gp = jax.jit(jax.value_and_grad(plain, argnums=(0, 1)))(x, k)
+  vf, gf = jax.jit(jax.value_and_grad(fast, argnums=(0, 1)))(x, k)
+  np.testing.assert_allclose(vf, vp, rtol=1e-5, atol=1e-5)
+  for a, b in zip(gf, gp):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('hw', [(8, 8), (7, 5), (2, 2)])
+def test_stem_max_pool_gradient_is_jaxs(hw):
+  x = jax.random.normal(jax.random.key(0), (2, *hw, 3))
+  # ReLU'd inputs: many windows of equal zeros, where only the first maximum may get
+  # the gradient
+  x = jnp.concatenate([x, jax.nn.relu(x)], axis=-1)
+  plain = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  y = jax.jit(plain)(x)
+  w = jax.random.normal(jax.random.key(1), y.shape)
+  np.testing.assert_array_equal(jax.jit(resnet.max_pool_3x3_s2)(x), y)
+  g_plain = jax.jit(jax.grad(lambda x: jnp.sum(w * plain(x))))(x)
+  g_fast = jax.jit(jax.grad(lambda x: jnp.sum(w * resnet.max_pool_3x3_s2(x))))(x)
+  # (overlapping windows add their gradients in another order: rounding only)
+  np.testing.assert_allclose(g_fast, g_plain, rtol=1e-6, atol=1e-6)
+  # and the first maximum alone gets it: each window passes on exactly its dy
+  assert np.isclose(float(jnp.sum(g_fast)), float(jnp.sum(w)), rtol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_dot_batch_norm_is_flax_batch_norm(dtype):
+  """Outputs, running statistics and gradients (input, scale, bias) in training mode,
+  and outputs in evaluation mode, against flax.linen.BatchNorm."""
+  x = (3.0 + 2.0 * jax.random.normal(jax.random.key(0), (6, 5, 4, 7))).astype(dtype)
+  cot = jax.random.normal(jax.random.key(1), x.shape)
+  kw = dict(momentum=0.9, epsilon=1e-5, dtype=dtype)
+  ours, theirs = batch_norm.DotBatchNorm(**kw), nn.BatchNorm(**kw)
+  variables = _random_variables(jax.eval_shape(
+      lambda: theirs.init(jax.random.key(0), x, use_running_average=False)))
+  assert (jax.tree.structure(variables) == jax.tree.structure(jax.eval_shape(
+      lambda: ours.init(jax.random.key(0), x))))
+
+  def train(module, use_running_average):
+    def f(params, x):
+      kwargs = ({'use_running_average': use_running_average}
+                if isinstance(module, nn.BatchNorm) else {})
+      m = module if isinstance(module, nn.BatchNorm) else module.clone(
+          use_running_average=use_running_average)
+      y, updates = m.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                           mutable=['batch_stats'], **kwargs)
+      return jnp.sum(cot * y.astype(jnp.float32)), (y, updates['batch_stats'])
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(
+        variables['params'], x)
+
+  tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+  for use_running_average in (False, True):
+    (v1, (y1, s1)), g1 = train(ours, use_running_average)
+    (v2, (y2, s2)), g2 = train(theirs, use_running_average)
+    assert y1.dtype == y2.dtype == dtype
+    np.testing.assert_allclose(np.float32(y1), np.float32(y2), **tol)
+    _assert_trees_close(s1, s2, rtol=1e-5, atol=1e-6)
+    _assert_trees_close(g1, g2, **(tol if dtype == jnp.float32 else
+                                   dict(rtol=5e-2, atol=0.5)))
+    if dtype == jnp.float32:
+      np.testing.assert_allclose(v1, v2, rtol=1e-5, atol=1e-4)
+
+
+def test_dot_batch_norm_model_gradients_match_flax():
+  x = jax.random.normal(jax.random.key(5), (8, 32, 32, 1))
+  fast = resnet.resnet18(width=0.125, dot_batch_norm=True)
+  slow = resnet.resnet18(width=0.125, dot_batch_norm=False)
+  variables = _random_variables(jax.eval_shape(fast.init, jax.random.key(0), x))
+  vf, gf, sf = _train_loss_and_grads(fast, variables, x)
+  vs, gs, ss = _train_loss_and_grads(slow, variables, x)
+  np.testing.assert_allclose(vf, vs, rtol=1e-5, atol=1e-6)
+  _assert_trees_close(gf, gs, rtol=2e-3, atol=2e-5)
+  _assert_trees_close(sf, ss, rtol=1e-4, atol=1e-5)
 
 
 def _train_loss_and_grads(model, variables, x):

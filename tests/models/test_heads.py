@@ -165,3 +165,28 @@ def test_encoder_transfers_from_ssl_to_classifier():
       np.asarray(head['bias']), rtol=1e-4, atol=1e-4)
   # ... and Grad-CAM's split (map, then pool + head) composes to the logits.
   np.testing.assert_allclose(logits_from_fmap, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_an_earlier_stage_split_composes_to_the_same_logits():
+  """Grad-CAM on stage k: map after stage k, then stages k+1.. + pool + head = logits."""
+  x = jax.random.uniform(jax.random.key(4), (2, 32, 32, 1))
+  classifier = heads.ClassifierModel(_encoder(), num_classes=3)
+  variables = _random_variables(classifier, x)
+
+  @jax.jit
+  def run(v, x):
+    logits = classifier.apply(v, x)
+    out = {}
+    for stage in (1, 2, 3, 4):
+      fmap = classifier.apply(v, x, stage=stage, method='feature_map')
+      out[stage] = (fmap.shape, classifier.apply(v, fmap, stage=stage,
+                                                 method='logits_from_feature_map'))
+    return logits, out
+
+  logits, out = run(variables, x)
+  # 32 px, small stem (no downsampling): 32x32 after stage 1, halved by each later stage
+  assert [out[k][0][1] for k in (1, 2, 3, 4)] == [32, 16, 8, 4]
+  for stage in (1, 2, 3, 4):
+    np.testing.assert_allclose(out[stage][1], logits, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='stages run from 1 to 4'):
+    classifier.apply(variables, x, stage=5, method='feature_map')

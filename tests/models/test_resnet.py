@@ -221,7 +221,7 @@ def test_small_map_conv_matches_xla_conv(hw):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('strides,size', [(1, 3), (2, 4), (2, 2)])
+@pytest.mark.parametrize('strides,size', [(1, 3), (2, 6), (2, 5)])  # outputs >= 3x3
 def test_conv3x3_general_path_matches_torch_padding(strides, size):
   x = jax.random.normal(jax.random.key(4), (2, size, size, 3))
   conv = resnet.Conv3x3(4, strides=strides)

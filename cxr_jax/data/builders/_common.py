@@ -206,8 +206,9 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   implement `_list_items`; they may add `_extra_features` for fields of their own.
   """
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.',
+                   '1.1.0': '`image` stored uncompressed (fast reads); masks stay zlib.'}
   BUILDER_CONFIGS = [CxrConfig(name='default')]
   CLASS_NAMES: tuple[str, ...] = ()
   DESCRIPTION = ''

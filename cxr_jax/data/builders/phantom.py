@@ -432,8 +432,9 @@ def make_config(**overrides) -> PhantomConfig:
 class Phantom(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == '__main__'):
   """Synthetic chest radiographs with exact lung and lesion masks (see module doc)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.',
+                   '1.1.0': '`image` stored uncompressed (fast reads); masks stay zlib.'}
   BUILDER_CONFIGS = [dataclasses.replace(make_config(), name='default',
                                          description='Default options (see PhantomConfig).')]
   DEFAULT_CONFIG_NAME = 'default'
