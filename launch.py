@@ -24,7 +24,12 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _check_overrides(argv):
-  """Names the bad key of an unknown --config.x.y override (ml_collections only says "'y'")."""
+  """Names the bad key of an unknown --config.x.y override (ml_collections only says "'y'"),
+  and expands shorthands for spec-valued fields, in place:
+
+    --config.curriculum.pacing=root            -> --config.curriculum.pacing.kind=root
+    --config.pretrain.stages[1].strength=0.7   -> ...strength.kind=constant, ...strength.start=0.7
+  """
   path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
   if path is None:
     return
@@ -36,7 +41,7 @@ def _check_overrides(argv):
   module = importlib.util.module_from_spec(loader)
   loader.loader.exec_module(module)
   config = module.get_config(spec[1]) if len(spec) > 1 else module.get_config()
-  for arg in argv:
+  for arg in list(argv):
     if not arg.startswith('--config.'):
       continue
     key = arg[len('--config.'):].split('=', 1)[0]
@@ -52,6 +57,18 @@ def _check_overrides(argv):
           known = sorted(node.keys()) if hasattr(node, 'keys') else []
           sys.exit(f'error: {arg}: unknown config key {walked}.{part}; {walked} has {known}')
         node, walked = node[part], f'{walked}.{part}'
+    if '=' in arg and hasattr(node, 'keys') and 'kind' in node.keys():
+      value = arg.split('=', 1)[1]
+      try:
+        number = float(value)
+      except ValueError:
+        number = None
+      if number is not None and 'start' in node.keys():  # a schedule given as a constant
+        expanded = [f'--config.{key}.kind=constant', f'--config.{key}.start={value}']
+      else:
+        expanded = [f'--config.{key}.kind={value}']
+      i = argv.index(arg)
+      argv[i:i + 1] = expanded
 
 
 def main(argv):

@@ -58,16 +58,23 @@ def main(argv=None):
 
   # The same images as raw uint8 records (no zlib, no proto): what a builder that stores
   # `image` with encoding=None, read with only that field, approaches.
-  raw_path = os.path.join(a.data_dir, f'raw_{a.store}_{a.num}.array_record')
+  def raw_records(options):
+    tag = options.replace(',', '_').replace(':', '')
+    path = os.path.join(a.data_dir, f'raw_{a.store}_{a.num}_{tag}.array_record')
+    if not os.path.exists(path):
+      from array_record.python.array_record_module import ArrayRecordWriter
+      writer = ArrayRecordWriter(path + '.tmp', options)
+      for i in range(len(source)):
+        writer.write(np.ascontiguousarray(image_only[i]['image'], np.uint8).tobytes())
+      writer.close()
+      os.replace(path + '.tmp', path)
+    return grain.sources.ArrayRecordDataSource([path])
+
   shape = np.asarray(source[0]['image']).shape
-  if not os.path.exists(raw_path):
-    from array_record.python.array_record_module import ArrayRecordWriter
-    writer = ArrayRecordWriter(raw_path + '.tmp', 'group_size:1')
-    for i in range(len(source)):
-      writer.write(np.ascontiguousarray(image_only[i]['image'], np.uint8).tobytes())
-    writer.close()
-    os.replace(raw_path + '.tmp', raw_path)
-  raw = grain.sources.ArrayRecordDataSource([raw_path])
+  # TFDS writes its ArrayRecord files with 'group_size:1' and ArrayRecord's default
+  # per-record compression; the uncompressed variant is what a raw image cache would be.
+  raw = raw_records('group_size:1')
+  raw_plain = raw_records('group_size:1,uncompressed')
 
   class FromRaw(grain.transforms.Map):
     def map(self, record):
@@ -75,6 +82,8 @@ def main(argv=None):
 
   raw_ds = (grain.MapDataset.source(raw).shuffle(seed=0).repeat()
             .map(FromRaw()).batch(a.batch, drop_remainder=True))
+  plain_ds = (grain.MapDataset.source(raw_plain).shuffle(seed=0).repeat()
+              .map(FromRaw()).batch(a.batch, drop_remainder=True))
 
   tfds_ds = (grain.MapDataset.source(image_only).shuffle(seed=0).repeat()
              .map(pipeline.SelectFields(('image',))).batch(a.batch, drop_remainder=True))
@@ -119,6 +128,9 @@ def main(argv=None):
       'read image only (MapDataset)': lambda: dataset_rate(tfds_ds, 8),
       'read raw records': lambda: read_rate([FromRaw(), batch], 8, raw),
       'read raw records (MapDataset)': lambda: dataset_rate(raw_ds, 8),
+      'read raw uncompressed, 1 read thread': lambda: read_rate([FromRaw(), batch], 8,
+                                                                raw_plain, 1),
+      'read raw uncompressed (MapDataset)': lambda: dataset_rate(plain_ds, 16),
       'read+host 2 views': lambda: read_rate([select, views, batch], 1, image_only),
       'device 2 views (jit, CPU backend)': device_rate,
   }

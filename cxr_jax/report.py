@@ -889,7 +889,7 @@ def write_report(workdir, n_boot: int = 1000, seed: int = 0) -> Path:
               'lung share (true) | ' + ''.join(f'{r} share (pred) | ' for r in extra) +
               'occlusion lung share | Grad-CAM vs occlusion ρ | Δ lung share vs scratch (p) |',
               '|---' * (9 + len(extra)) + '|']
-    coarse = set()
+    coarse, resolutions = set(), set()
     for key, att in atts.items():
       s = summaries[key]
       cell = lambda name: (f'{_fmt(s[name][0], 2)} [{_fmt(s[name][1], 2)}, '
@@ -908,13 +908,17 @@ def write_report(workdir, n_boot: int = 1000, seed: int = 0) -> Path:
                    f'{cell("occlusion_lung_share")} | '
                    f'{_fmt(rho[0], 2) + f" (n={rho[3]})" if rho else "–"} | {vs} |')
       res = att['arrays'][0].get('cam_resolution')
-      if res is not None and min(res) < 4:
-        coarse.add(f'{int(res[0])}x{int(res[1])}')
+      if res is not None:
+        resolutions.add(f'{int(res[0])}x{int(res[1])}')
+        if min(res) < 4:
+          coarse.add(f'{int(res[0])}x{int(res[1])}')
       att_rows.append(dict(protocol=key[0], init=key[1], fraction=key[2],
                            pred=s.get('lung_share_pred'), true=s.get('lung_share_true')))
     lines += ['', 'Share = (fraction of Grad-CAM energy inside the region) / (region area '
               'fraction): 1.0 for a uniform map, > 1 when attention concentrates in the '
               'region, 0 when all of it is outside. Grad-CAM on the last convolutional stage '
+              '(or config.explain.stage), here on '
+              f'{" / ".join(sorted(resolutions)) or "?"} feature maps, '
               'for the predicted (pred) and the true class; per image averaged over seeds, '
               'then over images, with a 95% patient-bootstrap CI. Occlusion: the same share '
               'for occlusion-sensitivity maps (gradient-free) on the first test images, with '

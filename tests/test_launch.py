@@ -79,6 +79,7 @@ def test_killed_run_resumes_and_finishes(tmp_path, jax_cache_dir, tiny_data_dir)
      "config.pretrain.stages[0].data.split: dataset 'phantom' has no split 'unlabelled'"),
     ('--config.pretrain.method=simclear', "config.pretrain.method must be one of"),
     ('--config.finetune.inits=scratch,imagenett', "unknown init 'imagenett'"),
+    ('--config.curriculum.pacing=cubic', "pacing.kind must be one of"),
 ])
 def test_bad_config_is_named(tmp_path, tiny_data_dir, override, message):
   result = _launch(tmp_path / 'bad', override, data_dir=tiny_data_dir)
@@ -109,3 +110,18 @@ def test_a_real_dataset_builder_by_config_alone(tmp_path, jax_cache_dir):
   assert res['class_names'] == sorted(phantom.CLASS_NAMES)  # class folders, sorted
   assert res['num_train'] > 0 and 0.0 <= res['test']['auroc'] <= 1.0
   assert (workdir / 'pretrain' / 'full_res' / 'ckpt').exists()
+
+
+def test_spec_shorthands_expand():
+  """`--config.curriculum.pacing=root` sets the pacing kind; a number given for a schedule
+  makes it constant (that the expanded flags reach the config: test_bad_config_is_named)."""
+  sys.path.insert(0, str(ROOT))
+  import launch
+  argv = ['launch.py', '--config=configs/default.py', '--workdir=/unused',
+          '--config.curriculum.pacing=root', '--config.pretrain.stages[1].strength=0.7',
+          '--config.pretrain.method=byol']
+  launch._check_overrides(argv)
+  assert argv[3:] == ['--config.curriculum.pacing.kind=root',
+                      '--config.pretrain.stages[1].strength.kind=constant',
+                      '--config.pretrain.stages[1].strength.start=0.7',
+                      '--config.pretrain.method=byol']
