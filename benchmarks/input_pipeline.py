@@ -5,14 +5,17 @@ without augmentation, host-side (numpy/OpenCV, per core) against device-side (ji
         [--num=2048] [--data_dir=/tmp/cxr_bench_tfds] [--rounds=3]
 
 Contenders, each timed in alternating rounds in this one process (median):
-  read all fields / image only: Grain DataLoader over the TFDS source (tf.Example
-               records: the image stored raw, the masks zlib-compressed), records ->
-               uint8 batches, one core; "image only" is what pretraining reads (the
-               other fields left undecoded); also through grain.MapDataset.
-  read raw records: the same images as raw uint8 ArrayRecord records, through the
-               DataLoader and through grain.MapDataset (no per-record sampler work).
-  read+host:   the same with two host views per image (cxr_jax.data.host_augment)
-               in the same process, BLAS single-threaded = one core.
+  DataLoader:  Grain DataLoader over the TFDS source (tf.Example records: the image
+               stored raw, masks zlib; ArrayRecord's per-record compression), all fields
+               decoded (session 1's path) or the image only.
+  loader:      `cxr_jax.data.pipeline.make_loader` (grain.MapDataset, 2 read threads)
+               over the TFDS records, and over the split's image cache
+               (`pipeline.image_cache`: raw uint8 records, uncompressed ArrayRecord),
+               which is what pretraining reads.
+  raw:         the same images as raw records, TFDS's compression or none, indexed
+               straight through grain.MapDataset (no iterator): the read's floor.
+  read+host:   DataLoader (image only) with two host views per image
+               (cxr_jax.data.host_augment), BLAS single-threaded = one core.
   device aug:  augment.two_views jitted on the CPU backend (all cores) on a batch
                already in memory: the cost the step pays when views are cut on device.
 Rates are images per CPU-second of this process (time.process_time, all threads), i.e.
@@ -85,9 +88,6 @@ def main(argv=None):
   plain_ds = (grain.MapDataset.source(raw_plain).shuffle(seed=0).repeat()
               .map(FromRaw()).batch(a.batch, drop_remainder=True))
 
-  tfds_ds = (grain.MapDataset.source(image_only).shuffle(seed=0).repeat()
-             .map(pipeline.SelectFields(('image',))).batch(a.batch, drop_remainder=True))
-
   def dataset_rate(ds, n_batches=4):
     ds[0]
     t0 = time.process_time()
@@ -121,16 +121,24 @@ def main(argv=None):
     jax.block_until_ready(two(key, images, 1.0, a.res))
     return a.batch / (time.process_time() - t0)
 
+  cache = pipeline.image_cache(source)  # what pretraining reads (config.image_cache)
+
+  def loader_rate(src, n_batches, threads):
+    it = iter(pipeline.make_loader(src, batch_size=a.batch, seed=0, read_threads=threads))
+    next(it)  # open files, start the threads
+    t0 = time.process_time()  # all threads of this process, prefetch included
+    for _ in range(n_batches):
+      next(it)
+    return n_batches * a.batch / (time.process_time() - t0)
+
   contenders = {
-      'read all fields': lambda: read_rate([select, batch], 2),
-      'read image only (the loader)': lambda: read_rate([select, batch], 8, image_only),
-      'read image only, 1 read thread': lambda: read_rate([select, batch], 8, image_only, 1),
-      'read image only (MapDataset)': lambda: dataset_rate(tfds_ds, 8),
-      'read raw records': lambda: read_rate([FromRaw(), batch], 8, raw),
-      'read raw records (MapDataset)': lambda: dataset_rate(raw_ds, 8),
-      'read raw uncompressed, 1 read thread': lambda: read_rate([FromRaw(), batch], 8,
-                                                                raw_plain, 1),
-      'read raw uncompressed (MapDataset)': lambda: dataset_rate(plain_ds, 16),
+      'DataLoader, all fields (session 1)': lambda: read_rate([select, batch], 2),
+      'DataLoader, image only': lambda: read_rate([select, batch], 8, image_only),
+      'loader, TFDS records': lambda: loader_rate(source, 8, 2),
+      'loader, image cache (pretraining)': lambda: loader_rate(cache, 32, 2),
+      'loader, image cache, 0 threads': lambda: loader_rate(cache, 32, 0),
+      'raw TFDS-compressed records (MapDataset)': lambda: dataset_rate(raw_ds, 8),
+      'raw uncompressed records (MapDataset)': lambda: dataset_rate(plain_ds, 32),
       'read+host 2 views': lambda: read_rate([select, views, batch], 1, image_only),
       'device 2 views (jit, CPU backend)': device_rate,
   }
@@ -140,7 +148,7 @@ def main(argv=None):
       rates[k].append(f())
   print(f'# store {a.store}px -> views {a.res}px, batch {a.batch}; load {common.load_average()}')
   for k, r in rates.items():
-    print(f'{k:<36} {common.median(r):>9.0f} images/s per core  (rounds: '
+    print(f'{k:<42} {common.median(r):>9.0f} images/s per core  (rounds: '
           + ', '.join(f'{x:.0f}' for x in r) + ')')
   host = common.median(rates['read+host 2 views'])
   dev = common.median(rates[f'device 2 views (jit, CPU backend)'])

@@ -206,8 +206,12 @@ def _pretrain_loader(config, stage, source, batch_size, seed):
   """Uniform shuffling, or the data-difficulty curriculum of config.curriculum."""
   spec = config.curriculum.pacing
   if spec.kind == 'none':
-    return pipeline.make_loader(source, batch_size=batch_size, seed=seed, fields=('image',),
-                                worker_count=config.worker_count)
+    images = source
+    if config.get('image_cache', True) and isinstance(source, pipeline.SplitSource):
+      images = pipeline.image_cache(source) or source
+    return pipeline.make_loader(images, batch_size=batch_size, seed=seed, fields=('image',),
+                                worker_count=config.worker_count,
+                                read_threads=config.get('read_threads', 0))
   import grain
   from cxr_jax.data import pacing as pacing_lib
   kind = config.curriculum.difficulty
@@ -581,7 +585,8 @@ def finetune_job(config, protocol: str, init: str, fraction: float, seed: int, e
     train = pipeline.Subset(data.train_source, indices)
     batch_size = pipeline.per_host_batch(ft.batch_size, 'config.finetune.batch_size')
     loader = pipeline.make_loader(train, batch_size=min(batch_size, len(train)), seed=seed,
-                                  fields=('image', 'label'), worker_count=config.worker_count)
+                                  fields=('image', 'label'), worker_count=config.worker_count,
+                                  read_threads=config.get('read_threads', 0))
     job = loop.Job(name=job_name, directory=directory, num_steps=ft.steps,
                    init_state=init_state, train_step=step, loader=loader, mesh=mesh,
                    checkpoint_every=config.checkpoint_every, log_every=config.log_every,

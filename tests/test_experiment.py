@@ -25,7 +25,6 @@ def tiny_config(data_dir):
   c.pretrain.stages[0].strength = schedule('linear', 0.2, 0.9)
   c.pretrain.monitor_every = 0
   c.checkpoint_every, c.log_every = 3, 1
-  c.curriculum.pacing.kind = 'root'   # the paced sampler must survive the resume too
   return c
 
 
@@ -38,8 +37,10 @@ def _rows(workdir, job):
   return {r['step']: r for r in rows if r['job'] == job and 'train/loss' in r}
 
 
-def test_resumed_stage_follows_the_same_schedule_and_data(tmp_path, tiny_data_dir):
+@pytest.mark.parametrize('pacing', ['root', 'none'])  # paced sampler; loader over the image cache
+def test_resumed_stage_follows_the_same_schedule_and_data(tmp_path, tiny_data_dir, pacing):
   config = tiny_config(tiny_data_dir)
+  config.curriculum.pacing.kind = pacing
   mesh = sharding.make_mesh()
   a, b = tmp_path / 'a', tmp_path / 'b'
   a.mkdir(), b.mkdir()

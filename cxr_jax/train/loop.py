@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import flax
 import grain
@@ -77,7 +77,7 @@ class Job:
   num_steps: int
   init_state: Callable[[], TrainState]        # a fresh, replicated state
   train_step: Callable                        # (state, global batch) -> (state, metrics)
-  loader: grain.DataLoader                    # infinite, per-host batches
+  loader: Iterable                           # infinite, per-host batches (Grain)
   mesh: Any
   checkpoint_every: int = 500
   log_every: int = 20

@@ -90,3 +90,38 @@ def test_readers_decode_only_their_fields_with_the_same_values(source):
 
 def full_label(source, i):
   return int(source[i]['label'])
+
+
+def test_image_cache_holds_the_same_images_and_is_reused(source):
+  import os
+  cache = pipeline.image_cache(source)
+  assert len(cache) == len(source)
+  for i in (0, 17, len(source) - 1):
+    np.testing.assert_array_equal(cache[i]['image'], source[i]['image'])
+  assert cache[0]['image'].dtype == np.uint8
+  stamp = os.stat(cache.path).st_mtime_ns
+  again = pipeline.image_cache(source)
+  assert again.path == cache.path and os.stat(again.path).st_mtime_ns == stamp
+  with pytest.raises(ValueError, match='holds images only'):
+    cache.decoding(('image', 'label'))
+  # the loader over the cache yields what the loader over the records yields
+  a = next(iter(pipeline.make_loader(cache, batch_size=8, seed=5)))
+  b = next(iter(pipeline.make_loader(source, batch_size=8, seed=5)))
+  np.testing.assert_array_equal(a['image'], b['image'])
+
+
+def test_a_stale_image_cache_is_refused(source, tmp_path):
+  cache = pipeline.image_cache(source)
+  from array_record.python.array_record_module import ArrayRecordWriter
+  bad = tmp_path / 'bad.array_record'
+  writer = ArrayRecordWriter(str(bad), 'group_size:1,uncompressed')
+  writer.write(np.zeros((32, 32, 1), np.uint8).tobytes())
+  writer.close()
+  import shutil
+  shutil.copy(bad, cache.path)
+  try:
+    with pytest.raises(ValueError, match='holds 1 images for the 64 examples'):
+      pipeline.image_cache(source)
+  finally:
+    import os
+    os.remove(cache.path)
