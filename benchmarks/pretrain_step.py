@@ -46,6 +46,8 @@ def _args(argv=None):
                  help='also time torch.compile (in addition to eager)')
   p.add_argument('--no_torch_eager', action='store_true')
   p.add_argument('--small_map_conv', type=int, default=1)
+  p.add_argument('--dot_batch_norm', type=int, default=-1,
+                 help='BatchNorm sums as dots: 1 on, 0 off, -1 the backend default')
   p.add_argument('--remat', type=int, default=0, help='rematerialise ResNet blocks')
   p.add_argument('--xla_cpu_ynn', default='auto', choices=('auto', 'on', 'off'),
                  help='YNNPACK fusions on the CPU backend (auto: platform.py default)')
@@ -71,6 +73,8 @@ def build_jax(a):
             small_map_conv=bool(a.small_map_conv))
   if a.remat:
     kw['remat'] = True
+  if a.dot_batch_norm >= 0:
+    kw['dot_batch_norm'] = bool(a.dot_batch_norm)
   model = method.build_model(build_encoder(a.model, **kw), mcfg)
   ocfg = optim.optimizer_config(a.optimizer, lr=0.3, base_batch_size=a.batch,
                                 lr_scaling='none', warmup_steps=0, weight_decay=1e-6)

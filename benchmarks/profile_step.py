@@ -1,6 +1,6 @@
 """Where the pretraining step's time goes: a jax.profiler trace of one step, grouped by op.
 
-    python -m benchmarks.profile_step --res=128 [--model=resnet18] [--batch=64]
+    python -m benchmarks.profile_step --res=128 [--model=resnet18] [--width=1.0] [--batch=64]
         [--method=simclr] [--top=25] [--outdir=/tmp/cxr_profile]
 
 Compiles the same step as `benchmarks.pretrain_step --scope=model`, runs it once to
@@ -49,6 +49,7 @@ def summarise(trace_path: str, hlo_text: str, top: int = 25) -> None:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--model', default='resnet18')
+  p.add_argument('--width', type=float, default=1.0)
   p.add_argument('--res', type=int, default=128)
   p.add_argument('--batch', type=int, default=64)
   p.add_argument('--method', default='simclr', choices=('simclr', 'byol'))
@@ -59,7 +60,7 @@ def main(argv=None):
   import jax
   from benchmarks import pretrain_step
 
-  step_args = pretrain_step._args([f'--model={a.model}', f'--res={a.res}',
+  step_args = pretrain_step._args([f'--model={a.model}', f'--width={a.width}', f'--res={a.res}',
                                    f'--batch={a.batch}', f'--method={a.method}',
                                    '--scope=model'])
   compiled, fresh_state, inputs, _ = pretrain_step.build_jax(step_args)
