@@ -206,8 +206,8 @@ def _pretrain_loader(config, stage, source, batch_size, seed):
   """Uniform shuffling, or the data-difficulty curriculum of config.curriculum."""
   spec = config.curriculum.pacing
   if spec.kind == 'none':
-    images = source
-    if config.get('image_cache', True) and isinstance(source, pipeline.SplitSource):
+    images = source  # a SplitSource (get_source)
+    if config.get('image_cache', True):
       images = pipeline.image_cache(source) or source
     return pipeline.make_loader(images, batch_size=batch_size, seed=seed, fields=('image',),
                                 worker_count=config.worker_count,

@@ -105,7 +105,7 @@ class SplitSource:
   """One split of a prepared TFDS dataset, readable with only some fields decoded."""
 
   def __init__(self, builder, split: str):
-    self._builder, self._split = builder, split
+    self.builder, self.split = builder, split
     self._full = builder.as_data_source(split)
     self._decoding: dict[tuple[str, ...], object] = {}
 
@@ -120,13 +120,13 @@ class SplitSource:
     key = tuple(sorted(fields))
     if key not in self._decoding:
       import tensorflow_datasets as tfds
-      features = self._builder.info.features
+      features = self.builder.info.features
       missing = [f for f in fields if f not in features]
       if missing:
-        raise ValueError(f'dataset {self._builder.name!r} has no field(s) {missing}; its '
+        raise ValueError(f'dataset {self.builder.name!r} has no field(s) {missing}; its '
                          f'fields are {sorted(features)}')
       skip = {k: tfds.decode.SkipDecoding() for k in features if k not in fields}
-      self._decoding[key] = self._builder.as_data_source(self._split, decoders=skip)
+      self._decoding[key] = self.builder.as_data_source(self.split, decoders=skip)
     return self._decoding[key]
 
 
@@ -164,7 +164,7 @@ def image_cache(source: 'SplitSource') -> RawImages | None:
   (docs/benchmarks.md). Returns None (read the TFDS records) when the dataset directory
   is not writable.
   """
-  builder, split = source._builder, source._split
+  builder, split = source.builder, source.split
   path = os.path.join(builder.data_dir, f'{builder.name}-{split}.image-cache.array_record')
   images = source.decoding(('image',))
   first = np.asarray(images[0]['image'])
@@ -243,8 +243,8 @@ def make_loader(source, *, batch_size: int, seed: int, fields: Sequence[str] = (
   Built on `grain.MapDataset` (source -> shard -> shuffle, reseeded every epoch -> repeat
   -> fields -> batch), iterated with `read_threads` prefetch threads (0: in the caller's
   thread, the cheapest per image; JAX's asynchronous dispatch already overlaps it with the
-  device step) and, with worker_count > 0, that many worker processes. Its iterator's state is saved and
-  restored through grain.checkpoint. (Grain's DataLoader does the same per record through
+  device step) and, with worker_count > 0, that many worker processes. Its iterator's
+  state is saved and restored through grain.checkpoint. (Grain's DataLoader does the same per record through
   its sampler and 16 read threads by default: 2.4-3x more CPU per image on the dev
   machine, docs/benchmarks.md.)
   """
