@@ -1,9 +1,10 @@
 """Where the pretraining step's time goes: a jax.profiler trace of one step, grouped by op.
 
     python -m benchmarks.profile_step --res=128 [--model=resnet18] [--width=1.0] [--batch=64]
-        [--method=simclr] [--top=25] [--outdir=/tmp/cxr_profile]
+        [--method=simclr] [--scope=model|full] [--store=0] [--optimizer=lars]
+        [--top=25] [--outdir=/tmp/cxr_profile]
 
-Compiles the same step as `benchmarks.pretrain_step --scope=model`, runs it once to
+Compiles the same step as `benchmarks.pretrain_step --scope=S`, runs it once to
 warm up, traces one more run with `jax.profiler.trace`, and prints the time per HLO op
 kind (op names with their '.N' suffix dropped) and the slowest single ops with their HLO
 text, from the trace's per-thunk events (XLA's CPU runtime emits one per executed op).
@@ -53,6 +54,10 @@ def main(argv=None):
   p.add_argument('--res', type=int, default=128)
   p.add_argument('--batch', type=int, default=64)
   p.add_argument('--method', default='simclr', choices=('simclr', 'byol'))
+  p.add_argument('--scope', default='model', choices=('full', 'model'),
+                 help='full: views cut on the device from --store px images (the training step)')
+  p.add_argument('--store', type=int, default=0)
+  p.add_argument('--optimizer', default='lars', choices=('lars', 'sgd'))
   p.add_argument('--top', type=int, default=25)
   p.add_argument('--outdir', default='/tmp/cxr_profile')
   a = p.parse_args(argv)
@@ -62,13 +67,14 @@ def main(argv=None):
 
   step_args = pretrain_step._args([f'--model={a.model}', f'--width={a.width}', f'--res={a.res}',
                                    f'--batch={a.batch}', f'--method={a.method}',
-                                   '--scope=model'])
+                                   f'--scope={a.scope}', f'--store={a.store}',
+                                   f'--optimizer={a.optimizer}'])
   compiled, fresh_state, inputs, _ = pretrain_step.build_jax(step_args)
-  step, state = compiled['model'], fresh_state()
-  state, metrics = step(state, inputs['model'])
+  step, state = compiled[a.scope], fresh_state()
+  state, metrics = step(state, inputs[a.scope])
   jax.block_until_ready(metrics)
   with jax.profiler.trace(a.outdir):
-    state, metrics = step(state, inputs['model'])
+    state, metrics = step(state, inputs[a.scope])
     jax.block_until_ready(metrics)
   traces = sorted(glob.glob(os.path.join(a.outdir, '**', '*.trace.json.gz'), recursive=True),
                   key=os.path.getmtime)

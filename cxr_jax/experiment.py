@@ -563,8 +563,11 @@ def finetune_job(config, protocol: str, init: str, fraction: float, seed: int, e
       params, batch_stats = _classifier_variables(model, config, seed, data.channels,
                                                   ft.image_size, encoder_vars, init == 'imagenet')
       copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # distinct buffers: params are donated
+      # best_score strongly typed: a weak-typed scalar here and a strong one after the
+      # first evaluation would be two input types, and the step would compile twice
       extra = {'best_params': copy(params), 'best_batch_stats': copy(batch_stats),
-               'best_score': jnp.asarray(-jnp.inf), 'best_step': jnp.zeros((), jnp.int32)}
+               'best_score': jnp.asarray(-jnp.inf, jnp.float32),
+               'best_step': jnp.zeros((), jnp.int32)}
       state = loop.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                               batch_stats=batch_stats, opt_state=tx.init(params), extra=extra,
                               rng=loop.fresh_rng(seed))
@@ -577,9 +580,11 @@ def finetune_job(config, protocol: str, init: str, fraction: float, seed: int, e
       score = _selection_score(m)
       if score > float(state.extra['best_score']):  # model selection on val only
         copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)
-        state = state.replace(extra={
+        # replicated like the step's own outputs (a different sharding would recompile it)
+        state = state.replace(extra=sharding.replicate({
             'best_params': copy(state.params), 'best_batch_stats': copy(state.batch_stats),
-            'best_score': jnp.asarray(score, jnp.float32), 'best_step': jnp.copy(state.step)})
+            'best_score': jnp.asarray(score, jnp.float32), 'best_step': jnp.copy(state.step)},
+            mesh))
       return state, {f'val/{k}': v for k, v in m.items() if np.isfinite(v)}
 
     train = pipeline.Subset(data.train_source, indices)

@@ -109,3 +109,21 @@ def test_image_sizes_round_to_multiples_of_eight():
   sizes = experiment.image_sizes(schedule('linear', 24, 64), 6, 'k')
   assert sizes[0] == 24 and sizes[-1] == 56 and all(s % 8 == 0 for s in sizes)
   assert list(sizes) == sorted(sizes)
+
+
+def test_finetune_jobs_with_model_selection_compile_their_step_once(tmp_path, tiny_data_dir):
+  # evaluation replaces the state's best-so-far weights and score; if those came back with
+  # another type or sharding than the step's outputs, every evaluation would recompile it
+  config = tiny_config(tiny_data_dir)
+  config.finetune.steps, config.finetune.eval_every, config.finetune.batch_size = 4, 2, 8
+  config.finetune.image_size, config.eval_batch_size = 32, 16
+  mesh = sharding.make_mesh()
+  data = experiment._EvalData(config, tiny_data_dir)
+  writer = loop.MetricWriter(tmp_path)
+  experiment._FINETUNE_FNS.clear()
+  results = [experiment.finetune_job(config, 'finetune', 'scratch', 1.0, seed, None, data, mesh,
+                                     writer, tmp_path) for seed in (0, 1)]
+  writer.close()
+  (_, _, step), = experiment._FINETUNE_FNS.values()
+  assert step._cache_size() == 1
+  assert all(r['best_step'] in (2, 4) for r in results)  # selection did run
