@@ -24,7 +24,8 @@ def get_config(arg=None):
   c.worker_count = 0          # Grain worker processes per loader (0: in the main process)
   c.read_threads = 0          # Grain prefetch threads per loader (0: read in the loop, overlapped
                               # with the device step by JAX's async dispatch; raise for slow disks)
-  c.image_cache = True        # pretraining reads a raw, uncompressed copy of the images
+  c.image_cache = True        # pretraining and fine-tuning read a raw, uncompressed copy
+                              # of the images (written once next to the dataset)
   c.checkpoint_every = 50     # steps between Orbax checkpoints (and at the end, and on SIGTERM)
   c.log_every = 10            # steps between metric lines
   c.eval_batch_size = 128     # global batch for prediction (val/test)

@@ -464,6 +464,15 @@ class _EvalData:
     self.test = pipeline.read_all(get(ft.data.test_split, 'test_split'), fields)
     self.channels = self.builder.info.features['image'].shape[-1]
 
+  def train_images(self, config):
+    """The train split's images and labels for the fine-tuning loader: from the image
+    cache (with the labels read once) when config.image_cache, else the TFDS records."""
+    if config.get('image_cache', True):
+      cache = pipeline.image_cache(self.train_source)
+      if cache is not None:
+        return cache.with_columns(label=self.train_meta['label'])
+    return self.train_source
+
   def _has(self, name):
     return name in self.builder.info.features
 
@@ -587,7 +596,7 @@ def finetune_job(config, protocol: str, init: str, fraction: float, seed: int, e
             mesh))
       return state, {f'val/{k}': v for k, v in m.items() if np.isfinite(v)}
 
-    train = pipeline.Subset(data.train_source, indices)
+    train = pipeline.Subset(data.train_images(config), indices)
     batch_size = pipeline.per_host_batch(ft.batch_size, 'config.finetune.batch_size')
     loader = pipeline.make_loader(train, batch_size=min(batch_size, len(train)), seed=seed,
                                   fields=('image', 'label'), worker_count=config.worker_count,

@@ -102,8 +102,18 @@ def test_image_cache_holds_the_same_images_and_is_reused(source):
   stamp = os.stat(cache.path).st_mtime_ns
   again = pipeline.image_cache(source)
   assert again.path == cache.path and os.stat(again.path).st_mtime_ns == stamp
-  with pytest.raises(ValueError, match='holds images only'):
+  with pytest.raises(ValueError, match=r"not \['label'\]"):
     cache.decoding(('image', 'label'))
+  # with columns read once (fine-tuning's labels): records carry them, in index order
+  ids = pipeline.read_all(source, ('id',))['id']
+  with_ids = cache.with_columns(id=ids)
+  for i in (0, 17, len(source) - 1):
+    assert with_ids[i]['id'] == source[i]['id']
+  batch = next(iter(pipeline.make_loader(with_ids, batch_size=8, seed=5, fields=('image', 'id'))))
+  for image, i in zip(batch['image'], batch['id']):
+    np.testing.assert_array_equal(image, source[int(np.flatnonzero(ids == i)[0])]['image'])
+  with pytest.raises(ValueError, match="column 'id' has 3 values"):
+    cache.with_columns(id=ids[:3])
   # the loader over the cache yields what the loader over the records yields
   a = next(iter(pipeline.make_loader(cache, batch_size=8, seed=5)))
   b = next(iter(pipeline.make_loader(source, batch_size=8, seed=5)))
