@@ -20,6 +20,12 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, for multi-process runs.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index in a multi-process run.')
+_CACHE_DIR = flags.DEFINE_string(
+    'compilation_cache_dir',
+    os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
+                 'cxr_jax', 'jax'),
+    "JAX's persistent compilation cache, shared by all runs of this user ('' turns it "
+    'off; JAX_COMPILATION_CACHE_DIR, when set, wins).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -76,9 +82,11 @@ def main(argv):
   from cxr_jax import platform
   platform.setup(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   import jax
-  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    # a resumed or repeated run reuses the compiled steps instead of compiling them again
-    jax.config.update('jax_compilation_cache_dir', os.path.join(_WORKDIR.value, 'jax_cache'))
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR') and _CACHE_DIR.value:
+    # a resumed run, a repeated one and an ablation in another workdir with the same
+    # shapes reuse the compiled steps (keyed by program, compiler version and device)
+    jax.config.update('jax_compilation_cache_dir', _CACHE_DIR.value)
+    jax.config.update('jax_compilation_cache_max_size', 4 * 2**30)  # LRU-evicted beyond
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TFDS are chatty below ERROR
   logging.getLogger('cxr_jax').setLevel(logging.INFO)
   from cxr_jax import experiment
