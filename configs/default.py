@@ -26,7 +26,7 @@ def get_config(arg=None):
                               # with the device step by JAX's async dispatch; raise for slow disks)
   c.image_cache = True        # pretraining and fine-tuning read a raw, uncompressed copy
                               # of the images (written once next to the dataset)
-  c.checkpoint_every = 50     # steps between Orbax checkpoints (and at the end, and on SIGTERM)
+  c.checkpoint_every = 100    # steps between Orbax checkpoints (and at the end, and on SIGTERM)
   c.log_every = 10            # steps between metric lines
   c.eval_batch_size = 128     # global batch for prediction (val/test)
   # the phantom's builder options, shared by every data spec below (one dataset, several splits)

@@ -15,6 +15,7 @@ pre-emption finishes the work without redoing it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -132,8 +133,18 @@ def _init_key(seed):
   return jax.random.key(seed, impl='rbg')
 
 
-def _init(model, rng, dummy):
-  return jax.jit(model.init, static_argnames='train')(rng, dummy, train=False)
+_INIT_SIZE = 32  # ResNets and heads have the same parameters at every input size
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_init(model):
+  # one compilation per model config (flax modules hash by config), not one per job
+  return jax.jit(model.init, static_argnames='train')
+
+
+def _init(model, rng, channels: int):
+  dummy = jnp.zeros((2, _INIT_SIZE, _INIT_SIZE, channels), jnp.float32)
+  return _jit_init(model)(rng, dummy, train=False)
 
 
 def _merge(fresh, previous):
@@ -289,8 +300,7 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
 
   def init_state():
     rng = jax.random.fold_in(_init_key(config.seed), index)
-    dummy = jnp.zeros((2, int(sizes[0]), int(sizes[0]), channels), jnp.float32)
-    variables = _init(model, rng, dummy)
+    variables = _init(model, rng, channels)
     params, batch_stats = variables['params'], variables['batch_stats']
     if index == 0 and config.pretrain.init == 'imagenet' and folder == 'pretrain':
       merged = _strict_encoder(variables, _imagenet_encoder(config), 'config.finetune.imagenet_checkpoint')
@@ -493,11 +503,10 @@ def _encoder_vars(state_or_vars):
   return state_or_vars
 
 
-def _classifier_variables(model, config, seed, channels, image_size, encoder_vars,
+def _classifier_variables(model, config, seed, channels, encoder_vars,
                           strict=False):
   rng = jax.random.fold_in(_init_key(config.seed), 10_000 + seed)
-  dummy = jnp.zeros((2, image_size, image_size, channels), jnp.float32)
-  variables = _init(model, rng, dummy)
+  variables = _init(model, rng, channels)
   params, batch_stats = variables['params'], variables['batch_stats']
   if encoder_vars is not None and strict:
     merged = _strict_encoder(variables, encoder_vars, 'config.finetune.imagenet_checkpoint')
@@ -562,7 +571,7 @@ def finetune_job(config, protocol: str, init: str, fraction: float, seed: int, e
 
   if protocol != 'finetune':
     params, batch_stats = _classifier_variables(model, config, seed, data.channels,
-                                                ft.image_size, encoder_vars, init == 'imagenet')
+                                                encoder_vars, init == 'imagenet')
     best = {'params': params, 'batch_stats': batch_stats}
     val_probs, probs = _frozen_probe(config, protocol, model, best, data, indices, mesh)
     val_score, best_step = _selection_score(_eval_metrics(data.val['label'], val_probs,
@@ -570,7 +579,7 @@ def finetune_job(config, protocol: str, init: str, fraction: float, seed: int, e
   else:
     def init_state():
       params, batch_stats = _classifier_variables(model, config, seed, data.channels,
-                                                  ft.image_size, encoder_vars, init == 'imagenet')
+                                                  encoder_vars, init == 'imagenet')
       copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # distinct buffers: params are donated
       # best_score strongly typed: a weak-typed scalar here and a strong one after the
       # first evaluation would be two input types, and the step would compile twice
