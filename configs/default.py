@@ -28,6 +28,9 @@ def get_config(arg=None):
                               # of the images (written once next to the dataset)
   c.checkpoint_every = 100    # steps between Orbax checkpoints (and at the end, and on SIGTERM)
   c.log_every = 10            # steps between metric lines
+  c.augment_on = 'device'     # where pretraining cuts its views: 'device' (in the jit step)
+                              # or 'host' (numpy, in the loader / Grain workers; same
+                              # contract, docs/benchmarks.md compares their cost)
   c.eval_batch_size = 128     # global batch for prediction (val/test)
   # the phantom's builder options, shared by every data spec below (one dataset, several splits)
   c.phantom = ('size=64,num_unlabeled=2048,num_train=64,num_val=128,num_test=512,'

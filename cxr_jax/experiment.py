@@ -78,6 +78,11 @@ def validate(config: ml_collections.ConfigDict):
     if protocol not in PROTOCOLS:
       raise ValueError(f'config.finetune.protocols: unknown protocol {protocol!r}; '
                        f'choose from {PROTOCOLS}')
+  if config.get('augment_on', 'device') not in ('device', 'host'):
+    raise ValueError(f"config.augment_on must be 'device' or 'host', got {config.augment_on!r}")
+  if config.get('augment_on', 'device') == 'host' and config.curriculum.pacing.kind != 'none':
+    raise ValueError("config.augment_on='host' needs config.curriculum.pacing.kind='none' "
+                     '(the paced sampler feeds a DataLoader without per-step views)')
   if config.pretrain.init not in ('scratch', 'imagenet'):
     raise ValueError(f"config.pretrain.init must be 'scratch' or 'imagenet', got {config.pretrain.init!r}")
   if 'ssl' in _inits(config):
@@ -161,9 +166,12 @@ def _pretrain_step(model, method, mcfg, tx, schedules, image_size):
   def step(state, batch):
     t = state.step
     hp = {name: jnp.asarray(fn(t), jnp.float32) for name, fn in schedules.items()}
-    rng = jax.random.fold_in(state.rng, t)
-    images = batch['image'].astype(jnp.float32) / 255.0
-    view1, view2 = augment.two_views(rng, images, hp['strength'], image_size)
+    if 'view1' in batch:  # cut on the host (config.augment_on='host')
+      view1, view2 = augment._to_float(batch['view1']), augment._to_float(batch['view2'])
+    else:
+      rng = jax.random.fold_in(state.rng, t)
+      images = batch['image'].astype(jnp.float32) / 255.0
+      view1, view2 = augment.two_views(rng, images, hp['strength'], image_size)
 
     def loss_of(params):
       return method.loss_fn(model, params, state.batch_stats, state.extra, view1, view2, hp, mcfg)
@@ -213,16 +221,26 @@ class _ResizingStep:
     return self._steps[size](state, batch)
 
 
-def _pretrain_loader(config, stage, source, batch_size, seed):
-  """Uniform shuffling, or the data-difficulty curriculum of config.curriculum."""
+def _pretrain_loader(config, stage, source, batch_size, seed, sizes, strength):
+  """Uniform shuffling, or the data-difficulty curriculum of config.curriculum; with
+  config.augment_on='host', records leave the loader as the step's two views (`sizes`:
+  the stage's view size per step, `strength`: its augmentation strength schedule)."""
   spec = config.curriculum.pacing
+  host = config.get('augment_on', 'device') == 'host'
   if spec.kind == 'none':
     images = source  # a SplitSource (get_source)
     if config.get('image_cache', True):
       images = pipeline.image_cache(source) or source
+    views = None
+    if host:
+      from cxr_jax.data import host_augment
+      strengths = np.asarray([float(strength(t)) for t in range(stage.steps)], np.float32)
+      views = host_augment.TwoViews(np.asarray(sizes), strengths, batch_size=batch_size,
+                                    seed=seed).map_with_index
     return pipeline.make_loader(images, batch_size=batch_size, seed=seed, fields=('image',),
                                 worker_count=config.worker_count,
-                                read_threads=config.get('read_threads', 0))
+                                read_threads=config.get('read_threads', 0),
+                                map_with_index=views)
   import grain
   from cxr_jax.data import pacing as pacing_lib
   kind = config.curriculum.difficulty
@@ -315,7 +333,8 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
 
   step = _ResizingStep(lambda size: _pretrain_step(model, method, mcfg, tx, schedules, size),
                        sizes, mesh)
-  loader = _pretrain_loader(config, stage, source, batch_size, config.seed * 1000 + index)
+  loader = _pretrain_loader(config, stage, source, batch_size, config.seed * 1000 + index,
+                            sizes, schedules['strength'])
   monitor = (make_monitor(config, model, int(sizes[-1]), mesh, data_dir)
              if config.pretrain.monitor_every else None)
   return loop.Job(name=f'{folder}/{stage.name}', directory=workdir / folder / stage.name,

@@ -172,9 +172,11 @@ class TwoViews:
   or with `grain.MapDataset.map_with_index(views.map_with_index)` (scheduled strength).
 
   Args:
-    out_size: view side.
-    strength: a float, or a function of the step (used by map_with_index only; a
-      RandomMap has no step and calls it with 0).
+    out_size: view side, or a numpy array of it per step (progressive resizing; every
+      record of one step, hence of one batch, gets the same size).
+    strength: a float, a numpy array of it per step, or a function of the step (a
+      schedule is used by map_with_index only; a RandomMap has no step and uses step 0).
+      Past the end of an array its last value holds.
     params: amplitudes at strength 1 (the device path's AugmentParams).
     batch_size: per-host batch, to turn a record index into its step.
     seed: root of map_with_index's per-record keys.
@@ -188,27 +190,31 @@ class TwoViews:
     self.out_size, self.strength, self.params = out_size, strength, params
     self.batch_size, self.seed, self.dtype, self.keep = batch_size, seed, dtype, tuple(keep)
 
-  def _strength(self, step: int) -> float:
-    return float(self.strength(step) if callable(self.strength) else self.strength)
+  @staticmethod
+  def _at(value, step: int):
+    if callable(value):
+      return value(step)
+    if isinstance(value, np.ndarray):
+      return value[min(step, len(value) - 1)]
+    return value
 
-  def _views(self, element, rng, strength):
+  def _views(self, element, rng, step: int):
     image = np.asarray(element['image'])
+    strength, size = float(self._at(self.strength, step)), int(self._at(self.out_size, step))
     out = {k: element[k] for k in self.keep}
-    out['view1'] = _quantize(augment_one(rng, image, strength, self.out_size, self.params),
-                             self.dtype)
-    out['view2'] = _quantize(augment_one(rng, image, strength, self.out_size, self.params),
-                             self.dtype)
+    out['view1'] = _quantize(augment_one(rng, image, strength, size, self.params), self.dtype)
+    out['view2'] = _quantize(augment_one(rng, image, strength, size, self.params), self.dtype)
     return out
 
   def random_map(self, element, rng: np.random.Generator):
     if rng is None:  # Grain gives no generator when its sampler has no seed
       raise ValueError('host_augment.TwoViews as a RandomMap needs a seeded sampler '
                        '(grain.samplers.IndexSampler(..., seed=...))')
-    return self._views(element, rng, self._strength(0))
+    return self._views(element, rng, 0)
 
   def map_with_index(self, index: int, element):
     rng = np.random.default_rng([self.seed, int(index)])
-    return self._views(element, rng, self._strength(int(index) // self.batch_size))
+    return self._views(element, rng, int(index) // self.batch_size)
 
 
 def make_random_map(*args, **kwargs):

@@ -281,14 +281,16 @@ class EpochShuffle(grain.MapDataset):
 def make_loader(source, *, batch_size: int, seed: int, fields: Sequence[str] = ('image',),
                 shuffle: bool = True, num_epochs: int | None = None,
                 drop_remainder: bool = True, worker_count: int = 0,
-                shard: bool = True, read_threads: int = 0):
+                shard: bool = True, read_threads: int = 0, map_with_index=None):
   """A Grain iterable of per-host batches of `fields` from `source`.
 
   batch_size is the per-host batch (global batch / jax.process_count()). Each JAX process
   reads a disjoint, contiguous shard; with `shuffle` the order changes every epoch,
   determined by `seed`. num_epochs=None repeats forever (training); 1 gives one pass
   (evaluation). shard=False gives every process the whole source (small evaluation
-  splits).
+  splits). `map_with_index(index, record)`, if given, transforms each record with its
+  position in this process's stream (e.g. `host_augment.TwoViews.map_with_index`: the
+  step is index // batch_size), in the worker processes when worker_count > 0.
 
   Built on `grain.MapDataset` (source -> shard -> shuffle, new every epoch -> repeat
   -> fields -> batch), iterated with `read_threads` prefetch threads (0: in the caller's
@@ -310,6 +312,8 @@ def make_loader(source, *, batch_size: int, seed: int, fields: Sequence[str] = (
   if shuffle:
     ds = EpochShuffle(ds, seed)
   ds = ds.repeat(num_epochs).map(SelectFields(fields))
+  if map_with_index is not None:
+    ds = ds.map_with_index(map_with_index)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   # prefetch counts batches here: a few in flight, not Grain's default 500
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
