@@ -3,7 +3,7 @@ fine-tuning from scratch and from the curriculum's encoder on few labels.
 
     python launch.py --config=configs/default.py --workdir=runs/demo
 
-Expected (2-core CPU, jax 0.10.2): about 7 minutes; <workdir>/report.md shows curricular
+Expected (2-core CPU, jax 0.10.2): about 4-5 minutes; <workdir>/report.md shows curricular
 SSL ahead of scratch in test macro AUROC over 3 seeds (numbers in README.md).
 Knobs worth trying: --config.pretrain.stages[1].steps=400, --config.finetune.num_seeds=5,
 --config.phantom='size=64,num_train=200,...' (all phantom options: cxr_jax/data/builders/phantom.py).

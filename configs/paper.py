@@ -12,13 +12,13 @@ Phantom study (default; synthetic radiographs with a confounding marker in train
   curricular; label fractions 0.25 and 1.0 of the 128 training patients; 3 seeds;
   fine-tune, linear and kNN protocols; Grad-CAM lung and lesion shares on the 512
   unconfounded test images.
-  Measured runtime: 14 min 54 s wall (23.5 CPU-minutes) on a quiet 2-core x86-64 VM, jax
-  0.10.2, no GPU (2026-11-26). Measured result (README, "Reproducing the paper"):
-  curricular > ssl > scratch in fine-tuned test macro AUROC at both label fractions
-  (curricular - scratch +0.028 at 0.25, +0.037 at 1.0, Holm-adjusted p 0.036), all regimes
-  dropping ~0.2 from the confounded val to the test split; Grad-CAM lung shares stay near
-  1.0 (0.94-1.05) for every regime, so the phantom does not reproduce the paper's
-  attention claim at this resolution.
+  Measured runtime: 13 min 0 s wall (20.4 CPU-minutes) on a quiet 2-core x86-64 VM, jax
+  0.10.2, no GPU (2026-11-26). Measured result (README, "Reproducing the paper"): ssl and
+  curricular > scratch in fine-tuned test macro AUROC at both label fractions
+  (curricular - scratch +0.016 at 0.25, +0.027 at 1.0, Holm-adjusted p 0.036), curricular
+  vs ssl not resolved at this size; all regimes dropping ~0.2 from the confounded val to
+  the test split; Grad-CAM lung shares stay near 1.0 (0.90-1.06) for every regime, so the
+  phantom does not reproduce the paper's attention claim at this resolution.
   Smoke test (seconds to a minute, every code path): `...:runlocal=true`.
 
 Real data (meant for one GPU; prepare the data first, see docs/datasets.md):

@@ -235,8 +235,9 @@ def _pretrain_loader(config, stage, source, batch_size, seed, sizes, strength):
     if host:
       from cxr_jax.data import host_augment
       strengths = np.asarray([float(strength(t)) for t in range(stage.steps)], np.float32)
+      # indices are per process: the process in the seed keeps hosts' draws apart
       views = host_augment.TwoViews(np.asarray(sizes), strengths, batch_size=batch_size,
-                                    seed=seed).map_with_index
+                                    seed=seed * 1024 + jax.process_index()).map_with_index
     return pipeline.make_loader(images, batch_size=batch_size, seed=seed, fields=('image',),
                                 worker_count=config.worker_count,
                                 read_threads=config.get('read_threads', 0),

@@ -247,9 +247,9 @@ class EpochShuffle(grain.MapDataset):
   (seed, epoch): one numpy permutation per epoch.
 
   Grain's `MapDataset.shuffle` computes each index alone through `index_shuffle`, whose
-  cost grows as the dataset shrinks: 420 us per record at 64 records, 18 us at 2,048
-  (dev machine), i.e. more than reading the record for the few-label splits that
-  fine-tuning shuffles every few steps.
+  cost grows as the dataset shrinks: 430 us per record at 64 records, 25 us at 2,048,
+  against 4 us here (`python -m benchmarks.shuffle`, dev machine), i.e. more than reading
+  the record for the few-label splits that fine-tuning shuffles every few steps.
   """
 
   def __init__(self, parent, seed: int):
