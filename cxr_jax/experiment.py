@@ -78,9 +78,10 @@ def validate(config: ml_collections.ConfigDict):
     if protocol not in PROTOCOLS:
       raise ValueError(f'config.finetune.protocols: unknown protocol {protocol!r}; '
                        f'choose from {PROTOCOLS}')
-  if config.get('augment_on', 'device') not in ('device', 'host'):
-    raise ValueError(f"config.augment_on must be 'device' or 'host', got {config.augment_on!r}")
-  if config.get('augment_on', 'device') == 'host' and config.curriculum.pacing.kind != 'none':
+  augment_on = config.get('augment_on', 'device')
+  if augment_on not in ('device', 'host'):
+    raise ValueError(f"config.augment_on must be 'device' or 'host', got {augment_on!r}")
+  if augment_on == 'host' and config.curriculum.pacing.kind != 'none':
     raise ValueError("config.augment_on='host' needs config.curriculum.pacing.kind='none' "
                      '(the paced sampler feeds a DataLoader without per-step views)')
   if config.pretrain.init not in ('scratch', 'imagenet'):
@@ -167,7 +168,7 @@ def _pretrain_step(model, method, mcfg, tx, schedules, image_size):
     t = state.step
     hp = {name: jnp.asarray(fn(t), jnp.float32) for name, fn in schedules.items()}
     if 'view1' in batch:  # cut on the host (config.augment_on='host')
-      view1, view2 = augment._to_float(batch['view1']), augment._to_float(batch['view2'])
+      view1, view2 = augment.to_float(batch['view1']), augment.to_float(batch['view2'])
     else:
       rng = jax.random.fold_in(state.rng, t)
       images = batch['image'].astype(jnp.float32) / 255.0
@@ -226,13 +227,12 @@ def _pretrain_loader(config, stage, source, batch_size, seed, sizes, strength):
   config.augment_on='host', records leave the loader as the step's two views (`sizes`:
   the stage's view size per step, `strength`: its augmentation strength schedule)."""
   spec = config.curriculum.pacing
-  host = config.get('augment_on', 'device') == 'host'
   if spec.kind == 'none':
     images = source  # a SplitSource (get_source)
     if config.get('image_cache', True):
       images = pipeline.image_cache(source) or source
     views = None
-    if host:
+    if config.get('augment_on', 'device') == 'host':
       from cxr_jax.data import host_augment
       strengths = np.asarray([float(strength(t)) for t in range(stage.steps)], np.float32)
       # indices are per process: the process in the seed keeps hosts' draws apart
@@ -493,15 +493,17 @@ class _EvalData:
     fields = ('image', 'label', 'patient_id') + (('mask',) if self._has('mask') else ())
     self.test = pipeline.read_all(get(ft.data.test_split, 'test_split'), fields)
     self.channels = self.builder.info.features['image'].shape[-1]
+    self._train_images = None
 
   def train_images(self, config):
     """The train split's images and labels for the fine-tuning loader: from the image
-    cache (with the labels read once) when config.image_cache, else the TFDS records."""
-    if config.get('image_cache', True):
-      cache = pipeline.image_cache(self.train_source)
-      if cache is not None:
-        return cache.with_columns(label=self.train_meta['label'])
-    return self.train_source
+    cache (with the labels read once) when config.image_cache, else the TFDS records.
+    Opened on the first call and shared by every fine-tuning job."""
+    if self._train_images is None:
+      cache = pipeline.image_cache(self.train_source) if config.get('image_cache', True) else None
+      self._train_images = (cache.with_columns(label=self.train_meta['label'])
+                            if cache is not None else self.train_source)
+    return self._train_images
 
   def _has(self, name):
     return name in self.builder.info.features
@@ -521,6 +523,11 @@ def _encoder_vars(state_or_vars):
     return {'params': {'encoder': state_or_vars.params['encoder']},
             'batch_stats': {'encoder': state_or_vars.batch_stats['encoder']}}
   return state_or_vars
+
+
+def _copy_tree(tree):
+  """Distinct buffers for the best-so-far weights: the live ones are donated to the step."""
+  return jax.tree_util.tree_map(jnp.copy, tree)
 
 
 def _classifier_variables(model, config, seed, channels, encoder_vars,
@@ -600,10 +607,9 @@ def finetune_job(config, protocol: str, init: str, fraction: float, seed: int, e
     def init_state():
       params, batch_stats = _classifier_variables(model, config, seed, data.channels,
                                                   encoder_vars, init == 'imagenet')
-      copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # distinct buffers: params are donated
       # best_score strongly typed: a weak-typed scalar here and a strong one after the
       # first evaluation would be two input types, and the step would compile twice
-      extra = {'best_params': copy(params), 'best_batch_stats': copy(batch_stats),
+      extra = {'best_params': _copy_tree(params), 'best_batch_stats': _copy_tree(batch_stats),
                'best_score': jnp.asarray(-jnp.inf, jnp.float32),
                'best_step': jnp.zeros((), jnp.int32)}
       state = loop.TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -617,10 +623,10 @@ def finetune_job(config, protocol: str, init: str, fraction: float, seed: int, e
       m = _eval_metrics(data.val['label'], probs, class_names)
       score = _selection_score(m)
       if score > float(state.extra['best_score']):  # model selection on val only
-        copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)
         # replicated like the step's own outputs (a different sharding would recompile it)
         state = state.replace(extra=sharding.replicate({
-            'best_params': copy(state.params), 'best_batch_stats': copy(state.batch_stats),
+            'best_params': _copy_tree(state.params),
+            'best_batch_stats': _copy_tree(state.batch_stats),
             'best_score': jnp.asarray(score, jnp.float32), 'best_step': jnp.copy(state.step)},
             mesh))
       return state, {f'val/{k}': v for k, v in m.items() if np.isfinite(v)}

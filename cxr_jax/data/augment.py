@@ -83,7 +83,7 @@ class AugmentParams:
     return max(0, min(math.ceil(3 * self.blur_sigma), out_size - 1))
 
 
-def _to_float(images: jax.Array) -> jax.Array:
+def to_float(images: jax.Array) -> jax.Array:
   """Integer images (uint8/uint16 storage) to float32 in [0, 1]."""
   if jnp.issubdtype(images.dtype, jnp.integer):
     return images.astype(jnp.float32) / jnp.iinfo(images.dtype).max
@@ -129,7 +129,7 @@ def resize(images: jax.Array, out_size: int) -> jax.Array:
   Returns:
     [B, out_size, out_size, C] float32 in [0, 1].
   """
-  images = _to_float(images)
+  images = to_float(images)
 
   def one(image):
     return _crop_resize(image, *_full_box(image), out_size)
@@ -213,7 +213,7 @@ def augment(key: jax.Array, images: jax.Array, strength: jax.Array | float,
     [B, out_size, out_size, C] float32 in [0, 1]; at strength 0 exactly
     `resize(images, out_size)`.
   """
-  images = _to_float(images)
+  images = to_float(images)
   strength = jnp.clip(jnp.asarray(strength, jnp.float32), 0.0, 1.0)
   keys = jax.random.split(key, images.shape[0])
   one = functools.partial(_augment_one, out_size=out_size, params=params)

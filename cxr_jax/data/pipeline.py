@@ -171,7 +171,8 @@ _CACHE_OPTIONS = 'group_size:1,uncompressed'
 
 def image_cache(source: 'SplitSource') -> RawImages | None:
   """The images of a split, written once next to the prepared dataset as raw uint8
-  records in an uncompressed ArrayRecord file, for the epochs of pretraining.
+  records in an uncompressed ArrayRecord file, for the epochs of pretraining and
+  fine-tuning.
 
   TFDS's records are compressed one by one and read through a tf.Example parse: ~2,200
   images/s per core, against ~22,000 raw reads/s from the uncompressed file
@@ -296,9 +297,9 @@ def make_loader(source, *, batch_size: int, seed: int, fields: Sequence[str] = (
   -> fields -> batch), iterated with `read_threads` prefetch threads (0: in the caller's
   thread, the cheapest per image; JAX's asynchronous dispatch already overlaps it with the
   device step) and, with worker_count > 0, that many worker processes. Its iterator's
-  state is saved and restored through grain.checkpoint. (Grain's DataLoader does the same per record through
-  its sampler and 16 read threads by default: 2.4-3x more CPU per image on the dev
-  machine, docs/benchmarks.md.)
+  state is saved and restored through grain.checkpoint. (Grain's DataLoader does the same
+  per record through its sampler and 16 read threads by default: 2.4-3x more CPU per
+  image on the dev machine, docs/benchmarks.md.)
   """
   n = len(source)
   if n < batch_size and drop_remainder:
