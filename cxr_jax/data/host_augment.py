@@ -1,8 +1,8 @@
 """Host-side (numpy/OpenCV) views with the same contract as `cxr_jax.data.augment`.
 
-On a CPU backend the views are ~10x cheaper to cut in Grain worker processes than
-batched inside the jit step (DESIGN.md, "Augment where it is cheapest"); on GPU/TPU the
-device path frees the host. Both follow the contract in augment.py's module docstring,
+On a CPU backend the views can be cheaper to cut in Grain worker processes than batched
+inside the jit step (docs/benchmarks.md measures both); on GPU/TPU the device path frees
+the host. Both follow the contract in augment.py's module docstring,
 with the same `AugmentParams` and `strength`:
 
   1. random resized crop, resampled with jax.image.scale_and_translate's linear
@@ -16,8 +16,9 @@ with the same `AugmentParams` and `strength`:
 Draws come from numpy's Generator, so views match the device path in distribution,
 not bit for bit. Two ways to run it in Grain:
 
-  * `TwoViews` (a grain.transforms.RandomMap) in a DataLoader's operations, before
-    Batch: a constant strength per loader (a stage with a constant strength);
+  * `make_random_map(...)` (`TwoViews` as a grain.transforms.RandomMap) in a
+    DataLoader's operations, before Batch: a constant strength per loader (a stage with
+    a constant strength);
   * `TwoViews.map_with_index` for `grain.MapDataset.map_with_index`: the strength of the
     step the record belongs to (index // per-host batch), and a key derived from
     (seed, index), so a resumed run repeats its views exactly.
@@ -168,8 +169,9 @@ def _quantize(x: np.ndarray, dtype) -> np.ndarray:
 class TwoViews:
   """Two host-side views per record: {'image', ...} -> {'view1', 'view2', *keep}.
 
-  Use as a grain.transforms.RandomMap (`random_map(element, rng)`, constant strength)
-  or with `grain.MapDataset.map_with_index(views.map_with_index)` (scheduled strength).
+  Use as a grain.transforms.RandomMap through `make_random_map` (`random_map(element,
+  rng)`, constant strength) or with `grain.MapDataset.map_with_index(views.map_with_index)`
+  (scheduled strength).
 
   Args:
     out_size: view side, or a numpy array of it per step (progressive resizing; every

@@ -15,27 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 
-PathLike = Union[str, os.PathLike]
+from cxr_jax.data import dicom  # pydicom itself is imported only to read a DICOM file
+from cxr_jax.data.errors import PathLike, UnreadableImageError
 
 # ITU-R BT.601 luma weights, the ones PIL's convert('L') uses, so an RGB copy of a gray
 # radiograph gives back the same gray values.
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 DICOM_SUFFIXES = ('.dcm', '.dicom', '.dic')
-
-
-class UnreadableImageError(ValueError):
-  """A file exists but cannot be decoded as an image (corrupt, truncated, wrong format)."""
-
-  def __init__(self, path: PathLike, reason: str):
-    self.path = os.fspath(path)
-    self.reason = reason
-    super().__init__(f'cannot read image {self.path}: {reason}')
 
 
 def _open_pil(path: PathLike) -> Image.Image:
@@ -104,7 +96,6 @@ def read_gray(path: PathLike) -> np.ndarray:
   if not os.path.exists(path):
     raise FileNotFoundError(f'image file not found: {os.fspath(path)}')
   if os.fspath(path).lower().endswith(DICOM_SUFFIXES):
-    from cxr_jax.data import dicom  # Imported lazily: pydicom is an optional extra.
     return dicom.read_dicom(path)
   return pil_to_gray(_open_pil(path))
 

@@ -12,21 +12,20 @@ or from a fresh sampler asked for step t) sees the same data as an uninterrupted
 Difficulty scores (higher = harder), all [N] float arrays in dataset-index order:
   image_statistic_difficulty(images, 'entropy' | 'contrast')   from the pixels
   metadata_difficulty(column)                                   from a metadata column
-  callable_difficulty(score_fn, batches)                        e.g. per-example SSL loss
-                                                                of a previous-stage encoder
-`difficulty_scores(kind, ...)` picks one of them by a config name.
+`difficulty_from_config(config.curriculum.difficulty, read_field)` picks one of them by
+the config string ('entropy' | 'contrast' | 'metadata:<field>'), its one parser.
 """
 from __future__ import annotations
 
 import math
 import sys
-from typing import Callable, Iterable
+from typing import Callable
 
 import grain
 import numpy as np
 
 STATISTICS = ('entropy', 'contrast')
-DIFFICULTY_KINDS = STATISTICS + ('metadata', 'callable')
+DIFFICULTY_KINDS = STATISTICS + ('metadata:<field>',)  # config.curriculum.difficulty
 
 
 def _unit_range(images: np.ndarray) -> tuple[np.ndarray, float]:
@@ -92,42 +91,27 @@ def metadata_difficulty(column, higher_is_harder: bool = True) -> np.ndarray:
   return values if higher_is_harder else -values
 
 
-def callable_difficulty(score_fn: Callable, batches: Iterable) -> np.ndarray:
-  """Difficulty from a scoring function applied batch by batch, in dataset order.
-
-  The usual scorer is the per-example loss of the current or a previous-stage model
-  (higher loss = harder), e.g. `lambda b: per_example_ssl_loss(params, b)`; any function
-  of a batch returning one score per example works (features, margins...).
+def difficulty_from_config(kind: str, read_field: Callable[[str], np.ndarray]
+                           ) -> np.ndarray:
+  """The difficulty named by `config.curriculum.difficulty`, in dataset-index order.
 
   Args:
-    score_fn: batch -> [b] scores (numpy or jax array).
-    batches: iterable of batches covering the data set in index order.
+    kind: 'entropy' | 'contrast' (`image_statistic_difficulty` of the images), or
+      'metadata:<field>' (`metadata_difficulty` of that column, higher = harder).
+    read_field: name -> the data set's column of that field in index order; called once,
+      with 'image' for a statistic or '<field>' for metadata, after `kind` is checked.
   Returns:
-    [N] float64 difficulty.
+    [N] float64 difficulty, higher = harder.
+  Raises:
+    ValueError: `kind` is none of the above (the message names the config field).
   """
-  parts = [np.asarray(score_fn(batch), np.float64).reshape(-1) for batch in batches]
-  if not parts:
-    raise ValueError('callable_difficulty got no batches')
-  return metadata_difficulty(np.concatenate(parts))
-
-
-def difficulty_scores(kind: str, *, images=None, column=None, score_fn=None, batches=None,
-                      higher_is_harder: bool = True) -> np.ndarray:
-  """Difficulty by config name: 'entropy' | 'contrast' (needs images), 'metadata'
-  (needs column), 'callable' (needs score_fn and batches)."""
   if kind in STATISTICS:
-    if images is None:
-      raise ValueError(f'difficulty {kind!r} needs images')
-    return image_statistic_difficulty(images, kind)
-  if kind == 'metadata':
-    if column is None:
-      raise ValueError("difficulty 'metadata' needs a column")
-    return metadata_difficulty(column, higher_is_harder)
-  if kind == 'callable':
-    if score_fn is None or batches is None:
-      raise ValueError("difficulty 'callable' needs score_fn and batches")
-    return callable_difficulty(score_fn, batches)
-  raise ValueError(f'difficulty kind must be one of {DIFFICULTY_KINDS}, got {kind!r}')
+    return image_statistic_difficulty(read_field('image'), kind)
+  prefix, _, field = str(kind).partition(':')
+  if prefix == 'metadata' and field:
+    return metadata_difficulty(read_field(field))
+  raise ValueError(f'config.curriculum.difficulty must be one of {" | ".join(DIFFICULTY_KINDS)}'
+                   f' (e.g. metadata:severity), got {kind!r}')
 
 
 class PacedSampler:

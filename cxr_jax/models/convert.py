@@ -61,6 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cxr_jax.models.merge import merge_strict
 from cxr_jax.models.resnet import build_encoder
 from cxr_jax.models.resnet import ENCODERS
 
@@ -418,18 +419,23 @@ def load_encoder_meta(path: str | os.PathLike) -> dict[str, Any]:
   return dict(_read(path).get('meta', {}))
 
 
+IMAGENET_HINT = ('; converted ImageNet weights need config.model.width=1.0 and '
+                 'stem=imagenet; check config.model.name and the number of input channels')
+
+
 def merge_into(variables: Mapping[str, Any], encoder_vars: Mapping[str, Any],
-               what: str = 'imagenet checkpoint') -> dict[str, Any]:
+               what: str = 'imagenet checkpoint', hint: str = IMAGENET_HINT) -> dict[str, Any]:
   """`variables` of a model (with an 'encoder' subtree) with its encoder replaced.
 
-  Unlike a lenient merge, every encoder leaf must exist in both trees with the same shape:
-  a width, stem or arch that differs from the checkpoint's is an error naming the first
-  differing leaf, never a silent fall back to random weights.
+  Strict (`cxr_jax.models.merge.merge_strict`): a width, stem or arch that differs from
+  the source's is an error naming the first differing leaf, never a silent fall back to
+  random weights.
 
   Args:
     variables: freshly initialised {'params': {'encoder': ..., ...}, 'batch_stats': ...}.
     encoder_vars: ResNet variables {'params', 'batch_stats'} (from `load_encoder`).
     what: how to name the source in errors.
+    hint: appended to errors (what to check).
 
   Returns:
     A new dict: `variables` with params['encoder'] and batch_stats['encoder'] taken from
@@ -437,22 +443,9 @@ def merge_into(variables: Mapping[str, Any], encoder_vars: Mapping[str, Any],
   """
   out = {k: dict(flax.core.unfreeze(v)) for k, v in variables.items()}
   for collection in ('params', 'batch_stats'):
-    fresh = flax.traverse_util.flatten_dict(out[collection]['encoder'])
-    given = flax.traverse_util.flatten_dict(flax.core.unfreeze(encoder_vars[collection]))
-    missing, extra = sorted(set(fresh) - set(given)), sorted(set(given) - set(fresh))
-    if missing or extra:
-      first = ('/'.join(missing[0]) + ' missing') if missing else ('/'.join(extra[0]) +
-                                                                   ' unexpected')
-      raise ValueError(f'{what} does not fit the model: {collection}/encoder/{first} '
-                       f'({len(missing)} missing, {len(extra)} unexpected leaves); converted '
-                       'ImageNet weights need config.model.width=1.0 and stem=imagenet')
-    for k, v in fresh.items():
-      if np.shape(given[k]) != np.shape(v):
-        raise ValueError(f'{what} does not fit the model: {collection}/encoder/{"/".join(k)} '
-                         f'is {np.shape(given[k])}, the model has {np.shape(v)} (check '
-                         'config.model.name/width/stem and the number of input channels)')
-    out[collection]['encoder'] = flax.traverse_util.unflatten_dict(
-        {k: jnp.asarray(given[k], dtype=v.dtype) for k, v in fresh.items()})
+    out[collection]['encoder'] = merge_strict(
+        out[collection]['encoder'], encoder_vars[collection], f'{what} ({collection}/encoder)',
+        hint)
   return out
 
 

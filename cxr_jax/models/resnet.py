@@ -67,9 +67,8 @@ def conv3x3_small_map(x: jax.Array, kernel: jax.Array, strides: int = 1) -> jax.
   """A 3x3 convolution with torch padding 1 (stride 1 or 2) written as one dot.
 
   XLA's CPU backend turns 3x3 convolutions over maps smaller than 3x3 into a
-  very slow swapped-operand form (see DESIGN.md, "Known CPU performance
-  facts"), and the input gradient of a stride-2 one with a 2x2 output into a
-  slow lhs-dilated convolution (~300 ms of a 64 px ResNet-18 step,
+  very slow swapped-operand form, and the input gradient of a stride-2 one with a
+  2x2 output into a slow lhs-dilated convolution (~300 ms of a 64 px ResNet-18 step,
   docs/benchmarks.md). On such maps we gather the strided, shifted slices of the
   zero-padded input for the taps that can touch a real pixel, concatenate them on
   channels, and contract once with the matching rows of the kernel: the same

@@ -73,7 +73,6 @@ update_extra = common.keep_extra
 
 def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
   del extra, hp
-  z1, z2, features, batch_stats = common.project_two_views(model, params, batch_stats, view1, view2)
-  value = loss(z1, z2, cfg['lambda'], cfg.eps)
-  return value, (batch_stats, {'loss': value}, features)
+  return common.two_view_loss(model, params, batch_stats, view1, view2,
+                              lambda z1, z2: (loss(z1, z2, cfg['lambda'], cfg.eps), {}))
 

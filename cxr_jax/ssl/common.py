@@ -1,9 +1,19 @@
-"""Pieces shared by the methods without a target network (SimCLR, Barlow Twins, VICReg)."""
+"""Pieces shared by the methods: L2 normalisation (SimCLR, MoCo, BYOL) and, for the methods
+without a target network (SimCLR, Barlow Twins, VICReg), the projector model, the empty
+`extra` and the two-view loss. The EMA target network is in `cxr_jax.ssl.momentum`."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from cxr_jax.models import heads
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """x / ||x|| along the last axis, in float32: x * rsqrt(max(sum x^2, 1e-12)), so a row
+  of norm under 1e-6 is scaled by 1e6 instead of divided by (nearly) zero."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
 def projector_model(encoder, cfg):
@@ -31,3 +41,17 @@ def project_two_views(model, params, batch_stats, view1, view2):
                              mutable=['batch_stats'])
   z = out['projection']
   return z[:batch], z[batch:], out['features'][:batch], updates['batch_stats']
+
+
+def two_view_loss(model, params, batch_stats, view1, view2, loss_of):
+  """The `loss_fn` result of a method whose loss depends only on the two projections.
+
+  Args:
+    model, params, batch_stats, view1, view2: as in `loss_fn`.
+    loss_of: (z1 [B, D], z2 [B, D]) -> (scalar loss, dict of scalar metrics besides 'loss').
+  Returns:
+    (loss, (new_batch_stats, {'loss': loss, **metrics}, {'features': features of view1})).
+  """
+  z1, z2, features, batch_stats = project_two_views(model, params, batch_stats, view1, view2)
+  loss, metrics = loss_of(z1, z2)
+  return loss, (batch_stats, {'loss': loss, **metrics}, {'features': features})

@@ -17,12 +17,13 @@ through per-device statistics. Here BatchNorm statistics are taken over the glob
 shuffle is needed.
 
 The key encoder is an EMA of the online encoder and projector (params and BatchNorm
-statistics), kept in `extra['target']`; the EMA rule is `byol.target_momentum`
-(hp['ema_momentum'] when the stage schedules it, else cfg.ema_base, cosine-increased when
-cfg.ema_cosine). The temperature is hp['temperature'] (v2 paper 0.2; v3 ResNet 1.0).
+statistics), kept in `extra['target']` (`cxr_jax.ssl.momentum`, shared with BYOL); its
+rate is `momentum.target_momentum` (hp['ema_momentum'] when the stage schedules it, else
+cfg.ema_base, cosine-increased when cfg.ema_cosine). The temperature is hp['temperature']
+(v2 paper 0.2; v3 ResNet 1.0).
 
-The train step must pass `metrics['keys']` ([B, D] normalised keys, not a scalar: do not
-log it) to `update_extra` in `aux` for v2 (enqueue).
+For v2, `loss_fn` returns the normalised keys of the global batch in aux['keys'] ([B, D]),
+which the train step hands to `update_extra` (enqueue) with the rest of `aux`.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import ml_collections
 import optax
 
 from cxr_jax.models import heads
-from cxr_jax.ssl import byol
+from cxr_jax.ssl import common, momentum
 
 VARIANTS = ('v2', 'v3')
 
@@ -49,11 +50,6 @@ DEFAULTS = ml_collections.ConfigDict(dict(
 ))
 
 
-def _normalize(x: jax.Array) -> jax.Array:
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
-
-
 def infonce(q: jax.Array, k: jax.Array, queue: jax.Array, temperature) -> jax.Array:
   """InfoNCE (MoCo eq. 1), mean over the batch; q, k and queue are L2-normalised here.
 
@@ -68,12 +64,12 @@ def infonce(q: jax.Array, k: jax.Array, queue: jax.Array, temperature) -> jax.Ar
   Returns:
     scalar: mean_i -log( exp(q_i.k_i/tau) / sum_j exp(logit_ij) ).
   """
-  q, k = _normalize(q), _normalize(k)
+  q, k = common.l2_normalize(q), common.l2_normalize(k)
   if queue.shape[0] == 0:
     logits = (q @ k.T) / temperature
     labels = jnp.arange(q.shape[0])
   else:
-    queue = _normalize(queue)
+    queue = common.l2_normalize(queue)
     positive = jnp.sum(q * k, axis=-1, keepdims=True)    # [B, 1]
     negatives = q @ queue.T                               # [B, K]
     logits = jnp.concatenate([positive, negatives], axis=1) / temperature
@@ -119,10 +115,10 @@ def init_extra(params, batch_stats, cfg):
   The queue starts as random unit vectors (as in the MoCo code), from a fixed key.
   """
   _check_variant(cfg)
-  extra = {'target': byol.init_target(params, batch_stats)}
+  extra = {'target': momentum.init_target(params, batch_stats)}
   if cfg.variant == 'v2':
     queue = jax.random.normal(jax.random.PRNGKey(0), (cfg.queue_size, cfg.proj_dim), jnp.float32)
-    extra['queue'] = _normalize(queue)
+    extra['queue'] = common.l2_normalize(queue)
     extra['queue_ptr'] = jnp.zeros((), jnp.int32)
   return extra
 
@@ -131,19 +127,19 @@ def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
   _check_variant(cfg)
   tau = hp['temperature']
   target = extra['target']
-  key_model = byol.target_model(model)
+  key_model = momentum.target_model(model)
   key_vars = {'params': target['params'], 'batch_stats': target['batch_stats']}
   online_vars = {'params': params, 'batch_stats': batch_stats}
-  momentum = byol.target_momentum(hp, cfg)
+  rate = momentum.target_momentum(hp, cfg)
   if cfg.variant == 'v2':
     # queries from view 1, keys from view 2 (MoCo is asymmetric)
     out, updates = model.apply(online_vars, view1, train=True, mutable=['batch_stats'])
     k_out, _ = key_model.apply(key_vars, view2, train=True, mutable=['batch_stats'])
-    k = jax.lax.stop_gradient(_normalize(k_out['projection']))  # keys get no gradient
+    k = jax.lax.stop_gradient(common.l2_normalize(k_out['projection']))  # keys get no gradient
     queue = jax.lax.stop_gradient(extra['queue'])
     loss = infonce(out['projection'], k, queue, tau)
-    metrics = {'loss': loss, 'ema_momentum': momentum, 'keys': k}
-    return loss, (updates['batch_stats'], metrics, out['features'])
+    metrics = {'loss': loss, 'ema_momentum': rate}
+    return loss, (updates['batch_stats'], metrics, {'features': out['features'], 'keys': k})
   batch = view1.shape[0]
   views = jnp.concatenate([view1, view2], axis=0)
   out, updates = model.apply(online_vars, views, train=True, mutable=['batch_stats'])
@@ -154,17 +150,14 @@ def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
   # v3 Algorithm 1: ctr(q1, k2) + ctr(q2, k1), each CE scaled by 2 tau
   loss = 2.0 * tau * (infonce(q[:batch], k[batch:], empty, tau)
                       + infonce(q[batch:], k[:batch], empty, tau))
-  metrics = {'loss': loss, 'ema_momentum': momentum}
-  return loss, (updates['batch_stats'], metrics, out['features'][:batch])
+  metrics = {'loss': loss, 'ema_momentum': rate}
+  return loss, (updates['batch_stats'], metrics, {'features': out['features'][:batch]})
 
 
 def update_extra(extra, params, batch_stats, hp, cfg, aux):
   """EMA of the key encoder; v2 also enqueues aux['keys'] ([B, D], the global batch)."""
-  momentum = byol.target_momentum(hp, cfg)
-  target = extra['target']
-  new = {**extra, 'target': {
-      'params': byol.ema_update(target['params'], params, momentum),
-      'batch_stats': byol.ema_update(target['batch_stats'], batch_stats, momentum)}}
+  rate = momentum.target_momentum(hp, cfg)
+  new = {**extra, 'target': momentum.update_target(extra['target'], params, batch_stats, rate)}
   if cfg.variant == 'v2':
     new['queue'], new['queue_ptr'] = enqueue(extra['queue'], aux['keys'], extra['queue_ptr'])
   return new

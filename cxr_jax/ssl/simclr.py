@@ -31,8 +31,7 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
     scalar loss: mean over the 2B anchors of
       -log exp(sim(a, pos)/tau) / sum_{k != a} exp(sim(a, k)/tau), sim = cosine.
   """
-  z = jnp.concatenate([z1, z2], axis=0).astype(jnp.float32)
-  z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-12))
+  z = common.l2_normalize(jnp.concatenate([z1, z2], axis=0))
   n = z.shape[0]
   batch = n // 2
   logits = (z @ z.T) / temperature
@@ -48,7 +47,6 @@ update_extra = common.keep_extra
 
 def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
   del extra, cfg
-  z1, z2, features, batch_stats = common.project_two_views(model, params, batch_stats, view1, view2)
-  loss = nt_xent(z1, z2, hp['temperature'])
-  return loss, (batch_stats, {'loss': loss}, features)
+  return common.two_view_loss(model, params, batch_stats, view1, view2,
+                              lambda z1, z2: (nt_xent(z1, z2, hp['temperature']), {}))
 

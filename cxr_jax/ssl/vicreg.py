@@ -68,8 +68,13 @@ def loss_terms(z1: jax.Array, z2: jax.Array, gamma: float = 1.0, eps: float = 1e
 def loss(z1: jax.Array, z2: jax.Array, sim_weight: float = 25.0, var_weight: float = 25.0,
          cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4) -> jax.Array:
   """VICReg loss (eq. 6) of two [B, D] embeddings (B >= 2), a scalar."""
-  t = loss_terms(z1, z2, gamma, eps)
-  return sim_weight * t['invariance'] + var_weight * t['variance'] + cov_weight * t['covariance']
+  return weighted_sum(loss_terms(z1, z2, gamma, eps), sim_weight, var_weight, cov_weight)
+
+
+def weighted_sum(terms, sim_weight: float, var_weight: float, cov_weight: float) -> jax.Array:
+  """lambda s + mu v + nu c (eq. 6) of the `loss_terms` dict."""
+  return (sim_weight * terms['invariance'] + var_weight * terms['variance']
+          + cov_weight * terms['covariance'])
 
 
 build_model = common.projector_model
@@ -79,9 +84,10 @@ update_extra = common.keep_extra
 
 def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
   del extra, hp
-  z1, z2, features, batch_stats = common.project_two_views(model, params, batch_stats, view1, view2)
-  t = loss_terms(z1, z2, cfg.gamma, cfg.eps)
-  value = (cfg.sim_weight * t['invariance'] + cfg.var_weight * t['variance']
-           + cfg.cov_weight * t['covariance'])
-  return value, (batch_stats, {'loss': value, **t}, features)
+
+  def loss_of(z1, z2):  # the loss and its three terms (logged)
+    t = loss_terms(z1, z2, cfg.gamma, cfg.eps)
+    return weighted_sum(t, cfg.sim_weight, cfg.var_weight, cfg.cov_weight), t
+
+  return common.two_view_loss(model, params, batch_stats, view1, view2, loss_of)
 

@@ -23,7 +23,6 @@ import flax
 import grain
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
@@ -115,17 +114,6 @@ def checkpoint_manager(directory: Path, keep: int = 2) -> ocp.CheckpointManager:
       item_names=('state', 'data'))
 
 
-def restore_params(directory: Path) -> dict:
-  """The latest saved state of a job as a dict of numpy arrays (e.g. to take its encoder)."""
-  mgr = checkpoint_manager(directory)
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint under {Path(directory) / "ckpt"}')
-  restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  mgr.close()
-  return restored['state']
-
-
 def _abstract(state):
   return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
 
@@ -192,10 +180,6 @@ def run_job(job: Job, writer: MetricWriter) -> TrainState:
   mgr.wait_until_finished()
   mgr.close()
   return state
-
-
-def to_numpy(tree):
-  return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
 
 def fresh_rng(seed: int) -> jax.Array:

@@ -8,6 +8,7 @@ pydicom = pytest.importorskip('pydicom')
 
 from cxr_jax.data import dicom  # noqa: E402
 from cxr_jax.data import imageio  # noqa: E402
+from tests import dicom_files  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / '..' / 'shared' / 'data' / 'real'
 
@@ -30,7 +31,7 @@ def test_monochrome1_with_voi_lut_is_inverted(tmp_path):
   stored = (4095 - _chest_stored()).astype(np.uint16)
   # A VOI LUT that maps 12-bit values to 8-bit output, with a gamma-like curve.
   lut = np.round(255 * (np.arange(4096) / 4095.0) ** 0.8).astype(np.uint16)
-  path = dicom.make_dicom(tmp_path / 'm1.dcm', stored, photometric='MONOCHROME1',
+  path = dicom_files.make_dicom(tmp_path / 'm1.dcm', stored, photometric='MONOCHROME1',
                           bits_stored=12, voi_lut=lut, voi_lut_bits=8)
   img = dicom.read_dicom(path)
   assert img.dtype == np.float32 and img.shape == (64, 64)
@@ -44,13 +45,13 @@ def test_monochrome1_with_voi_lut_is_inverted(tmp_path):
 def test_window_applied_and_scaled_by_bits_stored(tmp_path):
   stored = _chest_stored()
   # A narrow window around the lungs: values above centre+width/2 saturate to white.
-  path = dicom.make_dicom(tmp_path / 'w.dcm', stored, bits_stored=12, window=(600, 800))
+  path = dicom_files.make_dicom(tmp_path / 'w.dcm', stored, bits_stored=12, window=(600, 800))
   img = dicom.read_dicom(path)
   lungs, mediastinum = _lungs_and_mediastinum(img)
   assert mediastinum == pytest.approx(1.0)
   assert 0.05 < lungs < 0.5
   # Without a window: divided by 2**12 - 1, not by the image's maximum (0.8 * 4095).
-  path = dicom.make_dicom(tmp_path / 'nw.dcm', stored, bits_stored=12)
+  path = dicom_files.make_dicom(tmp_path / 'nw.dcm', stored, bits_stored=12)
   img = dicom.read_dicom(path)
   assert img.max() == pytest.approx(stored.max() / 4095.0, abs=1e-6)
   assert img.max() < 0.81
@@ -58,7 +59,7 @@ def test_window_applied_and_scaled_by_bits_stored(tmp_path):
 
 def test_modality_rescale_applied(tmp_path):
   stored = np.array([[0, 100], [200, 255]], np.uint8)
-  path = dicom.make_dicom(tmp_path / 'r.dcm', stored, rescale=(2.0, -10.0))
+  path = dicom_files.make_dicom(tmp_path / 'r.dcm', stored, rescale=(2.0, -10.0))
   img = dicom.read_dicom(path)
   # Range after rescale: [0*2-10, 255*2-10] = [-10, 500]; value 100 -> 190.
   assert img[0, 1] == pytest.approx((190 + 10) / 510.0, abs=1e-6)
@@ -67,7 +68,7 @@ def test_modality_rescale_applied(tmp_path):
 
 def test_file_without_meta_header_read_with_force(tmp_path):
   stored = _chest_stored()
-  path = dicom.make_dicom(tmp_path / 'nometa.dcm', stored, bits_stored=12,
+  path = dicom_files.make_dicom(tmp_path / 'nometa.dcm', stored, bits_stored=12,
                           with_file_meta=False, extra={'PatientID': 'p9'})
   assert Path(path).read_bytes()[128:132] != b'DICM'
   img, ds = dicom.read_dicom_with_header(path)
@@ -81,7 +82,7 @@ def test_compressed_without_plugin_names_the_packages(tmp_path):
   from pydicom.pixels import get_decoder
   if get_decoder(uid.JPEGLosslessSV1).is_available:
     pytest.skip('a JPEG lossless plugin is installed here')
-  path = dicom.make_dicom(tmp_path / 'j.dcm', np.zeros((8, 8), np.uint16), bits_stored=12)
+  path = dicom_files.make_dicom(tmp_path / 'j.dcm', np.zeros((8, 8), np.uint16), bits_stored=12)
   ds = pydicom.dcmread(path)
   ds.PixelData = encapsulate([b'\xff\xd8\xff\xc3' + b'\x00' * 20 + b'\xff\xd9'])
   ds['PixelData'].VR = 'OB'
@@ -93,7 +94,7 @@ def test_compressed_without_plugin_names_the_packages(tmp_path):
 
 
 def test_truncated_and_non_dicom_files(tmp_path):
-  path = dicom.make_dicom(tmp_path / 'a.dcm', _chest_stored(), bits_stored=12)
+  path = dicom_files.make_dicom(tmp_path / 'a.dcm', _chest_stored(), bits_stored=12)
   data = Path(path).read_bytes()
   (tmp_path / 'cut.dcm').write_bytes(data[:len(data) - 3000])
   with pytest.raises(imageio.UnreadableImageError, match='cut.dcm'):
@@ -104,7 +105,7 @@ def test_truncated_and_non_dicom_files(tmp_path):
 
 
 def test_colour_dicom_refused(tmp_path):
-  path = dicom.make_dicom(tmp_path / 'c.dcm', np.zeros((4, 4), np.uint8))
+  path = dicom_files.make_dicom(tmp_path / 'c.dcm', np.zeros((4, 4), np.uint8))
   ds = pydicom.dcmread(path)
   ds.PhotometricInterpretation = 'PALETTE COLOR'
   ds.save_as(path)
@@ -113,7 +114,7 @@ def test_colour_dicom_refused(tmp_path):
 
 
 def test_read_gray_dispatches_dicom(tmp_path):
-  path = dicom.make_dicom(tmp_path / 'x.dcm', _chest_stored(), bits_stored=12)
+  path = dicom_files.make_dicom(tmp_path / 'x.dcm', _chest_stored(), bits_stored=12)
   np.testing.assert_array_equal(imageio.read_gray(path), dicom.read_dicom(path))
 
 

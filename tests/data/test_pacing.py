@@ -117,17 +117,29 @@ def test_image_statistics_by_hand():
     pacing.image_statistic_difficulty(images, 'sharpness')
 
 
-def test_metadata_and_callable_scores():
+def test_metadata_scores():
   np.testing.assert_array_equal(pacing.metadata_difficulty([3, 1, 2]), [3, 1, 2])
   np.testing.assert_array_equal(pacing.metadata_difficulty([3, 1, 2], higher_is_harder=False),
                                 [-3, -1, -2])
   with pytest.raises(ValueError, match='row 1'):
     pacing.metadata_difficulty([0.0, np.nan])
-  batches = [np.ones((2, 3)), 2 * np.ones((1, 3))]
-  scores = pacing.difficulty_scores('callable', score_fn=lambda b: b.sum(axis=1), batches=batches)
-  np.testing.assert_array_equal(scores, [3, 3, 6])
-  assert pacing.difficulty_scores('metadata', column=[1, 2]).tolist() == [1, 2]
-  with pytest.raises(ValueError, match='needs images'):
-    pacing.difficulty_scores('entropy')
-  with pytest.raises(ValueError, match='difficulty kind'):
-    pacing.difficulty_scores('loss_of_moon')
+
+
+def test_difficulty_from_config():
+  images = np.stack([np.full((8, 8), 128, np.uint8), np.arange(64, dtype=np.uint8).reshape(8, 8)])
+  columns = {'image': images, 'severity': np.asarray([2, 0])}
+  asked = []
+
+  def read_field(name):
+    asked.append(name)
+    return columns[name]
+
+  for statistic in pacing.STATISTICS:
+    np.testing.assert_array_equal(pacing.difficulty_from_config(statistic, read_field),
+                                  pacing.image_statistic_difficulty(images, statistic))
+  assert pacing.difficulty_from_config('metadata:severity', read_field).tolist() == [2.0, 0.0]
+  assert asked == ['image', 'image', 'severity']
+  for bad in ('loss_of_moon', 'metadata', 'metadata:', 'callable', 'Entropy'):
+    with pytest.raises(ValueError, match=r'config\.curriculum\.difficulty .*metadata:<field>'):
+      pacing.difficulty_from_config(bad, read_field)
+  assert asked == ['image', 'image', 'severity']  # an unknown kind reads no data

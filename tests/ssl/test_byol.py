@@ -1,9 +1,9 @@
-"""Tests for cxr_jax.ssl.byol: regression loss (BYOL eq. 2), EMA rate and update."""
+"""Tests for cxr_jax.ssl.byol: regression loss (BYOL eq. 2), the target, loss_fn and
+update_extra (the EMA helpers themselves: test_momentum.py)."""
 import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -47,45 +47,6 @@ def test_regression_loss_stops_the_gradient_on_the_target():
   assert float(jnp.abs(grad_p).max()) > 0.0
 
 
-def test_ema_momentum_formula():
-  base, total = 0.996, 1000
-  for k in [0, 1, 250, 500, 777, 1000]:
-    expected = 1 - (1 - base) * (math.cos(math.pi * k / total) + 1) / 2
-    np.testing.assert_allclose(float(byol.ema_momentum(k, total, base)), expected, rtol=1e-7)
-  np.testing.assert_allclose(float(byol.ema_momentum(0, total, base)), 0.996, rtol=1e-7)
-  np.testing.assert_allclose(float(byol.ema_momentum(500, total, base)), 0.998, rtol=1e-7)
-  assert float(byol.ema_momentum(total, total, base)) == 1.0
-  assert float(byol.ema_momentum(2 * total, total, base)) == 1.0  # clipped after the end
-  # the progress form the loss uses: k / K with K = 1
-  np.testing.assert_allclose(float(byol.ema_momentum(0.25, 1.0, base)),
-                             float(byol.ema_momentum(250, total, base)), rtol=1e-7)
-
-
-def test_target_momentum_rules():
-  cfg = ml_collections.ConfigDict(dict(ema_base=0.99, ema_cosine=True))
-  # 1. a stage schedule in hp wins
-  assert float(byol.target_momentum({'ema_momentum': 0.5, 'progress': 0.0}, cfg)) == 0.5
-  # 2. the paper's cosine of the progress
-  np.testing.assert_allclose(float(byol.target_momentum({'progress': 0.5}, cfg)), 0.995, rtol=1e-7)
-  # 3. a constant
-  cfg.ema_cosine = False
-  np.testing.assert_allclose(float(byol.target_momentum({'progress': 0.5}, cfg)), 0.99, rtol=1e-7)
-
-
-def test_ema_update_leafwise_and_ignores_online_only_subtrees():
-  rng = np.random.default_rng(0)
-  target = {'encoder': {'w': rng.normal(size=(3, 2)), 'b': rng.normal(size=(2,))},
-            'projector': {'w': rng.normal(size=(2, 2))}}
-  online = {'encoder': {'w': rng.normal(size=(3, 2)), 'b': rng.normal(size=(2,))},
-            'projector': {'w': rng.normal(size=(2, 2))}, 'predictor': {'w': np.ones(2)}}
-  tau = 0.9
-  new = byol.ema_update(target, online, tau)
-  assert set(new) == {'encoder', 'projector'}
-  for path in [('encoder', 'w'), ('encoder', 'b'), ('projector', 'w')]:
-    t, o = target[path[0]][path[1]], online[path[0]][path[1]]
-    np.testing.assert_allclose(new[path[0]][path[1]], tau * t + (1 - tau) * o, rtol=1e-12)
-
-
 def test_init_extra_copies_the_online_network_without_predictor():
   params = {'encoder': {'w': jnp.ones((2, 2))}, 'projector': {'w': jnp.ones(2)},
             'predictor': {'w': jnp.ones(2)}}
@@ -95,6 +56,27 @@ def test_init_extra_copies_the_online_network_without_predictor():
   assert extra['target']['params']['encoder']['w'] is not params['encoder']['w']  # no alias
   np.testing.assert_array_equal(extra['target']['params']['encoder']['w'], 1.0)
   np.testing.assert_array_equal(extra['target']['batch_stats']['encoder']['bn']['mean'], 0.0)
+
+
+def test_update_extra_moves_the_target_by_the_scheduled_rate():
+  params = {'encoder': {'w': jnp.zeros((2, 2))}, 'projector': {'w': jnp.zeros(2)},
+            'predictor': {'w': jnp.zeros(2)}}
+  stats = {'encoder': {'bn': {'mean': jnp.zeros(2)}}}
+  extra = byol.init_extra(params, stats, byol.DEFAULTS)
+  online = jax.tree_util.tree_map(lambda p: p + 1.0, params)
+  online_stats = jax.tree_util.tree_map(lambda p: p + 2.0, stats)
+  cfg = byol.DEFAULTS.copy_and_resolve_references()
+  # tau(1/2) = 1 - 0.004 * (cos(pi / 2) + 1) / 2 = 0.998: target = 0.002 * online
+  new = byol.update_extra(extra, online, online_stats, {'progress': 0.5}, cfg,
+                          {'features': jnp.ones((3, 4))})
+  np.testing.assert_allclose(new['target']['params']['encoder']['w'], 0.002, rtol=1e-4)
+  np.testing.assert_allclose(new['target']['batch_stats']['encoder']['bn']['mean'], 0.004,
+                             rtol=1e-4)
+  assert set(new['target']['params']) == {'encoder', 'projector'}
+  # a scheduled rate wins over the cosine
+  new = byol.update_extra(extra, online, online_stats, {'progress': 0.5, 'ema_momentum': 0.5},
+                          cfg, {'features': jnp.ones((3, 4))})
+  np.testing.assert_allclose(new['target']['params']['projector']['w'], 0.5)
 
 
 class LinearModel:
@@ -117,7 +99,7 @@ class LinearModel:
     return out, {'batch_stats': variables['batch_stats']}
 
 
-def _linear_setup(predictor, seed=0, batch=3, dim=4):
+def linear_setup(predictor, seed=0, batch=3, dim=4):
   rng = np.random.default_rng(seed)
   view1 = rng.normal(size=(batch, 2, 3, 1)).astype(np.float32)
   view2 = rng.normal(size=(batch, 2, 3, 1)).astype(np.float32)
@@ -129,18 +111,19 @@ def _linear_setup(predictor, seed=0, batch=3, dim=4):
 
 
 def test_loss_fn_pairs_each_prediction_with_the_other_views_target():
-  view1, view2, params, target = _linear_setup(predictor=True)
+  view1, view2, params, target = linear_setup(predictor=True)
   extra = {'target': {'params': target, 'batch_stats': {}}}
   cfg = byol.DEFAULTS.copy_and_resolve_references()
   hp = {'progress': 0.5}
-  loss, (_, metrics, features) = byol.loss_fn(LinearModel(), params, {}, extra, view1, view2,
-                                               hp, cfg)
+  loss, (_, metrics, aux) = byol.loss_fn(LinearModel(), params, {}, extra, view1, view2, hp,
+                                          cfg)
   flat = lambda v: v.reshape(len(v), -1)
   p1, p2 = (flat(v) @ params['projector']['w'] @ params['predictor']['w'] for v in (view1, view2))
   z1, z2 = (flat(v) @ target['projector']['w'] for v in (view1, view2))
   expected = numpy_regression_loss(p1, z2) + numpy_regression_loss(p2, z1)  # symmetrised
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-  np.testing.assert_allclose(features, flat(view1), rtol=1e-6)
+  np.testing.assert_allclose(aux['features'], flat(view1), rtol=1e-6)
+  assert set(aux) == {'features'} and set(metrics) == {'loss', 'ema_momentum'}
   np.testing.assert_allclose(float(metrics['ema_momentum']), 1 - 0.004 * 0.5, rtol=1e-7)
 
 

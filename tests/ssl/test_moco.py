@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cxr_jax.ssl import moco
+from tests.ssl.test_byol import LinearModel, linear_setup  # the stand-in model
 from tests.ssl.test_simclr import run_sharded_check  # the one 4-device script
 
 
@@ -90,7 +91,8 @@ def test_update_extra_enqueues_the_keys_and_moves_the_target():
   np.testing.assert_allclose(np.linalg.norm(extra['queue'], axis=1), 1.0, rtol=1e-6)
   online = jax.tree_util.tree_map(lambda p: p + 1.0, params)
   keys = jnp.arange(12.0).reshape(4, 3)
-  new = moco.update_extra(extra, online, {}, {'progress': 0.5}, cfg, {'keys': keys})
+  new = moco.update_extra(extra, online, {}, {'progress': 0.5}, cfg,
+                          {'features': jnp.zeros((4, 2)), 'keys': keys})
   np.testing.assert_array_equal(new['queue'][:4], keys)
   np.testing.assert_array_equal(new['queue'][4:], extra['queue'][4:])
   assert int(new['queue_ptr']) == 4
@@ -107,7 +109,8 @@ def test_v3_has_no_queue_and_a_cosine_rate():
   extra = moco.init_extra(params, {}, cfg)
   assert set(extra) == {'target'} and 'predictor' not in extra['target']['params']
   online = jax.tree_util.tree_map(lambda p: p + 1.0, params)
-  new = moco.update_extra(extra, online, {}, {'progress': 0.5}, cfg, {})
+  new = moco.update_extra(extra, online, {}, {'progress': 0.5}, cfg,
+                          {'features': jnp.zeros((4, 2))})
   # m(1/2) = 1 - 0.01 * (cos(pi/2) + 1) / 2 = 0.995: target = 0.005
   np.testing.assert_allclose(new['target']['params']['encoder']['w'], 0.005, rtol=1e-5)
   cfg.variant = 'v4'
@@ -115,65 +118,42 @@ def test_v3_has_no_queue_and_a_cosine_rate():
     moco.init_extra(params, {}, cfg)
 
 
-class LinearModel:
-  """Stands in for heads.SSLModel in loss_fn: features = flattened image, projection =
-  features @ W, prediction = projection @ V (when it has a predictor)."""
-
-  def __init__(self, predictor=True):
-    self.predictor = predictor
-
-  def clone(self, predictor=None):
-    return LinearModel(predictor is not None)
-
-  def apply(self, variables, x, train, mutable):
-    assert train and mutable == ['batch_stats']
-    params = variables['params']
-    features = x.reshape(x.shape[0], -1)
-    out = {'features': features, 'projection': features @ params['projector']['w']}
-    if self.predictor:
-      out['prediction'] = out['projection'] @ params['predictor']['w']
-    return out, {'batch_stats': variables['batch_stats']}
-
-
-def _linear_setup(predictor, seed=0, batch=3, dim=4):
-  rng = np.random.default_rng(seed)
-  view1 = rng.normal(size=(batch, 2, 3, 1)).astype(np.float32)
-  view2 = rng.normal(size=(batch, 2, 3, 1)).astype(np.float32)
-  params = {'encoder': {}, 'projector': {'w': rng.normal(size=(6, dim)).astype(np.float32)}}
-  if predictor:
-    params['predictor'] = {'w': rng.normal(size=(dim, dim)).astype(np.float32)}
-  target = {'encoder': {}, 'projector': {'w': rng.normal(size=(6, dim)).astype(np.float32)}}
-  return view1, view2, params, target
-
-
 def test_loss_fn_v2_queries_view1_against_keys_of_view2_and_the_queue():
-  view1, view2, params, target = _linear_setup(predictor=False)
+  view1, view2, params, target = linear_setup(predictor=False)
   cfg = moco.DEFAULTS.copy_and_resolve_references()
   cfg.update(queue_size=5, proj_dim=4)
   extra = moco.init_extra(params, {}, cfg)
   extra['target'] = {'params': target, 'batch_stats': {}}
   hp = {'temperature': 0.2, 'progress': 0.0}
-  loss, (_, metrics, features) = moco.loss_fn(LinearModel(False), params, {}, extra, view1,
-                                               view2, hp, cfg)
+  loss, (_, metrics, aux) = moco.loss_fn(LinearModel(False), params, {}, extra, view1, view2,
+                                          hp, cfg)
   flat = lambda v: v.reshape(len(v), -1)
   q = flat(view1) @ params['projector']['w']
   k = flat(view2) @ target['projector']['w']
   np.testing.assert_allclose(float(loss), numpy_infonce(q, k, np.asarray(extra['queue']), 0.2),
                              rtol=1e-5)
-  np.testing.assert_allclose(metrics['keys'], k / np.linalg.norm(k, axis=1, keepdims=True),
+  # the normalised keys travel in aux (for the enqueue), not in the logged metrics
+  np.testing.assert_allclose(aux['keys'], k / np.linalg.norm(k, axis=1, keepdims=True),
                              rtol=1e-5)
-  assert features.shape == (3, 6)
+  np.testing.assert_allclose(aux['features'], flat(view1), rtol=1e-6)
+  assert set(metrics) == {'loss', 'ema_momentum'} and set(aux) == {'features', 'keys'}
+  # what update_extra enqueues is exactly aux['keys']
+  new = moco.update_extra(extra, params, {}, hp, cfg, aux)
+  np.testing.assert_array_equal(new['queue'][:3], aux['keys'])
 
 
 def test_loss_fn_v3_is_symmetric_in_batch_and_scaled_by_two_tau():
-  view1, view2, params, target = _linear_setup(predictor=True)
+  view1, view2, params, target = linear_setup(predictor=True)
   cfg = moco.DEFAULTS.copy_and_resolve_references()
   cfg.update(variant='v3')
   extra = {'target': {'params': target, 'batch_stats': {}}}
   tau = 0.5
-  loss, _ = moco.loss_fn(LinearModel(), params, {}, extra, view1, view2,
-                         {'temperature': tau, 'progress': 0.0}, cfg)
+  loss, (_, metrics, aux) = moco.loss_fn(LinearModel(), params, {}, extra, view1, view2,
+                                          {'temperature': tau, 'progress': 0.0}, cfg)
   flat = lambda v: v.reshape(len(v), -1)
+  np.testing.assert_allclose(aux['features'], flat(view1), rtol=1e-6)
+  assert set(aux) == {'features'}  # no queue, nothing to enqueue
+  np.testing.assert_allclose(float(metrics['loss']), float(loss))
   q1, q2 = (flat(v) @ params['projector']['w'] @ params['predictor']['w'] for v in (view1, view2))
   k1, k2 = (flat(v) @ target['projector']['w'] for v in (view1, view2))
   no_queue = np.zeros((0, 4))

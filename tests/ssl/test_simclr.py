@@ -101,10 +101,9 @@ def check(name, overrides):
   def step(params, batch_stats, extra, hp, view1, view2):
     def f(p):
       return method.loss_fn(model, p, batch_stats, extra, view1, view2, hp, cfg)
-    (loss, (new_stats, metrics, features)), grads = jax.value_and_grad(f, has_aux=True)(params)
-    new_extra = method.update_extra(extra, params, new_stats, hp, cfg,
-                                    {**metrics, 'features': features})
-    return loss, grads, new_stats, metrics, features, new_extra
+    (loss, (new_stats, metrics, aux)), grads = jax.value_and_grad(f, has_aux=True)(params)
+    new_extra = method.update_extra(extra, params, new_stats, hp, cfg, aux)
+    return loss, grads, new_stats, metrics, aux, new_extra
 
   args = (params, batch_stats, extra, hp)
   single = jax.jit(step)(*args, view1, view2)
@@ -113,7 +112,7 @@ def check(name, overrides):
   v1, v2 = jax.device_put(view1, sharded), jax.device_put(view2, sharded)
   assert len(v1.sharding.device_set) == 4
   multi = jax.jit(step)(*jax.device_put(args, replicated), v1, v2)
-  parts = ('loss', 'grads', 'batch_stats', 'metrics', 'features', 'extra')
+  parts = ('loss', 'grads', 'batch_stats', 'metrics', 'aux', 'extra')
   for part, one, four in zip(parts, single, multi):
     flat_one, tree_one = jax.tree_util.tree_flatten(one)
     flat_four, tree_four = jax.tree_util.tree_flatten(four)

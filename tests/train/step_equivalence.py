@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import common
-from cxr_jax import curriculum, experiment, ssl
+from cxr_jax import curriculum, pretraining, ssl
 from cxr_jax.models import build_encoder
 from cxr_jax.train import loop, optim, sharding
 
@@ -32,7 +32,7 @@ def main(out):
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=tx.init(params), extra={}, rng=loop.fresh_rng(0)), mesh)
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1), dtype=np.uint8)
-  step = jax.jit(experiment._pretrain_step(model, method, mcfg, tx, schedules, 32),
+  step = jax.jit(pretraining.make_step(model, method, mcfg, tx, schedules, 32),
                  out_shardings=sharding.replicated(mesh))
   state, metrics = step(state, sharding.to_global({'image': images}, mesh))
   flat = {'loss': np.asarray(metrics['loss'])}

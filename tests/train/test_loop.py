@@ -54,15 +54,21 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
   np.testing.assert_allclose(resumed.opt_state[0].trace['w'], straight.opt_state[0].trace['w'])
 
 
-def test_checkpoint_round_trip_and_restore_params(setup, tmp_path):
+def test_checkpoint_round_trip(setup, tmp_path):
   writer = loop.MetricWriter(tmp_path)
   state = loop.run_job(setup(tmp_path / 'c', 4), writer)
+  mgr = loop.checkpoint_manager(tmp_path / 'c')
+  assert mgr.all_steps() == [3, 4]  # every checkpoint_every=3 steps, and at the end
+  mgr.close()
+  # a finished job's run_job returns the state restored from its last checkpoint, untrained
+  again = setup(tmp_path / 'c', 4)
+  again.train_step = lambda s, b: pytest.fail('a finished job was trained again')
+  restored = loop.run_job(again, writer)
   writer.close()
-  restored = loop.restore_params(tmp_path / 'c')
-  np.testing.assert_array_equal(restored['params']['w'], np.asarray(state.params['w']))
-  assert int(restored['step']) == 4
-  with pytest.raises(FileNotFoundError, match='no checkpoint'):
-    loop.restore_params(tmp_path / 'nothing')
+  assert int(restored.step) == 4
+  assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(state)
+  for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_finished_job_is_not_retrained(setup, tmp_path):

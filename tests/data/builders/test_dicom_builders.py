@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip('pydicom')
 
-from cxr_jax.data import dicom  # noqa: E402
 from cxr_jax.data.validate import DataValidationError  # noqa: E402
+from tests import dicom_files  # noqa: E402
 
 
 def _stored(h, hi, invert=False, seed=0):
@@ -43,15 +43,15 @@ def _siim(h, root):
     if photo == 'MONOCHROME1':
       # 12-bit MONOCHROME1 with a VOI LUT to 8-bit output, as winning solutions handle.
       lut = np.round(255 * (np.arange(4096) / 4095.0)).astype(np.uint16)
-      dicom.make_dicom(path, _stored(h, 4095, invert=True, seed=i), photometric=photo,
+      dicom_files.make_dicom(path, _stored(h, 4095, invert=True, seed=i), photometric=photo,
                        bits_stored=12, voi_lut=lut, voi_lut_bits=8)
     else:
-      dicom.make_dicom(path, _stored(h, 1023, seed=i), bits_stored=10, window=(512, 1024))
+      dicom_files.make_dicom(path, _stored(h, 1023, seed=i), bits_stored=10, window=(512, 1024))
   h.write(root / 'train_study_level.csv', 'id,Negative for Pneumonia,Typical Appearance,'
           'Indeterminate Appearance,Atypical Appearance\n' + '\n'.join(study_rows) + '\n')
   h.write(root / 'train_image_level.csv', 'id,boxes,label,StudyInstanceUID\n' +
           '\n'.join(image_rows) + '\n')
-  dicom.make_dicom(root / 'test' / '00188a671292' / '3eb5a506ccf8' / '1d7e4c4b4b7b.dcm',
+  dicom_files.make_dicom(root / 'test' / '00188a671292' / '3eb5a506ccf8' / '1d7e4c4b4b7b.dcm',
                    _stored(h, 255).astype(np.uint8))
   return root
 
@@ -102,10 +102,10 @@ def test_rsna_layout(h, build, tmp_path):
           f'{pids[0]},,,,,0\n{pids[1]},,,,,0\n{pids[2]},264.0,152.0,213.0,379.0,1\n'
           f'{pids[2]},562.0,152.0,256.0,453.0,1\n')
   for i, pid in enumerate(pids):
-    dicom.make_dicom(root / 'stage_2_train_images' / f'{pid}.dcm',
+    dicom_files.make_dicom(root / 'stage_2_train_images' / f'{pid}.dcm',
                      _stored(h, 255, seed=i).astype(np.uint8),
                      extra={'PatientID': pid, 'ViewPosition': 'PA'})
-  dicom.make_dicom(root / 'stage_2_test_images' / 'test-1.dcm',
+  dicom_files.make_dicom(root / 'stage_2_test_images' / 'test-1.dcm',
                    _stored(h, 255).astype(np.uint8))
   _, data = build('rsna_pneumonia', root)
   recs = h.by_id([r for s in ('train', 'val', 'test') for r in data.get(s, [])])

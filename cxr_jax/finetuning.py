@@ -1,0 +1,271 @@
+"""Fine-tuning and evaluation: one (protocol, init, label fraction, seed) cell per job.
+
+    EvalData: the labeled splits of config.finetune.data, read once per run
+    Programs: the run's compiled functions (fine-tuning step, predictor, feature extractor)
+    finetune_job: protocol 'finetune' trains the whole classifier (model selection on val
+      only); 'linear' and 'knn' score the frozen encoder's features; the test predictions,
+      result.json and (optionally) the Grad-CAM attention of the test images are written
+      -> <workdir>/<protocol folder>/<init>/<fraction>/seed<k>/
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cxr_jax import vocab
+from cxr_jax.data import augment
+from cxr_jax.data import pipeline
+from cxr_jax.data import schema
+from cxr_jax.eval import metrics as M
+from cxr_jax.models import convert
+from cxr_jax.models import heads
+from cxr_jax.train import inference
+from cxr_jax.train import loop
+from cxr_jax.train import optim
+from cxr_jax.train import sharding
+from cxr_jax.train import state as state_lib
+
+
+class EvalData:
+  """The labeled splits of a fine-tuning data spec (config.finetune.data), read once per
+  run (label fractions are index subsets of `train`)."""
+
+  def __init__(self, data_spec, data_dir: Path, image_cache: bool):
+    key = 'config.finetune.data'
+    self.builder = pipeline.get_builder(data_spec, data_dir, key=key)
+    self.class_names = schema.class_names(self.builder)
+    get = lambda split, name: pipeline.get_source(self.builder, split, f'{key}.{name}')
+    self.train_source = get(data_spec.train_split, 'train_split')
+    self.test_source = get(data_spec.test_split, 'test_split')
+    self.train_meta = pipeline.read_all(self.train_source, ('label', 'patient_id'))
+    self.val = pipeline.read_all(get(data_spec.val_split, 'val_split'), ('image', 'label'))
+    fields = ('image', 'label', 'patient_id') + (('mask',) if self.has('mask') else ())
+    self.test = pipeline.read_all(self.test_source, fields)
+    self.channels = self.builder.info.features['image'].shape[-1]
+    self._image_cache = image_cache
+    self._train_images = None
+
+  def has(self, field: str) -> bool:
+    return field in self.builder.info.features
+
+  def train_images(self):
+    """The train split's images and labels for the fine-tuning loader: from the image
+    cache (with the labels read once) when config.image_cache, else the TFDS records.
+    Opened on the first call and shared by every fine-tuning job."""
+    if self._train_images is None:
+      cache = pipeline.image_cache(self.train_source) if self._image_cache else None
+      self._train_images = (cache.with_columns(label=self.train_meta['label'])
+                            if cache is not None else self.train_source)
+    return self._train_images
+
+  def train_indices(self, fraction: float, seed: int) -> np.ndarray:
+    if fraction >= 1.0:
+      return np.arange(len(self.train_source))
+    from cxr_jax.data import splits
+    return np.asarray(splits.label_fraction_subset(
+        self.train_meta['label'], self.train_meta['patient_id'], fraction, seed))
+
+
+def make_step(model, tx, image_size: int, strength: float):
+  """The fine-tuning step: augmented views, softmax cross-entropy, one optimizer update."""
+  def step(state, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    images = batch['image'].astype(jnp.float32) / 255.0
+    views = augment.augment(rng, images, strength, image_size)
+
+    def loss_of(params):
+      logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                    views, train=True, mutable=['batch_stats'])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      return loss, updates['batch_stats']
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state), {'loss': loss}
+  return step
+
+
+class Programs:
+  """The compiled functions every fine-tuning cell of a run shares: one compilation
+  serves every init, label fraction and seed. Built once per run from everything they
+  close over (model and fine-tuning config, number of classes, eval batch size, mesh)."""
+
+  def __init__(self, model_config, finetune_config, num_classes: int, eval_batch_size: int,
+               mesh):
+    ft = finetune_config
+    self.model = heads.ClassifierModel(encoder=state_lib.encoder_from_config(model_config),
+                                       num_classes=num_classes)
+    self.tx, _ = optim.make_optimizer(ft.optimizer, ft.steps, ft.batch_size)
+    self.step = jax.jit(make_step(self.model, self.tx, ft.image_size, ft.strength),
+                        donate_argnums=0, out_shardings=sharding.replicated(mesh))
+    self.predict = inference.make_predict(self.model, ft.image_size, mesh, eval_batch_size)
+    self.features = inference.make_features(self.model, ft.image_size, mesh, eval_batch_size,
+                                            encoder_only=True)
+
+
+def seeds(protocol: str, init: str, fraction: float, num_seeds: int) -> range:
+  """The seeds a cell needs. A frozen-encoder probe (linear, kNN) of a pretrained or
+  imported encoder on all the labels has no randomness left (the probe fit is
+  deterministic, the encoder fixed): one seed. Otherwise the seed draws the label subset
+  and, for scratch, the encoder's random weights."""
+  if protocol != 'finetune' and init != 'scratch' and fraction >= 1.0:
+    return range(1)
+  return range(num_seeds)
+
+
+def selection_score(metrics: dict) -> float:
+  score = metrics.get('auroc', float('nan'))
+  return -metrics['loss'] if not np.isfinite(score) else score
+
+
+def eval_metrics(labels, probs, class_names) -> dict:
+  out = M.classification_metrics(labels, probs, class_names)
+  p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+  out['loss'] = float(-np.mean(np.log(p)))
+  return out
+
+
+def classifier_variables(model, root_seed: int, seed: int, channels: int, encoder_vars,
+                         init: str):
+  """(params, batch_stats) of a fresh classifier for `seed`, its encoder from
+  `encoder_vars` (strictly) unless the init is scratch."""
+  rng = jax.random.fold_in(state_lib.init_key(root_seed), 10_000 + seed)
+  variables = state_lib.init_variables(model, rng, channels)
+  if encoder_vars is None:
+    return variables['params'], variables['batch_stats']
+  if init == 'imagenet':
+    return state_lib.with_encoder(variables, encoder_vars, 'config.finetune.imagenet_checkpoint',
+                                  convert.IMAGENET_HINT)
+  return state_lib.with_encoder(variables, encoder_vars, f'the {init} encoder')
+
+
+def frozen_probe(protocol: str, programs: Programs, variables, data: EvalData, indices):
+  """Linear probe or weighted kNN on the frozen encoder's features: (val, test) probs."""
+  from cxr_jax.eval import probes
+  train_images = pipeline.read_all(pipeline.Subset(data.train_source, indices), ('image',))['image']
+  train_labels = data.train_meta['label'][indices]
+  bank = programs.features(variables, train_images)
+  k = len(data.class_names)
+  out = []
+  for images in (data.val['image'], data.test['image']):
+    f = programs.features(variables, images)
+    if protocol == 'knn':
+      out.append(np.asarray(probes.knn_predict(bank, train_labels, f, k, k=20, temperature=0.07)))
+    else:
+      probe = probes.linear_probe_fit(bank, train_labels, k)
+      out.append(np.asarray(probes.linear_probe_predict(probe, f)))
+  return out
+
+
+def _train(config, programs: Programs, job_name: str, directory: Path, seed: int,
+           params, batch_stats, data: EvalData, indices, mesh, writer):
+  """Fine-tunes with model selection on val; returns (best variables, val score, step)."""
+  ft = config.finetune
+
+  def init_state():
+    # best_score strongly typed: a weak-typed scalar here and a strong one after the
+    # first evaluation would be two input types, and the step would compile twice
+    extra = {'best_params': state_lib.copy_tree(params),
+             'best_batch_stats': state_lib.copy_tree(batch_stats),
+             'best_score': jnp.asarray(-jnp.inf, jnp.float32),
+             'best_step': jnp.zeros((), jnp.int32)}
+    state = loop.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                            batch_stats=batch_stats, opt_state=programs.tx.init(params),
+                            extra=extra, rng=loop.fresh_rng(seed))
+    return sharding.replicate(state, mesh)
+
+  def evaluate(state):
+    probs = programs.predict({'params': state.params, 'batch_stats': state.batch_stats},
+                             data.val['image'])
+    m = eval_metrics(data.val['label'], probs, data.class_names)
+    score = selection_score(m)
+    if score > float(state.extra['best_score']):  # model selection on val only
+      # replicated like the step's own outputs (a different sharding would recompile it)
+      state = state.replace(extra=sharding.replicate({
+          'best_params': state_lib.copy_tree(state.params),
+          'best_batch_stats': state_lib.copy_tree(state.batch_stats),
+          'best_score': jnp.asarray(score, jnp.float32), 'best_step': jnp.copy(state.step)},
+          mesh))
+    return state, {f'val/{k}': v for k, v in m.items() if np.isfinite(v)}
+
+  train = pipeline.Subset(data.train_images(), indices)
+  batch_size = pipeline.per_host_batch(ft.batch_size, 'config.finetune.batch_size')
+  loader = pipeline.make_loader(train, batch_size=min(batch_size, len(train)), seed=seed,
+                                fields=('image', 'label'), worker_count=config.worker_count,
+                                read_threads=config.read_threads)
+  job = loop.Job(name=job_name, directory=directory, num_steps=ft.steps,
+                 init_state=init_state, train_step=programs.step, loader=loader, mesh=mesh,
+                 checkpoint_every=config.checkpoint_every, log_every=config.log_every,
+                 eval_every=ft.eval_every, evaluate=evaluate)
+  state = loop.run_job(job, writer)
+  best = {'params': state.extra['best_params'], 'batch_stats': state.extra['best_batch_stats']}
+  return best, float(state.extra['best_score']), int(state.extra['best_step'])
+
+
+def finetune_job(config, programs: Programs, protocol: str, init: str, fraction: float,
+                 seed: int, encoder_vars, data: EvalData, mesh, writer, workdir: Path) -> dict:
+  """Evaluates one (protocol, init, label fraction, seed) cell; returns its result dict
+  (read back from result.json when the cell is already done)."""
+  folder = vocab.PROTOCOL_FOLDERS[protocol]
+  job_name = f'{folder}/{init}/{fraction:g}/seed{seed}'
+  directory = workdir / job_name
+  result_path = directory / 'result.json'
+  if result_path.exists():
+    return json.loads(result_path.read_text())
+  directory.mkdir(parents=True, exist_ok=True)
+  indices = data.train_indices(fraction, seed)
+  params, batch_stats = classifier_variables(programs.model, config.seed, seed, data.channels,
+                                             encoder_vars, init)
+  if protocol == 'finetune':
+    best, val_score, best_step = _train(config, programs, job_name, directory, seed, params,
+                                        batch_stats, data, indices, mesh, writer)
+    probs = programs.predict(best, data.test['image'])
+  else:
+    best = {'params': params, 'batch_stats': batch_stats}
+    val_probs, probs = frozen_probe(protocol, programs, best, data, indices)
+    val_score = selection_score(eval_metrics(data.val['label'], val_probs, data.class_names))
+    best_step = 0
+
+  test_metrics = eval_metrics(data.test['label'], probs, data.class_names)
+  result = {'protocol': protocol, 'init': init, 'label_fraction': fraction, 'seed': seed,
+            'num_train': int(len(indices)), 'best_step': best_step, 'val_score': val_score,
+            'class_names': list(data.class_names), 'test': test_metrics}
+  if jax.process_index() == 0:
+    np.savez_compressed(directory / 'test_predictions.npz', probs=probs,
+                        labels=data.test['label'], patient_id=data.test['patient_id'])
+    if protocol == 'finetune' and config.explain.enabled and 'mask' in data.test:
+      explain(config, programs.model, best, data, directory)
+    writer.write(job_name, config.finetune.steps,
+                 {f'test/{k}': v for k, v in test_metrics.items() if np.isfinite(v)})
+    result_path.write_text(json.dumps(result, indent=2))
+  return result
+
+
+def explain(config, model, variables, data: EvalData, directory: Path):
+  """Grad-CAM attention inside the lung masks of the test images -> attention.npz."""
+  from cxr_jax.explain import analysis
+  extra = {}
+  for name in vocab.comma_list(config.explain.extra_masks):
+    if name == 'marker' and data.has('confounder'):
+      # the phantom's burned-in marker: the region where it can sit, per image
+      corner = pipeline.read_all(data.test_source, ('confounder',))['confounder']
+      extra[name] = analysis.marker_region_masks(corner, data.test['image'].shape[1])
+    elif data.has(name) or data.has(f'{name}_mask'):  # 'device' names device_mask
+      field = name if data.has(name) else f'{name}_mask'
+      extra[name] = pipeline.read_all(data.test_source, (field,))[field]
+    else:
+      raise ValueError(f'config.explain.extra_masks: the dataset has no field {name!r} '
+                       f'(nor {name}_mask); it has {sorted(data.builder.info.features)}')
+  result = analysis.attention_analysis(
+      model, jax.device_get(variables), data.test['image'], data.test['mask'],
+      data.test['label'], config.finetune.image_size, extra_masks=extra or None,
+      batch_size=config.eval_batch_size, overlay_per_class=config.explain.num_overlays,
+      patient_id=data.test['patient_id'], stage=config.explain.stage or None)
+  np.savez_compressed(directory / 'attention.npz', **result)

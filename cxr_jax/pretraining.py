@@ -1,0 +1,258 @@
+"""Self-supervised pretraining: the curriculum's stages, one Job each.
+
+    run_curriculum(config, ...) -> final TrainState
+      for each stage (or the chosen ones), in order:
+        pretrain_job: the stage's data and loader (uniform or paced), its schedules, the
+          SSL step at the view size of each step (progressive resizing), the state carried
+          over from the previous stage, the kNN / linear-probe monitors
+        -> <workdir>/<folder>/<stage>/ (Orbax checkpoints; done when the last is at
+           the stage's final step)
+
+The step is `make_step`: one jit-compiled function per view size, the method's loss from
+`cxr_jax.ssl.<method>`, views cut on the device (or on the host, config.augment_on).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cxr_jax import curriculum
+from cxr_jax import ssl
+from cxr_jax.data import augment
+from cxr_jax.data import pipeline
+from cxr_jax.data import schema
+from cxr_jax.models import convert
+from cxr_jax.models.merge import merge_strict
+from cxr_jax.train import inference
+from cxr_jax.train import loop
+from cxr_jax.train import optim
+from cxr_jax.train import sharding
+from cxr_jax.train import state as state_lib
+
+
+def make_step(model, method, mcfg, tx, schedules, image_size: int):
+  """The pretraining step at one view size: (state, batch) -> (state, scalar metrics).
+
+  batch: {'image': uint8 [B,H,W,C]} (views cut here, on the device) or {'view1', 'view2'}
+  (cut on the host). `schedules` maps names to step -> value functions; their values
+  reach the method as traced scalars in `hp`, so schedules never recompile the step."""
+  def step(state, batch):
+    t = state.step
+    hp = {name: jnp.asarray(fn(t), jnp.float32) for name, fn in schedules.items()}
+    if 'view1' in batch:  # cut on the host (config.augment_on='host')
+      view1, view2 = augment.to_float(batch['view1']), augment.to_float(batch['view2'])
+    else:
+      rng = jax.random.fold_in(state.rng, t)
+      images = batch['image'].astype(jnp.float32) / 255.0
+      view1, view2 = augment.two_views(rng, images, hp['strength'], image_size)
+
+    def loss_of(params):
+      return method.loss_fn(model, params, state.batch_stats, state.extra, view1, view2, hp, mcfg)
+
+    (loss, (batch_stats, metrics, aux)), grads = jax.value_and_grad(
+        loss_of, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    extra = method.update_extra(state.extra, params, batch_stats, hp, mcfg, aux)
+    metrics = dict(metrics, loss=loss, strength=hp['strength'], temperature=hp['temperature'],
+                   lr=hp['lr'], image_size=jnp.asarray(image_size, jnp.float32))
+    return state.replace(step=t + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state, extra=extra), metrics
+  return step
+
+
+def image_sizes(spec, num_steps: int, key: str) -> np.ndarray:
+  """[num_steps] view sizes of a stage: its `image_size` schedule rounded to multiples of 8
+  (progressive resizing; each distinct size compiles the step once)."""
+  fn = curriculum.make_schedule(spec, num_steps, key)
+  sizes = np.asarray([float(fn(t)) for t in range(num_steps)])
+  sizes = (np.round(sizes / 8) * 8).astype(int)
+  if sizes.min() < 8:
+    raise ValueError(f'{key}: image sizes must be >= 8 px, got {sizes.min()}')
+  return sizes
+
+
+class ResizingStep:
+  """The stage's step at the view size its schedule gives for the current step: one
+  jit-compiled function per distinct size, chosen on the host (no device sync)."""
+
+  def __init__(self, make_sized_step, sizes, mesh):
+    self._sizes = sizes
+    self._steps = {int(s): jax.jit(make_sized_step(int(s)), donate_argnums=0,
+                                   out_shardings=sharding.replicated(mesh))
+                   for s in np.unique(sizes)}
+    self._t = None
+
+  def __call__(self, state, batch):
+    if self._t is None:
+      self._t = int(state.step)
+    size = int(self._sizes[min(self._t, len(self._sizes) - 1)])
+    self._t += 1
+    return self._steps[size](state, batch)
+
+
+def make_loader(config, stage, source, batch_size: int, seed: int, sizes, strength):
+  """The stage's batches: uniform shuffling, or the data-difficulty curriculum of
+  config.curriculum; with config.augment_on='host', records leave the loader as the
+  step's two views (`sizes`: view size per step, `strength`: its schedule)."""
+  if config.curriculum.pacing.kind == 'none':
+    images = (pipeline.image_cache(source) or source) if config.image_cache else source
+    views = None
+    if config.augment_on == 'host':
+      from cxr_jax.data import host_augment
+      strengths = np.asarray([float(strength(t)) for t in range(stage.steps)], np.float32)
+      # indices are per process: the process in the seed keeps hosts' draws apart
+      views = host_augment.TwoViews(np.asarray(sizes), strengths, batch_size=batch_size,
+                                    seed=seed * 1024 + jax.process_index()).map_with_index
+    return pipeline.make_loader(images, batch_size=batch_size, seed=seed, fields=('image',),
+                                worker_count=config.worker_count,
+                                read_threads=config.read_threads, map_with_index=views)
+  import grain
+  from cxr_jax.data import pacing as pacing_lib
+  difficulty = pacing_lib.difficulty_from_config(
+      config.curriculum.difficulty, lambda field: pipeline.read_all(source, (field,))[field])
+  sampler = pacing_lib.PacedSampler(
+      difficulty, curriculum.make_pacing(config.curriculum.pacing, stage.steps,
+                                         'config.curriculum.pacing'),
+      batch_size=stage.batch_size, seed=seed)
+  return grain.DataLoader(
+      data_source=pipeline.decoding(source, ('image',)), sampler=sampler,
+      shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+      operations=[pipeline.SelectFields(('image',)),
+                  grain.transforms.Batch(batch_size, drop_remainder=True)],
+      worker_count=config.worker_count)
+
+
+def carry_over(fresh: loop.TrainState, previous: loop.TrainState, stage, key: str):
+  """The new stage's starting state: the previous stage's network (the whole model when
+  keep_head, else the encoder only), optionally its optimizer state and EMA target.
+  Strict: a stage whose network differs from the previous one's is an error."""
+  what = f'{key}: the previous stage\'s network'
+  if stage.keep_head:
+    params = merge_strict(fresh.params, previous.params, what)
+    batch_stats = merge_strict(fresh.batch_stats, previous.batch_stats, what)
+  else:
+    params = dict(fresh.params, encoder=merge_strict(
+        fresh.params['encoder'], previous.params['encoder'], what))
+    batch_stats = dict(fresh.batch_stats, encoder=merge_strict(
+        fresh.batch_stats['encoder'], previous.batch_stats['encoder'], what))
+  opt_state = fresh.opt_state
+  if stage.keep_optimizer:
+    same = jax.tree_util.tree_structure(previous.opt_state) == jax.tree_util.tree_structure(opt_state)
+    if not same:
+      raise ValueError(f'{key}: keep_optimizer=True needs the same optimizer state '
+                       'structure as the stage before')
+    leaves = [merge_strict(f, p, f'{key}: the previous stage\'s optimizer state')
+              for f, p in zip(jax.tree_util.tree_leaves(opt_state),
+                              jax.tree_util.tree_leaves(previous.opt_state))]
+    opt_state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(opt_state), leaves)
+  extra = fresh.extra
+  if isinstance(extra, dict) and 'target' in extra:
+    target = extra['target']
+    if stage.keep_target and isinstance(previous.extra, dict) and 'target' in previous.extra:
+      target = merge_strict(target, previous.extra['target'], f'{key}: the previous stage\'s target')
+    else:  # the target starts as a copy of the carried-over online network (no predictor)
+      online = {'params': params, 'batch_stats': batch_stats}
+      target = merge_strict(target, {c: {k: online[c][k] for k in target[c]} for c in target},
+                            f'{key}: the online network')
+    extra = dict(extra, target=target)
+  return fresh.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, extra=extra)
+
+
+def make_monitor(config, model, image_size: int, mesh, data_dir: Path):
+  """Online monitors of a pretraining stage on the labeled data of config.finetune.data:
+  weighted kNN (k=20, T=0.07, cosine; Wu et al. 2018) and a logistic-regression probe on the
+  encoder's frozen (stop-gradient) features, fit on the train split, scored on val.
+
+  The probe is refit at each monitoring step rather than trained inside the SSL step, since
+  the pretraining data is unlabeled by construction."""
+  from cxr_jax.eval import metrics as M
+  from cxr_jax.eval import probes
+  ft = config.finetune
+  builder = pipeline.get_builder(ft.data, data_dir, key='config.finetune.data')
+  names = schema.class_names(builder)
+  bank = pipeline.read_all(pipeline.get_source(builder, ft.data.train_split), ('image', 'label'))
+  query = pipeline.read_all(pipeline.get_source(builder, ft.data.val_split), ('image', 'label'))
+  extract = inference.make_features(model, image_size, mesh, config.eval_batch_size)
+
+  def evaluate(state):
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    fb, fq = extract(variables, bank['image']), extract(variables, query['image'])
+    knn = np.asarray(probes.knn_predict(fb, bank['label'], fq, len(names), k=20, temperature=0.07))
+    knn_metrics = M.classification_metrics(query['label'], knn, names)
+    probe = probes.linear_probe_fit(fb, bank['label'], len(names))
+    linear = np.asarray(probes.linear_probe_predict(probe, fq))
+    return state, {'monitor/knn_acc': knn_metrics['accuracy'],
+                   'monitor/knn_auroc': knn_metrics['auroc'],
+                   'monitor/linear_acc': float(np.mean(linear.argmax(-1) == query['label']))}
+  return evaluate
+
+
+def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Path,
+                 folder: str = 'pretrain', imagenet=None) -> loop.Job:
+  """The Job of curriculum stage `index`, starting from `previous` (a TrainState or None);
+  the first stage of the curriculum starts from `imagenet` (an `encoder_variables` dict)
+  when given."""
+  stage = config.pretrain.stages[index]
+  key = f'config.pretrain.stages[{index}]'
+  method_name = config.pretrain.method
+  method = ssl.get_method(method_name)
+  mcfg = config.pretrain[method_name]
+  model = method.build_model(state_lib.encoder_from_config(config.model), mcfg)
+  builder = pipeline.get_builder(stage.data, data_dir, key=f'{key}.data')
+  source = pipeline.get_source(builder, stage.data.split, key=f'{key}.data.split')
+  batch_size = pipeline.per_host_batch(stage.batch_size, f'{key}.batch_size')
+  tx, lr_schedule = optim.make_optimizer(config.pretrain.optimizer, stage.steps, stage.batch_size)
+  # ema_momentum of kind 'method' leaves the rate to the method's own rule (BYOL's cosine)
+  schedules = {
+      name: curriculum.make_schedule(stage[name], stage.steps, f'{key}.{name}')
+      for name in ('strength', 'temperature', 'ema_momentum')
+      if not (name == 'ema_momentum' and stage[name].kind == 'method')}
+  schedules['progress'] = lambda t: t / stage.steps
+  schedules['lr'] = lr_schedule
+  sizes = image_sizes(stage.image_size, stage.steps, f'{key}.image_size')
+  channels = builder.info.features['image'].shape[-1]
+
+  def init_state():
+    rng = jax.random.fold_in(state_lib.init_key(config.seed), index)
+    variables = state_lib.init_variables(model, rng, channels)
+    params, batch_stats = variables['params'], variables['batch_stats']
+    if imagenet is not None:
+      params, batch_stats = state_lib.with_encoder(
+          variables, imagenet, 'config.finetune.imagenet_checkpoint', convert.IMAGENET_HINT)
+    state = loop.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+        opt_state=tx.init(params), extra=method.init_extra(params, batch_stats, mcfg),
+        rng=loop.fresh_rng(config.seed * 1000 + index))
+    if previous is not None:
+      state = carry_over(state, previous, stage, key)
+    return sharding.replicate(state, mesh)
+
+  step = ResizingStep(lambda size: make_step(model, method, mcfg, tx, schedules, size),
+                      sizes, mesh)
+  loader = make_loader(config, stage, source, batch_size, config.seed * 1000 + index,
+                       sizes, schedules['strength'])
+  monitor = (make_monitor(config, model, int(sizes[-1]), mesh, data_dir)
+             if config.pretrain.monitor_every else None)
+  return loop.Job(name=f'{folder}/{stage.name}', directory=workdir / folder / stage.name,
+                  num_steps=stage.steps, init_state=init_state, train_step=step, loader=loader,
+                  mesh=mesh, checkpoint_every=config.checkpoint_every,
+                  log_every=config.log_every, eval_every=config.pretrain.monitor_every,
+                  evaluate=monitor)
+
+
+def run_curriculum(config, mesh, writer, workdir: Path, data_dir: Path, stage_indices=None,
+                   folder: str = 'pretrain', imagenet=None) -> loop.TrainState:
+  """Runs the stages in order (each resumes or skips itself); returns the final TrainState.
+  `imagenet`: the encoder the first stage starts from (config.pretrain.init='imagenet')."""
+  state = None
+  indices = range(len(config.pretrain.stages)) if stage_indices is None else stage_indices
+  for n, index in enumerate(indices):
+    job = pretrain_job(config, index, state, mesh, workdir, data_dir, folder,
+                       imagenet=imagenet if n == 0 else None)
+    state = loop.run_job(job, writer)
+  return state
