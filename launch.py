@@ -4,6 +4,7 @@ Re-running the same command resumes an interrupted run and skips finished jobs.
 On several hosts, start one process per host with JAX's usual variables (or flags) and
 this initialises `jax.distributed` before anything else touches the devices.
 """
+import importlib.util
 import logging
 import os
 import re
@@ -13,8 +14,6 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).',
-                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the report go.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, for multi-process runs.')
@@ -26,55 +25,62 @@ _CACHE_DIR = flags.DEFINE_string(
                  'cxr_jax', 'jax'),
     "JAX's persistent compilation cache, shared by all runs of this user ('' turns it "
     'off; JAX_COMPILATION_CACHE_DIR, when set, wins).')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 
-def _check_overrides(argv):
-  """Names the bad key of an unknown --config.x.y override (ml_collections only says "'y'"),
-  and expands shorthands for spec-valued fields, in place:
+def load_config(argv: list[str]):
+  """The config of `--config=FILE[:ARG]`, loaded once, and argv without that flag.
+
+  The remaining `--config.x.y=v` overrides are left to ml_collections (a config-dict
+  flag over this config); here an unknown key is named in full (ml_collections only says
+  "'y'"), and shorthands for spec-valued fields expand to their fields:
 
     --config.curriculum.pacing=root            -> --config.curriculum.pacing.kind=root
     --config.pretrain.stages[1].strength=0.7   -> ...strength.kind=constant, ...strength.start=0.7
   """
-  path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
-  if path is None:
-    return
-  spec = path.split(':', 1)
-  import importlib.util
-  loader = importlib.util.spec_from_file_location('_config_module', spec[0])
-  if loader is None:
-    return
-  module = importlib.util.module_from_spec(loader)
-  loader.loader.exec_module(module)
-  config = module.get_config(spec[1]) if len(spec) > 1 else module.get_config()
-  for arg in list(argv):
-    if not arg.startswith('--config.'):
+  given = [a for a in argv[1:] if a.startswith('--config=')]
+  if len(given) != 1:
+    sys.exit('error: give the config file once: --config=configs/X.py[:arg]')
+  path, _, arg = given[0].split('=', 1)[1].partition(':')
+  spec = importlib.util.spec_from_file_location('_config_module', path)
+  if spec is None or not os.path.isfile(path):
+    sys.exit(f'error: --config={path}: no such config file')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  rest = [argv[0]]
+  for a in argv[1:]:
+    if a in given:
       continue
-    key = arg[len('--config.'):].split('=', 1)[0]
-    node, walked = config, 'config'
-    for part in re.findall(r'[^.\[\]]+|\[\d+\]', key):
-      if part.startswith('['):
-        idx = int(part[1:-1])
-        if not isinstance(node, (list, tuple)) or idx >= len(node):
-          sys.exit(f'error: {arg}: {walked} has no entry {part}')
-        node, walked = node[idx], walked + part
-      else:
-        if not hasattr(node, 'keys') or part not in node.keys():
-          known = sorted(node.keys()) if hasattr(node, 'keys') else []
-          sys.exit(f'error: {arg}: unknown config key {walked}.{part}; {walked} has {known}')
-        node, walked = node[part], f'{walked}.{part}'
-    if '=' in arg and hasattr(node, 'keys') and 'kind' in node.keys():
-      value = arg.split('=', 1)[1]
-      try:
-        number = float(value)
-      except ValueError:
-        number = None
-      if number is not None and 'start' in node.keys():  # a schedule given as a constant
-        expanded = [f'--config.{key}.kind=constant', f'--config.{key}.start={value}']
-      else:
-        expanded = [f'--config.{key}.kind={value}']
-      i = argv.index(arg)
-      argv[i:i + 1] = expanded
+    rest += _expand(config, a) if a.startswith('--config.') else [a]
+  return config, rest
+
+
+def _expand(config, arg: str) -> list[str]:
+  key = arg[len('--config.'):].split('=', 1)[0]
+  node, walked = config, 'config'
+  for part in re.findall(r'[^.\[\]]+|\[\d+\]', key):
+    if part.startswith('['):
+      idx = int(part[1:-1])
+      if not isinstance(node, (list, tuple)) or idx >= len(node):
+        sys.exit(f'error: {arg}: {walked} has no entry {part}')
+      node, walked = node[idx], walked + part
+    else:
+      if not hasattr(node, 'keys') or part not in node.keys():
+        known = sorted(node.keys()) if hasattr(node, 'keys') else []
+        sys.exit(f'error: {arg}: unknown config key {walked}.{part}; {walked} has {known}')
+      node, walked = node[part], f'{walked}.{part}'
+  if '=' in arg and hasattr(node, 'keys') and 'kind' in node.keys():
+    value = arg.split('=', 1)[1]
+    try:
+      float(value)
+      is_number = True
+    except ValueError:
+      is_number = False
+    if is_number and 'start' in node.keys():  # a schedule given as a constant
+      return [f'--config.{key}.kind=constant', f'--config.{key}.start={value}']
+    return [f'--config.{key}.kind={value}']
+  return [arg]
 
 
 def main(argv):
@@ -90,11 +96,13 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TFDS are chatty below ERROR
   logging.getLogger('cxr_jax').setLevel(logging.INFO)
   from cxr_jax import experiment
-  experiment.run(_CONFIG.value, _WORKDIR.value)
+  experiment.run(flags.FLAGS.config, _WORKDIR.value)
   print(f'report: {os.path.join(_WORKDIR.value, "report.md")}')
 
 
 if __name__ == '__main__':
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  _check_overrides(sys.argv)
-  app.run(main)
+  config, argv = load_config(sys.argv)
+  config_flags.DEFINE_config_dict('config', config, 'The run\'s config (--config=FILE[:ARG]).',
+                                  lock_config=True)
+  app.run(main, argv=argv)

@@ -120,8 +120,9 @@ def test_spec_shorthands_expand():
   argv = ['launch.py', '--config=configs/default.py', '--workdir=/unused',
           '--config.curriculum.pacing=root', '--config.pretrain.stages[1].strength=0.7',
           '--config.pretrain.method=byol']
-  launch._check_overrides(argv)
-  assert argv[3:] == ['--config.curriculum.pacing.kind=root',
+  config, argv = launch.load_config(argv)
+  assert config.pretrain.method == 'simclr'  # overrides are ml_collections' to apply
+  assert argv[2:] == ['--config.curriculum.pacing.kind=root',
                       '--config.pretrain.stages[1].strength.kind=constant',
                       '--config.pretrain.stages[1].strength.start=0.7',
                       '--config.pretrain.method=byol']

@@ -1,16 +1,18 @@
-"""The report: its vectorised bootstrap against the reference metrics and statistics, and a
-whole synthetic workdir with known answers (a clearly better regime, a regime identical to
-scratch, attention shares, a confounded phantom)."""
+"""The report: a whole synthetic workdir with known answers (a clearly better regime, a
+regime identical to scratch, attention shares, a confounded phantom), its CIs against the
+reference bootstrap, and its HTML. (The bootstrap engine itself: tests/eval/test_bootstrap.py.)"""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.metrics import roc_auc_score
 
 from cxr_jax import report
 from cxr_jax.eval import metrics as M
-from cxr_jax.eval import stats
+from tests.conftest import ROOT
+from tests.oracles import stats
 
 NAMES = ['negative', 'typical', 'atypical']
 
@@ -19,71 +21,6 @@ def _probs(rng, labels, signal, k=3):
   logits = signal * np.eye(k)[labels] + rng.normal(size=(len(labels), k))
   e = np.exp(logits - logits.max(1, keepdims=True))
   return e / e.sum(1, keepdims=True)
-
-
-def test_weighted_metrics_equal_the_metrics_of_repeated_data():
-  rng = np.random.default_rng(0)
-  labels = rng.integers(0, 3, 40)
-  probs = np.round(_probs(rng, labels, 1.0), 1)  # rounding makes ties in scores
-  probs[:, 2] = 1 - probs[:, 0] - probs[:, 1]
-  w = rng.integers(0, 3, size=(6, 40)).astype(np.float64)
-  w[5] = np.where(labels == 2, 0, w[5])  # a resample without class 2: NaN rules apply
-  got = report.weighted_metrics(labels, probs, w)
-  for b in range(len(w)):
-    idx = np.repeat(np.arange(40), w[b].astype(int))
-    want = M.classification_metrics(labels[idx], probs[idx], NAMES)
-    for m in report.HEADLINE:
-      np.testing.assert_allclose(got[m][b], want[m], rtol=1e-12, atol=1e-12, err_msg=m)
-
-
-def test_weighted_auroc_matches_sklearn_with_sample_weights():
-  rng = np.random.default_rng(1)
-  y = rng.integers(0, 2, 60).astype(bool)
-  s = np.round(rng.normal(size=60) + y, 1)
-  w = rng.integers(1, 4, size=(3, 60)).astype(np.float64)
-  got = report.weighted_auroc(y, s, w)
-  for b in range(3):
-    assert got[b] == pytest.approx(roc_auc_score(y, s, sample_weight=w[b]), abs=1e-12)
-  assert np.isnan(report.weighted_auroc(y, s, w * ~y)[0])  # no negatives left
-
-
-def test_group_ci_and_paired_test_equal_the_reference_bootstrap():
-  """Same seed -> same patient resamples as cxr_jax.eval.stats, hence identical results."""
-  rng = np.random.default_rng(2)
-  labels = np.repeat(rng.integers(0, 3, 30), 2)  # 30 patients, 2 images each
-  groups = np.repeat(np.arange(30), 2)
-  pa = np.stack([_probs(rng, labels, 2.0) for _ in range(2)], axis=1)  # [N, S=2, K]
-  pb = np.stack([_probs(rng, labels, 0.5) for _ in range(2)], axis=1)
-  seed_mean_auroc = lambda y, p: np.mean(
-      [M.classification_metrics(y, p[:, s], NAMES)['auroc'] for s in range(p.shape[1])])
-  stack = report.Stack([0, 1], labels, pa, groups, NAMES)
-  ci = report.group_cis(stack, n_boot=60, seed=3)
-  ref = stats.bootstrap_ci(seed_mean_auroc, labels, pa, groups=groups, n_boot=60, seed=3)
-  assert ci['auroc'] == pytest.approx((ref.lo, ref.hi), abs=1e-12)
-  got = report.paired_comparison(labels, pa, pb, groups, n_boot=60, seed=3)
-  want = stats.paired_bootstrap(seed_mean_auroc, labels, pa, pb, groups=groups, n_boot=60,
-                                seed=3)
-  for key in ('diff', 'lo', 'hi', 'p_value', 'n_valid'):
-    assert got[key] == pytest.approx(want[key], abs=1e-12), key
-  same = report.paired_comparison(labels, pa, pa, groups, n_boot=60, seed=3)
-  assert same['p_value'] == 1.0 and same['diff'] == 0.0
-
-
-def test_weighted_mean_resamples_match_bootstrap_ci():
-  rng = np.random.default_rng(4)
-  values = rng.normal(size=20)
-  values[3] = np.nan
-  groups = np.arange(20) // 2
-  dist = report.weighted_mean_resamples(values, groups, n_boot=80, seed=5)
-  ref = stats.bootstrap_ci(lambda y, v: np.nanmean(v), np.zeros(20), values, groups=groups,
-                           n_boot=80, seed=5)
-  assert report._percentile_ci(dist) == pytest.approx((ref.lo, ref.hi), abs=1e-12)
-
-
-def test_holm_by_hand():
-  np.testing.assert_allclose(report.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
-  out = report.holm([0.5, float('nan'), 0.2])
-  assert out[0] == pytest.approx(0.5) and np.isnan(out[1]) and out[2] == pytest.approx(0.4)
 
 
 # ----------------------------------------------------------------------------- a workdir
@@ -236,7 +173,7 @@ def test_synthetic_workdir_report(tmp_path, capsys):
     # 3 images (rows) x (image + 3 regimes) columns of 1.6-inch cells at 100 dpi
     assert im.size == (4 * 160, 3 * 160)
   page = (workdir / 'report.html').read_text()
-  assert '<table>' in page and '<img src="figures/auroc_vs_fraction.png"' in page
+  assert '<table>' in page and 'src="figures/auroc_vs_fraction.png"' in page
 
   # regenerable: a second run from the same files writes the same report
   report.write_report(workdir, n_boot=200)
@@ -254,3 +191,48 @@ def test_empty_and_prediction_less_workdirs(tmp_path):
   assert '| scratch | 1 | 1 | 0.610 ± 0.000 |' in text
   assert 'No CI for scratch 1: no test_predictions.npz' in text
   assert report.summarize(report.load_results(tmp_path))[('scratch', 1.0)]['auroc'][0] == 0.61
+
+
+def test_report_ci_equals_the_reference_bootstrap(tmp_path):
+  """The printed CI of a group is the oracle's percentile CI of its seed-mean AUROC."""
+  workdir = _make_workdir(tmp_path / 'run')
+  text = report.write_report(workdir, n_boot=100, seed=2).read_text()
+  rows = {(r[0], r[1]): r for r in _rows(text, '| init | label fraction | seeds | auroc')}
+  for init in ('scratch', 'curricular'):
+    preds = [np.load(workdir / 'finetune' / init / '1' / f'seed{s}' / 'test_predictions.npz')
+             for s in range(3)]
+    probs = np.stack([p['probs'] for p in preds], axis=1)
+    seed_mean = lambda y, p: np.mean([M.classification_metrics(y, p[:, s], NAMES)['auroc']
+                                      for s in range(p.shape[1])])
+    ref = stats.bootstrap_ci(seed_mean, preds[0]['labels'], probs,
+                             groups=preds[0]['patient_id'], n_boot=100, seed=2)
+    mean, lo, hi = _ci(rows[(init, '1')][3])
+    assert (mean, lo, hi) == (round(ref.point, 3), round(ref.lo, 3), round(ref.hi, 3))
+
+
+def test_html_is_rendered_by_the_markdown_library(tmp_path):
+  d = tmp_path / 'finetune' / 'scratch' / '0.5' / 'seed0'
+  d.mkdir(parents=True)
+  (d / 'result.json').write_text(json.dumps({
+      'init': 'scratch', 'label_fraction': 0.5, 'seed': 0, 'best_step': 3, 'val_score': 0.5,
+      'test': {'auroc': 0.61, 'accuracy': 0.4}}))
+  report.write_report(tmp_path, n_boot=0)
+  page = (tmp_path / 'report.html').read_text()
+  assert page.startswith('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Report: ')
+  assert page.endswith('</body></html>\n')
+  body = page.split('<body>', 1)[1]
+  # pipe tables (the 'tables' extension), headings, inline code, escaped '<'
+  assert '<table>' in body and '<th>auroc</th>' in body
+  assert '<td>scratch</td>' in body and '<td>0.610 ± 0.000</td>' in body
+  assert '<td>0.400 ± 0.000</td>' in body
+  assert '<h2>Fine-tuning: test metrics' in body and '<h1>Report</h1>' in body
+  assert f'<code>{tmp_path.name}</code>' in body
+  assert report.render_html('a <b & c\n\n| x |\n|---|\n| 1 |\n', 't').count('<td>1</td>') == 1
+
+
+def test_command_line(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'cxr_jax.report', f'--workdir={tmp_path}',
+                        '--n_boot=0', '--seed=1'], cwd=ROOT, capture_output=True, text=True,
+                       check=True).stdout
+  assert 'No fine-tuning results yet.' in out
+  assert (tmp_path / 'report.md').read_text() in out and (tmp_path / 'report.html').exists()

@@ -1,14 +1,18 @@
-"""Test-set classification metrics: numpy in, Python floats out.
+"""Test-set classification metrics: numpy in, Python floats (or [B] arrays) out.
 
-Written in numpy (tested against scikit-learn) because they run inside bootstraps of a
-thousand resamples, where sklearn's per-call input validation would dominate.
+One implementation, under example weights: every metric is written for per-example
+weights w [B, N] (B weight vectors at once), so that a bootstrap resample, where example
+i stands w_i times, is scored without repeating data (`cxr_jax.eval.bootstrap`), and the
+plain metrics are the weighted ones with w = ones. Written in numpy (tested against
+scikit-learn) because they run inside bootstraps of a thousand resamples, where sklearn's
+per-call input validation would dominate.
 
-`classification_metrics` is the one function the evaluation job and the bootstrap call; it
-never raises on degenerate inputs (one class present, a class never predicted): a metric
-that is undefined there is NaN, so that a bootstrap resample can be skipped and counted
-(see `cxr_jax.eval.stats.bootstrap_ci`) instead of crashing a long run.
+`classification_metrics` is the one function the evaluation job calls; it never raises on
+degenerate inputs (one class present, a class never predicted): a metric that is undefined
+there is NaN, so that a bootstrap resample can be skipped and counted instead of crashing a
+long run.
 
-Definitions (K classes, N examples):
+Definitions (K classes, N examples; with weights, "mean" and "count" are weighted):
   accuracy           mean(argmax(probs) == labels)
   balanced_accuracy  mean over the classes present in `labels` of their recall
   macro_f1           unweighted mean F1 over the classes present in `labels` or predicted
@@ -18,17 +22,23 @@ Definitions (K classes, N examples):
   auroc              mean of the defined per-class AUROCs (macro one-vs-rest)
   ap/<name>, map     one-vs-rest average precision per class, and its macro mean, with the
                      same NaN rules as AUROC
-  ece                expected calibration error (Guo et al. 2017) with 15 equal-width bins
-                     over the confidence max_k probs[:, k]
+  ece                expected calibration error (Guo et al. 2017) with ECE_BINS equal-width
+                     bins over the confidence max_k probs[:, k]
+
+Unit weights reproduce the former unweighted formulas exactly for accuracy, balanced
+accuracy, macro F1 and AUROC (every intermediate is an integer or half-integer, so the
+same quotient is rounded once); AP and ECE sum the same terms in another order and agree
+with them to a few ulps.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 ECE_BINS = 15
+# the metrics `weighted_metrics` computes (and the report's columns, in this order)
+HEADLINE = ('auroc', 'map', 'balanced_accuracy', 'macro_f1', 'accuracy', 'ece')
 
 
 def _check(labels, probs, num_classes: int | None = None):
@@ -60,13 +70,191 @@ def _check(labels, probs, num_classes: int | None = None):
   return labels.astype(np.int64), probs
 
 
-def expected_calibration_error(labels, probs, num_bins: int = ECE_BINS) -> float:
-  """Expected calibration error over the max-probability confidence.
+def _unit(n: int) -> np.ndarray:
+  """The weights [1, n] of the plain (unweighted) metrics."""
+  return np.ones((1, n))
 
-  ECE = sum_b (n_b / N) |acc_b - conf_b|, with bins b = (i/M, (i+1)/M] for i < M (the first
-  bin also takes confidence 0), acc_b the accuracy and conf_b the mean confidence of the
-  n_b examples whose confidence falls in bin b (Guo et al., "On calibration of modern
-  neural networks", ICML 2017).
+
+# ----------------------------------------------------------------------------- weighted
+
+def nanmean_rows(x: np.ndarray) -> np.ndarray:
+  """Mean of the non-NaN entries of each row of [B, K]; NaN for an all-NaN row."""
+  ok = ~np.isnan(x)
+  count = ok.sum(axis=1)
+  return np.where(count > 0, np.where(ok, x, 0.0).sum(axis=1) / np.maximum(count, 1), np.nan)
+
+
+def _tie_groups(sorted_scores: np.ndarray) -> np.ndarray | None:
+  """Start index of each run of equal values in a sorted [N] array; None when all differ."""
+  starts = np.flatnonzero(np.r_[True, np.diff(sorted_scores) != 0])
+  return None if starts.size == sorted_scores.size else starts
+
+
+def _group_sum(x: np.ndarray, starts: np.ndarray | None) -> np.ndarray:
+  """Sums of [B, N] over runs of tied scores -> [B, G] (no-op without ties: reduceat is
+  the slow part of the bootstrap, and continuous probabilities rarely tie)."""
+  return x if starts is None else np.add.reduceat(x, starts, axis=1)
+
+
+def weighted_auroc(positive, scores, w) -> np.ndarray:
+  """ROC AUC under example weights, for many weight vectors at once.
+
+  The weighted Mann-Whitney statistic sum_{i pos, j neg} w_i w_j psi(s_i, s_j) /
+  (W_pos W_neg), psi = 1 if s_i > s_j, 1/2 if equal; with integer weights it is the AUC
+  of the data with example i repeated w_i times (with unit weights, P(score+ > score-) +
+  P(tie) / 2, sklearn's `roc_auc_score`).
+
+  Args:
+    positive: [N] bool.
+    scores: [N] float.
+    w: [B, N] non-negative weights.
+
+  Returns:
+    [B] AUCs; NaN where W_pos or W_neg is 0.
+  """
+  positive = np.asarray(positive, bool)
+  order = np.argsort(scores, kind='stable')
+  starts = _tie_groups(np.asarray(scores)[order])
+  wo, po = w[:, order], positive[order]
+  g_pos = _group_sum(wo * po, starts)  # [B, G] weight of positives per tied score
+  g_neg = _group_sum(wo * ~po, starts)
+  below = np.cumsum(g_neg, axis=1) - g_neg  # negative weight strictly below each score
+  num = np.sum(g_pos * (below + 0.5 * g_neg), axis=1)
+  den = g_pos.sum(axis=1) * g_neg.sum(axis=1)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def weighted_average_precision(positive, scores, w) -> np.ndarray:
+  """Average precision under example weights (no interpolation).
+
+  Thresholds are the distinct scores, from the highest down, so tied examples enter
+  together as in sklearn's `average_precision_score`: AP = sum_t (TP_t - TP_{t-1}) / W_pos
+  * TP_t / ALL_t, with TP_t and ALL_t the positive and total weights at or above
+  threshold t.
+
+  Args:
+    positive: [N] bool.
+    scores: [N] float.
+    w: [B, N] non-negative weights.
+
+  Returns:
+    [B] APs; NaN where W_pos is 0 or W_neg is 0.
+  """
+  positive = np.asarray(positive, bool)
+  order = np.argsort(-np.asarray(scores), kind='stable')
+  starts = _tie_groups(np.asarray(scores)[order])
+  wo, po = w[:, order], positive[order]
+  g_pos = _group_sum(wo * po, starts)
+  g_all = _group_sum(wo, starts)
+  tp, total = np.cumsum(g_pos, axis=1), np.cumsum(g_all, axis=1)
+  w_pos = g_pos.sum(axis=1)
+  w_neg = g_all.sum(axis=1) - w_pos
+  # where total is 0 no positive weight has been seen yet, so its gain is 0 too
+  precision = tp / np.where(total > 0, total, 1.0)
+  ap = np.sum(g_pos * precision, axis=1) / np.where(w_pos > 0, w_pos, 1.0)
+  return np.where((w_pos > 0) & (w_neg > 0), ap, np.nan)
+
+
+def weighted_ece(labels, probs, w, num_bins: int = ECE_BINS) -> np.ndarray:
+  """Expected calibration error over the max-probability confidence, under weights.
+
+  ECE = sum_b (n_b / N) |acc_b - conf_b| = sum_b |sum_correct_b - sum_conf_b| / N, with
+  bins b = (i/M, (i+1)/M] for i < M (the first bin also takes confidence 0), acc_b the
+  accuracy and conf_b the mean confidence of the n_b examples whose confidence falls in
+  bin b (Guo et al., "On calibration of modern neural networks", ICML 2017); counts and
+  sums are weighted.
+
+  Args:
+    labels: [N] int class indices.
+    probs: [N, K] class probabilities.
+    w: [B, N] non-negative weights.
+    num_bins: M, the number of equal-width confidence bins on [0, 1].
+
+  Returns:
+    [B] ECEs in [0, 1].
+  """
+  conf = probs.max(axis=1)
+  correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+  # right-closed bins: a confidence exactly on an edge i/M goes to the bin below it
+  bins = np.clip(np.ceil(conf * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+  onehot = np.eye(num_bins)[bins]  # [N, M]
+  gap = np.abs(w @ (onehot * correct[:, None]) - w @ (onehot * conf[:, None]))
+  return gap.sum(axis=1) / w.sum(axis=1)
+
+
+def _one_vs_rest(score_fn, labels, probs, w) -> np.ndarray:
+  """[B, K] per-class one-vs-rest scores; NaN for a class absent or alone."""
+  return np.stack([score_fn(labels == c, probs[:, c], w) for c in range(probs.shape[1])],
+                  axis=1)
+
+
+def _recall_f1(labels, pred, k: int, w) -> tuple[np.ndarray, np.ndarray]:
+  """[B, K] recall (NaN for a class not true) and F1 (NaN for a class neither true nor
+  predicted) of each class."""
+  recalls, f1s = [], []
+  for c in range(k):
+    true_c, pred_c = labels == c, pred == c
+    w_true = w @ true_c
+    tp = w @ (true_c & pred_c)
+    fp = w @ (~true_c & pred_c)
+    fn = w @ (true_c & ~pred_c)
+    with np.errstate(invalid='ignore', divide='ignore'):
+      recalls.append(np.where(w_true > 0, tp / w_true, np.nan))
+      denom = 2 * tp + fp + fn  # > 0 exactly when class c is true or predicted
+      f1s.append(np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1.0), np.nan))
+  return np.stack(recalls, axis=1), np.stack(f1s, axis=1)
+
+
+def _weighted_all(labels, probs, w, metrics: Sequence[str]) -> dict[str, np.ndarray]:
+  """The requested HEADLINE metrics [B], plus the per-class 'auroc/<c>' / 'ap/<c>' [B, K]
+  under the keys 'auroc/' and 'ap/' when 'auroc' / 'map' is requested."""
+  labels = np.asarray(labels).astype(np.int64)
+  probs = np.asarray(probs, np.float64)
+  k = probs.shape[1]
+  pred = probs.argmax(axis=1)
+  out = {}
+  if 'accuracy' in metrics:
+    out['accuracy'] = w @ (pred == labels).astype(np.float64) / w.sum(axis=1)
+  if 'balanced_accuracy' in metrics or 'macro_f1' in metrics:
+    recall, f1 = _recall_f1(labels, pred, k, w)
+    out['balanced_accuracy'], out['macro_f1'] = nanmean_rows(recall), nanmean_rows(f1)
+  if 'auroc' in metrics:
+    out['auroc/'] = _one_vs_rest(weighted_auroc, labels, probs, w)
+    out['auroc'] = nanmean_rows(out['auroc/'])
+  if 'map' in metrics:
+    out['ap/'] = _one_vs_rest(weighted_average_precision, labels, probs, w)
+    out['map'] = nanmean_rows(out['ap/'])
+  if 'ece' in metrics:
+    out['ece'] = weighted_ece(labels, probs, w)
+  return out
+
+
+def weighted_metrics(labels, probs, w, metrics: Sequence[str] = HEADLINE
+                     ) -> dict[str, np.ndarray]:
+  """The headline metrics under example weights, one value per weight vector.
+
+  With integer weights each value equals `classification_metrics` on the data where
+  example i is repeated w_i times (a bootstrap resample), including its NaN rules.
+  Inputs are not validated (this runs once per block of resamples).
+
+  Args:
+    labels: [N] int in [0, K).
+    probs: [N, K] probabilities.
+    w: [B, N] non-negative weights.
+    metrics: which of HEADLINE to compute (the rest are skipped, not just dropped).
+
+  Returns:
+    {metric: [B]} for the requested metrics.
+  """
+  out = _weighted_all(labels, probs, w, metrics)
+  return {m: out[m] for m in metrics}
+
+
+# ----------------------------------------------------------------------------- plain
+
+def expected_calibration_error(labels, probs, num_bins: int = ECE_BINS) -> float:
+  """Expected calibration error (`weighted_ece` with unit weights).
 
   Args:
     labels: [N] int class indices.
@@ -77,20 +265,14 @@ def expected_calibration_error(labels, probs, num_bins: int = ECE_BINS) -> float
     The ECE in [0, 1].
   """
   labels, probs = _check(labels, probs)
-  conf = probs.max(axis=1)
-  correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-  # right-closed bins: a confidence exactly on an edge i/M goes to the bin below it
-  bins = np.clip(np.ceil(conf * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
-  gap = np.abs(np.bincount(bins, correct, num_bins) - np.bincount(bins, conf, num_bins))
-  # sum_b (n_b/N)|acc_b - conf_b| = sum_b |sum_correct_b - sum_conf_b| / N
-  return float(gap.sum() / len(labels))
+  return float(weighted_ece(labels, probs, _unit(len(labels)), num_bins)[0])
 
 
 def binary_auroc(positive, scores) -> float:
   """ROC AUC as the Mann-Whitney statistic: P(score+ > score-) + P(tie) / 2.
 
-  Computed from midranks in O(N log N), the same value as sklearn's `roc_auc_score` at a
-  fraction of its per-call overhead (this runs inside 1000-fold bootstraps).
+  `weighted_auroc` with unit weights: the same value as sklearn's `roc_auc_score`, in
+  O(N log N) and at a fraction of its per-call overhead.
 
   Args:
     positive: [N] bool.
@@ -99,20 +281,11 @@ def binary_auroc(positive, scores) -> float:
   Returns:
     The AUC, or NaN when only one class is present.
   """
-  positive = np.asarray(positive, bool)
-  m = int(positive.sum())
-  n = positive.size - m
-  if m == 0 or n == 0:
-    return float('nan')
-  ranks = rankdata(scores, method='average')
-  return float((ranks[positive].sum() - m * (m + 1) / 2) / (m * n))
+  return float(weighted_auroc(positive, scores, _unit(np.size(positive)))[0])
 
 
 def binary_average_precision(positive, scores) -> float:
-  """Average precision: sum over thresholds of (R_t - R_{t-1}) P_t (no interpolation).
-
-  Thresholds are the distinct scores, so tied examples enter together, as in sklearn's
-  `average_precision_score`.
+  """Average precision (`weighted_average_precision` with unit weights).
 
   Args:
     positive: [N] bool.
@@ -121,43 +294,11 @@ def binary_average_precision(positive, scores) -> float:
   Returns:
     The AP, or NaN when only one class is present.
   """
-  positive = np.asarray(positive, bool)
-  m = int(positive.sum())
-  if m == 0 or m == positive.size:
-    return float('nan')
-  order = np.argsort(-np.asarray(scores), kind='stable')
-  s, y = np.asarray(scores)[order], positive[order]
-  # the last position of each run of tied scores is one threshold
-  last = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
-  tp = np.cumsum(y)[last]
-  precision = tp / (last + 1)
-  recall_gain = np.diff(np.r_[0, tp]) / m
-  return float(np.sum(recall_gain * precision))
-
-
-def _one_vs_rest(score_fn, labels, probs) -> np.ndarray:
-  """Per-class one-vs-rest score [K]; NaN for a class absent or alone in `labels`."""
-  return np.array([score_fn(labels == c, probs[:, c]) for c in range(probs.shape[1])])
-
-
-def _macro_f1(labels, preds) -> float:
-  """Unweighted mean F1 over the classes that are true or predicted (sklearn's default)."""
-  classes = np.union1d(labels, preds)
-  tp = np.array([np.sum((preds == c) & (labels == c)) for c in classes])
-  fp = np.array([np.sum((preds == c) & (labels != c)) for c in classes])
-  fn = np.array([np.sum((preds != c) & (labels == c)) for c in classes])
-  # 2tp + fp + fn > 0 for every class in the union
-  return float(np.mean(2 * tp / (2 * tp + fp + fn)))
-
-
-def _nanmean(x) -> float:
-  x = np.asarray(x, dtype=np.float64)
-  x = x[~np.isnan(x)]
-  return float(x.mean()) if x.size else float('nan')
+  return float(weighted_average_precision(positive, scores, _unit(np.size(positive)))[0])
 
 
 def classification_metrics(labels, probs, class_names: Sequence[str]) -> dict[str, float]:
-  """All test metrics of one model on one split.
+  """All test metrics of one model on one split (`weighted_metrics` with unit weights).
 
   Args:
     labels: [N] int class indices in [0, K).
@@ -172,20 +313,10 @@ def classification_metrics(labels, probs, class_names: Sequence[str]) -> dict[st
   """
   class_names = list(class_names)
   labels, probs = _check(labels, probs, len(class_names))
-  preds = probs.argmax(axis=1)
-  present = np.unique(labels)
-  out = {'accuracy': float(np.mean(preds == labels))}
-  # recall averaged over the true classes, written out so no sklearn warning is raised
-  # when a class is predicted but absent from labels
-  out['balanced_accuracy'] = float(np.mean([np.mean(preds[labels == c] == c)
-                                            for c in present]))
-  out['macro_f1'] = _macro_f1(labels, preds)
-  auroc = _one_vs_rest(binary_auroc, labels, probs)
-  ap = _one_vs_rest(binary_average_precision, labels, probs)
-  out['auroc'] = _nanmean(auroc)
-  out['map'] = _nanmean(ap)
-  out['ece'] = expected_calibration_error(labels, probs)
-  for name, a, p in zip(class_names, auroc, ap):
-    out[f'auroc/{name}'] = float(a)
-    out[f'ap/{name}'] = float(p)
+  got = _weighted_all(labels, probs, _unit(len(labels)), HEADLINE)
+  out = {m: float(got[m][0]) for m in ('accuracy', 'balanced_accuracy', 'macro_f1', 'auroc',
+                                       'map', 'ece')}
+  for c, name in enumerate(class_names):
+    out[f'auroc/{name}'] = float(got['auroc/'][0, c])
+    out[f'ap/{name}'] = float(got['ap/'][0, c])
   return out

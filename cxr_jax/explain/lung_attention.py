@@ -9,7 +9,7 @@ pixels:
 The share divides by the mask's area fraction so that a map that ignores the image
 (uniform) scores 1.0 whatever the mask's size: > 1 means attention concentrates in the
 region, < 1 that it avoids it, 0 that it is all outside. Both are NaN for an all-zero map
-or an empty mask, where they are undefined; the bootstrap (`cxr_jax.eval.stats`) and
+or an empty mask, where they are undefined; the bootstrap (`cxr_jax.eval.bootstrap`) and
 `mean_std` skip NaN.
 
 Negative map values (occlusion maps, where hiding a pixel raised the class probability)

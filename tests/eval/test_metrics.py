@@ -1,8 +1,10 @@
-"""Tests of cxr_jax.eval.metrics against scikit-learn and hand-worked cases."""
+"""Tests of cxr_jax.eval.metrics against scikit-learn and hand-worked cases: the plain
+metrics, and the weighted ones they are (with unit weights)."""
 import warnings
 
 import numpy as np
 import pytest
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from cxr_jax.eval import metrics
@@ -138,3 +140,66 @@ def test_bad_inputs_raise_with_the_offending_row():
     metrics.classification_metrics([0, 1], np.full((2, 3), 1 / 3), ['a', 'b'])
   with pytest.raises(ValueError, match='N = 0'):
     metrics.classification_metrics(np.zeros(0, int), np.zeros((0, 3)), NAMES3)
+
+
+# ----------------------------------------------------------------------------- weighted
+
+def test_weighted_metrics_equal_the_metrics_of_repeated_data():
+  rng = np.random.default_rng(0)
+  labels, probs = _random_case(n=40, seed=10)
+  probs = np.round(probs, 1)  # rounding makes ties in scores
+  probs[:, 2] = 1 - probs[:, 0] - probs[:, 1]
+  w = rng.integers(0, 3, size=(6, 40)).astype(np.float64)
+  w[5] = np.where(labels == 2, 0, w[5])  # a resample without class 2: NaN rules apply
+  got = metrics.weighted_metrics(labels, probs, w)
+  assert list(got) == list(metrics.HEADLINE)
+  for b in range(len(w)):
+    idx = np.repeat(np.arange(40), w[b].astype(int))
+    want = metrics.classification_metrics(labels[idx], probs[idx], NAMES3)
+    for m in metrics.HEADLINE:
+      np.testing.assert_allclose(got[m][b], want[m], rtol=1e-12, atol=1e-12, err_msg=m)
+  only = metrics.weighted_metrics(labels, probs, w, ('ece',))
+  assert list(only) == ['ece'] and np.array_equal(only['ece'], got['ece'])
+
+
+def test_weighted_auroc_and_ap_match_sklearn_with_sample_weights():
+  rng = np.random.default_rng(1)
+  y = rng.integers(0, 2, 60).astype(bool)
+  s = np.round(rng.normal(size=60) + y, 1)
+  w = rng.integers(1, 4, size=(3, 60)).astype(np.float64)
+  auc = metrics.weighted_auroc(y, s, w)
+  ap = metrics.weighted_average_precision(y, s, w)
+  for b in range(3):
+    assert auc[b] == pytest.approx(skm.roc_auc_score(y, s, sample_weight=w[b]), abs=1e-12)
+    assert ap[b] == pytest.approx(
+        skm.average_precision_score(y, s, sample_weight=w[b]), abs=1e-12)
+  assert np.isnan(metrics.weighted_auroc(y, s, w * ~y)[0])  # no negatives left
+  assert np.isnan(metrics.weighted_average_precision(y, s, w * y)[0])  # no positives left
+
+
+def test_weighted_ece_equals_the_ece_of_repeated_data():
+  labels, probs = _random_case(n=50, k=4, seed=11)
+  w = np.random.default_rng(2).integers(0, 4, size=(4, 50)).astype(np.float64)
+  got = metrics.weighted_ece(labels, probs, w, num_bins=7)
+  for b in range(4):
+    idx = np.repeat(np.arange(50), w[b].astype(int))
+    assert got[b] == pytest.approx(
+        metrics.expected_calibration_error(labels[idx], probs[idx], num_bins=7), abs=1e-12)
+
+
+def test_plain_auroc_is_the_exact_mann_whitney_statistic():
+  """Unit weights give the midrank formula to the last bit: fine-tuning selects its model
+  by `score > best_score` on this value."""
+  rng = np.random.default_rng(3)
+  for trial in range(20):
+    n = int(rng.integers(5, 300))
+    y = rng.integers(2, size=n).astype(bool)
+    s = rng.random(n) + 0.3 * y
+    if trial % 2:
+      s = np.round(s, 1)
+    m, k = int(y.sum()), int((~y).sum())
+    want = (rankdata(s)[y].sum() - m * (m + 1) / 2) / (m * k)
+    assert metrics.binary_auroc(y, s) == want
+  nanrow = np.full((2, 3), np.nan)
+  nanrow[0, 1] = 0.5
+  np.testing.assert_array_equal(metrics.nanmean_rows(nanrow), [0.5, np.nan])

@@ -1,4 +1,5 @@
-"""Tests of cxr_jax.eval.stats: bootstrap, paired bootstrap, DeLong, mean_std."""
+"""Tests of the reference statistics (tests/oracles/stats.py) the package is compared with:
+bootstrap, paired bootstrap, DeLong, mean_std."""
 import warnings
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 from scipy import stats as sps
 from sklearn import metrics as skm
 
-from cxr_jax.eval import stats
+from tests.oracles import stats
 
 
 def accuracy(labels, probs):

@@ -1,4 +1,9 @@
-"""Uncertainty of test metrics: bootstrap confidence intervals, paired tests, DeLong.
+"""Reference statistics for the tests: bootstrap confidence intervals, paired tests, DeLong.
+
+An oracle, written independently of the package: it resamples by repeating examples and
+calls any metric function per resample, where `cxr_jax.eval.bootstrap` weighs examples and
+vectorises over resamples. With the same seed it draws the same patient resamples
+(`rng.integers(G, size=G)` per resample from `default_rng(seed)`), so the two must agree.
 
 Images of one patient (or study) are not independent, so the bootstrap resamples whole
 groups when `groups` is given: a patient drawn twice contributes all of their images twice

@@ -1,0 +1,1 @@
+"""Independent reference implementations that the tests compare the package against."""
