@@ -47,49 +47,19 @@ def test_two_processes_match_one(tmp_path, jax_cache_dir):
     many = dict(np.load(out))
     assert int(many['num_devices']) == NUM_PROCESSES and int(many['num_processes']) == 2
     for key in one:
-      if key == 'num_devices':
+      if key in ('num_devices', 'num_processes'):
         continue
       np.testing.assert_allclose(many[key], one[key], rtol=2e-4, atol=2e-5, err_msg=key)
 
 
 def _worker(out, rank, num_processes, port):
-  """One process of the 2-process run (mirrors tests/train/step_equivalence.py)."""
+  """One process of the 2-process run: the step of tests/train/step_equivalence.py."""
   from cxr_jax import platform
   platform.setup(f'127.0.0.1:{port}', num_processes, rank)
   import jax
-  import jax.numpy as jnp
-  from configs import common
-  from cxr_jax import curriculum, pretraining, ssl
-  from cxr_jax.models import build_encoder
-  from cxr_jax.train import loop, optim, sharding
-
+  from tests.train import step_equivalence
   assert jax.process_count() == num_processes
-  mesh = sharding.make_mesh()
-  method = ssl.get_method('simclr')
-  mcfg = method.DEFAULTS.copy_and_resolve_references()
-  mcfg.proj_hidden_dim, mcfg.proj_dim = 32, 16
-  model = method.build_model(build_encoder('resnet18', width=0.125, stem='small'), mcfg)
-  tx, lr = optim.make_optimizer(common.optimizer_config('lars', lr=0.3, warmup_steps=0), 10, 8)
-  schedules = {'strength': curriculum.make_schedule(0.8, 10),
-               'temperature': curriculum.make_schedule(0.2, 10),
-               'ema_momentum': curriculum.make_schedule(0.99, 10),
-               'progress': lambda t: t / 10, 'lr': lr}
-  variables = model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 1)), train=False)
-  params, batch_stats = variables['params'], variables['batch_stats']
-  state = sharding.replicate(loop.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-      opt_state=tx.init(params), extra={}, rng=loop.fresh_rng(0)), mesh)
-  images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1), dtype=np.uint8)
-  local = images.reshape(num_processes, -1, *images.shape[1:])[rank]  # this process's half
-  step = jax.jit(pretraining.make_step(model, method, mcfg, tx, schedules, 32),
-                 out_shardings=sharding.replicated(mesh))
-  state, metrics = step(state, sharding.to_global({'image': local}, mesh))
-  flat = {'loss': np.asarray(metrics['loss'])}
-  for path, leaf in jax.tree_util.tree_leaves_with_path({'p': state.params, 'b': state.batch_stats}):
-    flat[jax.tree_util.keystr(path)] = np.asarray(leaf)
-  flat['num_devices'] = np.asarray(jax.device_count())
-  flat['num_processes'] = np.asarray(jax.process_count())
-  np.savez(out, **flat)
+  step_equivalence.main(out)
   jax.distributed.shutdown()
 
 

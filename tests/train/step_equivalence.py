@@ -1,7 +1,8 @@
 """Runs one SimCLR pretraining step of a tiny ResNet on a fixed global batch and saves the
 loss and updated parameters: `python -m tests.train.step_equivalence OUT.npz`.
 
-test_sharding.py runs it with 1 and with 4 (fake CPU) devices and compares the outputs.
+test_sharding.py runs it with 1 and with 4 (fake CPU) devices and compares the outputs;
+test_multihost.py runs `main` in each of 2 processes (each feeding its half of the batch).
 """
 import sys
 
@@ -16,6 +17,7 @@ from cxr_jax.train import loop, optim, sharding
 
 
 def main(out):
+  """The step on this process's share of the global batch -> OUT.npz."""
   mesh = sharding.make_mesh()
   method = ssl.get_method('simclr')
   mcfg = method.DEFAULTS.copy_and_resolve_references()
@@ -32,13 +34,15 @@ def main(out):
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=tx.init(params), extra={}, rng=loop.fresh_rng(0)), mesh)
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1), dtype=np.uint8)
+  local = images.reshape(jax.process_count(), -1, *images.shape[1:])[jax.process_index()]
   step = jax.jit(pretraining.make_step(model, method, mcfg, tx, schedules, 32),
                  out_shardings=sharding.replicated(mesh))
-  state, metrics = step(state, sharding.to_global({'image': images}, mesh))
+  state, metrics = step(state, sharding.to_global({'image': local}, mesh))
   flat = {'loss': np.asarray(metrics['loss'])}
   for path, leaf in jax.tree_util.tree_leaves_with_path({'p': state.params, 'b': state.batch_stats}):
     flat[jax.tree_util.keystr(path)] = np.asarray(leaf)
   flat['num_devices'] = np.asarray(jax.device_count())
+  flat['num_processes'] = np.asarray(jax.process_count())
   np.savez(out, **flat)
 
 
