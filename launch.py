@@ -104,5 +104,5 @@ if __name__ == '__main__':
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   config, argv = load_config(sys.argv)
   config_flags.DEFINE_config_dict('config', config, 'The run\'s config (--config=FILE[:ARG]).',
-                                  lock_config=True)
+                                  lock_config=True, sys_argv=argv)
   app.run(main, argv=argv)
