@@ -12,55 +12,174 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from cxr_jax import curriculum
 from cxr_jax import ssl
 from cxr_jax import vocab
 
 STAGE_KEYS = ('name', 'data', 'steps', 'batch_size', 'image_size', 'strength', 'temperature',
               'ema_momentum', 'keep_head', 'keep_optimizer', 'keep_target')
 AUGMENT_ON = ('device', 'host')
+DTYPES = ('float32', 'bfloat16', 'float16')
+STEMS = ('imagenet', 'small')
 _NAME = re.compile(r'^[A-Za-z0-9_.-]+$')
 
 
 def validate(config: ml_collections.ConfigDict):
-  """Raises ValueError naming the config key at fault."""
+  """Checks every value of a run's config before any compute; raises ValueError naming
+  the key at fault and what it allows."""
   ssl.get_method(config.pretrain.method)
+  _run_fields(config)
+  _model(config.model)
+  names = _stages(config)
+  _finetune(config, names)
+  if config.augment_on == 'host' and config.curriculum.pacing.kind != 'none':
+    raise ValueError("config.augment_on='host' needs config.curriculum.pacing.kind='none' "
+                     '(the paced sampler feeds a DataLoader without per-step views)')
+  curriculum.make_pacing(config.curriculum.pacing, 100, 'config.curriculum.pacing')
+  from cxr_jax.data import pacing
+  pacing.check_difficulty(config.curriculum.difficulty)
+  if config.pretrain.init not in ('scratch', 'imagenet'):
+    raise ValueError(f"config.pretrain.init must be 'scratch' or 'imagenet', got {config.pretrain.init!r}")
+  _at_least('config.pretrain.monitor_every', config.pretrain.monitor_every, 0)
+  _optimizer('config.pretrain.optimizer', config.pretrain.optimizer)
+  e = config.explain
+  _at_least('config.explain.num_overlays', e.num_overlays, 0)
+  if e.stage not in (0, 1, 2, 3, 4):
+    raise ValueError(f'config.explain.stage must be 0 (the last) or a ResNet stage 1-4, got {e.stage!r}')
+
+
+def _at_least(key: str, value, low, kind=int):
+  """`value` is a number of `kind` (bools are not numbers here) and >= low."""
+  ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+  if not ok or value < low:
+    name = 'an integer' if kind is int else 'a number'
+    raise ValueError(f'{key} must be {name} >= {low}, got {value!r}')
+
+
+def _one_of(key: str, value, choices):
+  if value not in choices:
+    raise ValueError(f'{key} must be one of {tuple(choices)}, got {value!r}')
+
+
+def _run_fields(config):
+  for key in ('worker_count', 'read_threads'):
+    _at_least(f'config.{key}', config[key], 0)
+  for key in ('checkpoint_every', 'log_every', 'eval_batch_size'):
+    _at_least(f'config.{key}', config[key], 1)
+  if config.augment_on not in AUGMENT_ON:
+    raise ValueError(f"config.augment_on must be 'device' or 'host', got {config.augment_on!r}")
+
+
+def _model(m):
+  from cxr_jax.models import ENCODERS
+  _one_of('config.model.name', m.name, sorted(ENCODERS))
+  _at_least('config.model.width', m.width, 0, float)
+  if m.width <= 0:
+    raise ValueError(f'config.model.width must be > 0, got {m.width!r}')
+  _one_of('config.model.stem', m.stem, STEMS)
+  _one_of('config.model.dtype', m.dtype, DTYPES)
+
+
+def _optimizer(key: str, o):
+  from cxr_jax.train import optim
+  _one_of(f'{key}.name', o.name, optim.OPTIMIZERS)
+  _one_of(f'{key}.lr_scaling', o.lr_scaling, optim.LR_SCALINGS)
+  for field in ('lr', 'weight_decay'):
+    _at_least(f'{key}.{field}', o[field], 0, float)
+  if o.lr <= 0:
+    raise ValueError(f'{key}.lr must be > 0, got {o.lr!r}')
+  _at_least(f'{key}.base_batch_size', o.base_batch_size, 1)
+  _at_least(f'{key}.warmup_steps', o.warmup_steps, 0)
+
+
+def _schedule_range(key: str, spec, steps: int, low: float, high: float | None):
+  """The schedule builds and its values over the stage stay in [low, high]."""
+  fn = curriculum.make_schedule(spec, steps, key)
+  values = [float(fn(t)) for t in sorted({0, steps // 2, steps})]
+  bad = [v for v in values if v < low or (high is not None and v > high)]
+  if bad:
+    allowed = f'[{low:g}, {high:g}]' if high is not None else f'>= {low:g}'
+    raise ValueError(f'{key} must stay in {allowed}, but reaches {bad[0]:g}')
+
+
+def _stages(config) -> list[str]:
   names = []
   for i, stage in enumerate(config.pretrain.stages):
+    key = f'config.pretrain.stages[{i}]'
     unknown = sorted(set(stage.keys()) - set(STAGE_KEYS))
     if unknown:
-      raise ValueError(f'config.pretrain.stages[{i}]: unknown key(s) {unknown}; '
-                       f'a stage has {list(STAGE_KEYS)}')
+      raise ValueError(f'{key}: unknown key(s) {unknown}; a stage has {list(STAGE_KEYS)}')
     missing = sorted(set(STAGE_KEYS) - set(stage.keys()))
     if missing:
-      raise ValueError(f'config.pretrain.stages[{i}]: missing key(s) {missing}')
+      raise ValueError(f'{key}: missing key(s) {missing}')
     if not _NAME.match(stage.name):
-      raise ValueError(f'config.pretrain.stages[{i}].name={stage.name!r}: use letters, digits, _ . -')
-    if stage.steps <= 0:
-      raise ValueError(f'config.pretrain.stages[{i}].steps must be > 0, got {stage.steps}')
+      raise ValueError(f'{key}.name={stage.name!r}: use letters, digits, _ . -')
+    if not isinstance(stage.steps, int) or stage.steps <= 0:
+      raise ValueError(f'{key}.steps must be > 0, got {stage.steps}')
+    _at_least(f'{key}.batch_size', stage.batch_size, 1)
+    _schedule_range(f'{key}.image_size', stage.image_size, stage.steps, 8, None)
+    _schedule_range(f'{key}.strength', stage.strength, stage.steps, 0.0, 1.0)
+    _schedule_range(f'{key}.temperature', stage.temperature, stage.steps, 1e-6, None)
+    if stage.ema_momentum.kind != 'method':
+      _schedule_range(f'{key}.ema_momentum', stage.ema_momentum, stage.steps, 0.0, 1.0)
     names.append(stage.name)
   if len(set(names)) != len(names):
     raise ValueError(f'config.pretrain.stages: stage names must be unique, got {names}')
+  return names
+
+
+def _finetune(config, stage_names):
+  ft = config.finetune
   for init in inits(config):
     if init not in vocab.REGIMES:
       raise ValueError(f'config.finetune.inits: unknown init {init!r}; choose from {vocab.REGIMES}')
-    if init in ('curricular', 'ssl') and not names:
+    if init in ('curricular', 'ssl') and not stage_names:
       raise ValueError(f'config.finetune.inits has {init!r} but config.pretrain.stages is empty')
-    if init == 'imagenet' and not config.finetune.imagenet_checkpoint:
+    if init == 'imagenet' and not ft.imagenet_checkpoint:
       raise ValueError('config.finetune.inits has "imagenet" but '
                        'config.finetune.imagenet_checkpoint is empty')
+  if not inits(config):
+    raise ValueError('config.finetune.inits is empty; give at least one of '
+                     f'{vocab.REGIMES}')
+  if not protocols(config):
+    raise ValueError(f'config.finetune.protocols is empty; give at least one of {vocab.PROTOCOLS}')
   for protocol in protocols(config):
     if protocol not in vocab.PROTOCOLS:
       raise ValueError(f'config.finetune.protocols: unknown protocol {protocol!r}; '
                        f'choose from {vocab.PROTOCOLS}')
-  if config.augment_on not in AUGMENT_ON:
-    raise ValueError(f"config.augment_on must be 'device' or 'host', got {config.augment_on!r}")
-  if config.augment_on == 'host' and config.curriculum.pacing.kind != 'none':
-    raise ValueError("config.augment_on='host' needs config.curriculum.pacing.kind='none' "
-                     '(the paced sampler feeds a DataLoader without per-step views)')
-  if config.pretrain.init not in ('scratch', 'imagenet'):
-    raise ValueError(f"config.pretrain.init must be 'scratch' or 'imagenet', got {config.pretrain.init!r}")
   if 'ssl' in inits(config):
     ssl_stage_index(config.pretrain)
+  fractions = list(ft.label_fractions)
+  if not fractions or any(isinstance(f, bool) or not isinstance(f, (int, float)) or
+                          not 0 < f <= 1 for f in fractions):
+    raise ValueError('config.finetune.label_fractions must be fractions in (0, 1] of the '
+                     f'train split\'s patients, got {tuple(fractions)}')
+  for key in ('num_seeds', 'steps', 'batch_size', 'eval_every'):
+    _at_least(f'config.finetune.{key}', ft[key], 1)
+  _at_least('config.finetune.image_size', ft.image_size, 8)
+  _at_least('config.finetune.strength', ft.strength, 0, float)
+  if ft.strength > 1:
+    raise ValueError(f'config.finetune.strength must be in [0, 1], got {ft.strength!r}')
+  _optimizer('config.finetune.optimizer', ft.optimizer)
+
+
+def check_data(config, data_dir: Path):
+  """Opens (preparing on first use) every dataset the run will read and checks its
+  splits, before any training: a typo in a split is found in seconds, not after
+  pretraining."""
+  from cxr_jax.data import pipeline
+  regimes = inits(config)
+  stages = range(len(config.pretrain.stages)) if 'curricular' in regimes else []
+  if 'ssl' in regimes and 'curricular' not in regimes:
+    stages = [ssl_stage_index(config.pretrain)]
+  for i in stages:
+    key = f'config.pretrain.stages[{i}].data'
+    data = config.pretrain.stages[i].data
+    pipeline.get_source(pipeline.get_builder(data, data_dir, key=key), data.split, f'{key}.split')
+  data = config.finetune.data
+  builder = pipeline.get_builder(data, data_dir, key='config.finetune.data')
+  for split in ('train_split', 'val_split', 'test_split'):
+    pipeline.get_source(builder, data[split], f'config.finetune.data.{split}')
 
 
 def inits(config) -> list[str]:

@@ -1,7 +1,8 @@
 """The plan of one run: pretraining curriculum -> fine-tuning grid -> report.
 
     run(config, workdir)
-      validate the config; refuse a workdir that holds another config's run
+      validate the config; refuse a workdir that holds another config's run; open
+      every dataset and split the run reads
       pretrain: the curriculum's stages in order, each from the previous stage's network
                 -> <workdir>/pretrain/<stage>/          (cxr_jax.pretraining)
                 the 'ssl' regime: its one stage alone, from scratch
@@ -36,6 +37,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> list[dict]:
   configuration.validate(config)
   configuration.check_or_write_config(config, workdir)
   data_dir = Path(config.data_dir) if config.data_dir else workdir / 'tfds'
+  configuration.check_data(config, data_dir)
   mesh = sharding.make_mesh()
   writer = loop.MetricWriter(workdir)
   inits = configuration.inits(config)

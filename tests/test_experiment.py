@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from cxr_jax import configuration, finetuning, pretraining
+from cxr_jax import configuration, experiment, finetuning, pretraining
 from cxr_jax.curriculum import schedule
 from cxr_jax.train import loop, sharding
 from cxr_jax.train import state as state_lib
@@ -100,6 +100,24 @@ def test_stage_carry_over_keeps_or_resets_the_head(tmp_path, tiny_data_dir):
     (lambda c: setattr(c, 'augment_on', 'gpu'), "augment_on must be 'device' or 'host'"),
     (lambda c: (setattr(c, 'augment_on', 'host'), setattr(c.curriculum.pacing, 'kind', 'root')),
      "augment_on='host' needs config.curriculum.pacing.kind='none'"),
+    (lambda c: setattr(c.finetune, 'steps', -5), r'config.finetune.steps must be an integer >= 1, got -5'),
+    (lambda c: setattr(c.finetune, 'num_seeds', 0), 'config.finetune.num_seeds must be an integer >= 1'),
+    (lambda c: setattr(c.finetune, 'label_fractions', (1.5,)), r'label_fractions must be fractions in \(0, 1\]'),
+    (lambda c: setattr(c.finetune, 'label_fractions', (0.0,)), r'label_fractions must be fractions in \(0, 1\]'),
+    (lambda c: setattr(c.finetune, 'strength', -3.0), 'config.finetune.strength must be a number >= 0'),
+    (lambda c: setattr(c.pretrain.stages[1].strength, 'start', 1.5), r'stages\[1\].strength must stay in \[0, 1\]'),
+    (lambda c: c.pretrain.stages[0].image_size.update(dict(kind='linear', end=4.0)),
+     r'stages\[0\].image_size must stay in >= 8, but reaches 4'),
+    (lambda c: setattr(c, 'checkpoint_every', 0), 'config.checkpoint_every must be an integer >= 1'),
+    (lambda c: setattr(c, 'log_every', 0), 'config.log_every must be an integer >= 1'),
+    (lambda c: setattr(c.pretrain.stages[0], 'batch_size', 0), r'stages\[0\].batch_size must be an integer >= 1'),
+    (lambda c: setattr(c.model, 'dtype', 'float8'), "config.model.dtype must be one of"),
+    (lambda c: setattr(c.model, 'stem', 'tiny'), "config.model.stem must be one of"),
+    (lambda c: setattr(c.pretrain.optimizer, 'lr', 0.0), 'config.pretrain.optimizer.lr must be > 0'),
+    (lambda c: setattr(c.finetune.optimizer, 'name', 'adam'), 'config.finetune.optimizer.name must be one of'),
+    (lambda c: setattr(c.curriculum, 'difficulty', 'loss'), 'config.curriculum.difficulty must be one of'),
+    (lambda c: setattr(c.curriculum.pacing, 'kind', 'cubic'), 'config.curriculum.pacing'),
+    (lambda c: setattr(c.explain, 'stage', 7), 'config.explain.stage must be 0'),
 ])
 def test_validate_names_the_bad_key(change, message):
   config = default.get_config()
@@ -107,6 +125,15 @@ def test_validate_names_the_bad_key(change, message):
   change(config)
   with pytest.raises(ValueError, match=message):
     configuration.validate(config)
+
+
+def test_a_missing_split_is_found_before_any_training(tmp_path, tiny_data_dir):
+  config = tiny_config(tiny_data_dir)
+  config.finetune.data.val_split = 'validation'
+  with pytest.raises(ValueError, match="config.finetune.data.val_split: dataset 'phantom' has no "
+                                       "split 'validation'"):
+    experiment.run(config, tmp_path)
+  assert not (tmp_path / 'pretrain').exists()
 
 
 def test_image_sizes_round_to_multiples_of_eight():

@@ -105,11 +105,20 @@ def difficulty_from_config(kind: str, read_field: Callable[[str], np.ndarray]
   Raises:
     ValueError: `kind` is none of the above (the message names the config field).
   """
-  if kind in STATISTICS:
+  field = check_difficulty(kind)
+  if field is None:
     return image_statistic_difficulty(read_field('image'), kind)
+  return metadata_difficulty(read_field(field))
+
+
+def check_difficulty(kind: str) -> str | None:
+  """Checks a `config.curriculum.difficulty` value; returns its metadata field, or None
+  for an image statistic. Raises ValueError naming the config key otherwise."""
+  if kind in STATISTICS:
+    return None
   prefix, _, field = str(kind).partition(':')
   if prefix == 'metadata' and field:
-    return metadata_difficulty(read_field(field))
+    return field
   raise ValueError(f'config.curriculum.difficulty must be one of {" | ".join(DIFFICULTY_KINDS)}'
                    f' (e.g. metadata:severity), got {kind!r}')
 
