@@ -144,12 +144,23 @@ def find_root(manual_dir: Path, marker: str, max_depth: int = 3) -> Optional[Pat
 
 
 def read_csv(path: Path, problems: Problems, *, what: str = 'labels CSV',
-             delimiter: str = ',') -> list[tuple[str, dict[str, str], list[str]]]:
+             delimiter: str = ',', required: Sequence[str] = (),
+             expected: str = '') -> list[tuple[str, dict[str, str], list[str]]]:
   """Rows of a CSV as (location text, dict by header, raw fields).
 
   A missing CSV becomes an (unskippable) problem and an empty list, so that listing can
   go on and report everything else too. The location text ("train.csv line 7: '...'")
   is what error messages print for the row.
+
+  Args:
+    path, problems, what, delimiter: the file, where problems go, what the file is (for
+      messages), its field separator.
+    required: columns every row must have. A header without one of them is one problem
+      (and no rows); a row too short to reach one is a problem naming the file, its line
+      and the missing field, and is left out. (A field that is present but blank is the
+      builder's to judge.)
+    expected: the header layout shown when a required column is missing (default: the
+      required columns).
   """
   if not path.exists():
     problems.add('missing file', str(path), f'the {what} of this dataset', skippable=False)
@@ -163,6 +174,12 @@ def read_csv(path: Path, problems: Problems, *, what: str = 'labels CSV',
     line_no = reader.line_num
     if header is None:
       header = [h.strip() for h in fields]
+      absent = [c for c in required if c not in header]
+      if absent:
+        problems.add('bad CSV header', str(path), f'columns {header}; missing '
+                     f'{", ".join(absent)}; expected {expected or ",".join(required)}',
+                     skippable=False)
+        return []
       continue
     if not any(f.strip() for f in fields):
       continue
@@ -170,7 +187,14 @@ def read_csv(path: Path, problems: Problems, *, what: str = 'labels CSV',
     if len(raw) > 120:
       raw = raw[:117] + '...'
     where = f'{path.name} line {line_no}: {raw!r}'
-    rows.append((where, dict(zip(header, fields)), fields))
+    row = dict(zip(header, fields))
+    absent = [c for c in required if c not in row]
+    if absent:
+      problems.add('bad row', str(path), f'line {line_no} has {len(fields)} field(s) for '
+                   f'the {len(header)} columns of the header; missing field(s): '
+                   f'{", ".join(absent)}', where, skippable=False)
+      continue
+    rows.append((where, row, fields))
   return rows
 
 

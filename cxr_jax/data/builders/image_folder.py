@@ -29,6 +29,7 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.dcm', '.bmp', '.tif', '.tiff', '.gi
 SPLIT_FOLDERS = {'train': 'train', 'val': 'val', 'valid': 'val', 'validation': 'val',
                  'test': 'test', 'unlabeled': 'unlabeled'}
 CSV_COLUMNS = ('path', 'label', 'patient_id', 'mask_path', 'split')
+CSV_LAYOUT = 'path,label[,patient_id][,mask_path][,split]'
 
 
 @dataclasses.dataclass(eq=False)
@@ -90,14 +91,8 @@ class ImageFolder(_common.CxrBuilder):
     return self._label(raw, problems)
 
   def _from_csv(self, manual_dir: Path, csv_path: Path, problems: Problems):
-    rows = _common.read_csv(csv_path, problems)
-    if not rows:
-      return []
-    columns = set(rows[0][1])
-    if not {'path', 'label'} <= columns:
-      problems.add('bad CSV header', str(csv_path), f'columns {sorted(columns)}; expected '
-                   'path,label[,patient_id][,mask_path][,split]', skippable=False)
-      return []
+    rows = _common.read_csv(csv_path, problems, required=('path', 'label'),
+                            expected=CSV_LAYOUT)
     out = []
     for where, row, _ in rows:
       path = (csv_path.parent / row['path'].strip()).resolve()

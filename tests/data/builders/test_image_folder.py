@@ -88,3 +88,20 @@ def test_bad_header(h, build, tmp_path):
   h.write(root / 'labels.csv', 'file,class\nx.png,normal\n')
   with pytest.raises(DataValidationError, match='expected path,label'):
     build('image_folder', root)
+
+
+def _labelled(h, root, labels):
+  for i in range(len(labels)):
+    h.save(root / f'{i}.png', h.chest(40, 36, seed=i))
+  h.write(root / 'labels.csv', 'path,label\n' +
+          ''.join(f'{i}.png,{label}\n' for i, label in enumerate(labels)))
+  return root
+
+
+def test_a_csv_row_without_its_label_names_file_line_and_field(h, build, tmp_path):
+  root = _labelled(h, tmp_path / 'short', ['normal', 'covid'])
+  h.write(root / 'labels.csv', 'path,label\n0.png,normal\n1.png\n')
+  with pytest.raises(DataValidationError) as err:
+    build('image_folder', root)
+  assert ("bad row: labels.csv (line 3 has 1 field(s) for the 2 columns of the header; "
+          "missing field(s): label) [listed in labels.csv line 3: '1.png']") in str(err.value)
