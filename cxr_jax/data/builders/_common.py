@@ -21,6 +21,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import io
+import logging
 import multiprocessing
 import os
 import re
@@ -48,6 +49,9 @@ LABELED_SPLITS = ('train', 'val', 'test')
 MIN_ITEMS_FOR_POOL = 64
 # Folders that zip tools add and that never hold dataset images.
 IGNORED_DIRS = ('__MACOSX',)
+# Values of the `split` option.
+SPLIT_MODES = ('official', 'patient')
+log = logging.getLogger('cxr_jax')
 
 
 @dataclasses.dataclass(eq=False)
@@ -61,11 +65,15 @@ class CxrConfig(tfds.core.BuilderConfig):
     split_fractions: (train, val, test) fractions of patients, for datasets without an
       official split.
     split_seed: seed of the patient hash that assigns those splits.
+    split: 'official' (the dataset's own split where it has one: folders, list files,
+      a split column; else the patient hash) or 'patient' (every labeled image re-split
+      by patient hash with split_fractions and split_seed).
   """
   size: int = 256
   skip_bad_files: bool = False
   split_fractions: tuple[float, float, float] = splits_lib.DEFAULT_FRACTIONS
   split_seed: int = 0
+  split: str = 'official'
 
 
 _BASE_FIELDS = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
@@ -279,10 +287,16 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
+    if cfg.split not in SPLIT_MODES:
+      raise ValueError(f'{self.name}: option split must be one of {SPLIT_MODES}, got '
+                       f'{cfg.split!r}')
     manual_dir = Path(dl_manager.manual_dir)
     self._manual_dir_path = manual_dir
     problems = Problems(self.name, manual_dir)
     items = self._list_items(manual_dir, problems)
+    if cfg.split == 'patient':
+      items = [dataclasses.replace(i, split=patient_split(i.patient_id, cfg))
+               if i.split in LABELED_SPLITS else i for i in items]
     if not items and not problems:
       raise self._empty_error(manual_dir)
     validate.check_duplicates(items, problems)
@@ -294,8 +308,7 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise DataValidationError(
           f'{self.name}: every one of the {len(bad)} listed examples in {manual_dir} has '
           'a bad file; nothing to write:\n' + '\n'.join(f'  - {s}' for s in skipped[:20]))
-    splits_lib.check_no_patient_overlap(
-        {s: [i.patient_id for i in items if i.split == s] for s in LABELED_SPLITS})
+    self._check_patient_overlap(items)
     self._skipped = skipped
     names = sorted({i.split for i in items},
                    key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 99, s))
@@ -307,6 +320,14 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         'num_skipped': len(skipped),
     })
     return {s: self._generate_examples([i for i in items if i.split == s]) for s in names}
+
+  def _check_patient_overlap(self, items: Sequence[ImageItem]) -> None:
+    """Raises PatientOverlapError if a patient is in two of train/val/test, naming the
+    option that re-splits by patient."""
+    splits_lib.check_no_patient_overlap(
+        {s: [i.patient_id for i in items if i.split == s] for s in LABELED_SPLITS},
+        hint=f'{self.name}: pass --option=split=patient (split=patient from Python or in '
+        "a data spec's options) to re-split every labeled image by patient hash.")
 
 
   def _generate_examples(self, items: Sequence[ImageItem]):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from cxr_jax.data import prepare
+from cxr_jax.data.splits import PatientOverlapError
 from cxr_jax.data.validate import DataValidationError
 from cxr_jax.data.schema import class_names
 
@@ -105,3 +106,17 @@ def test_a_csv_row_without_its_label_names_file_line_and_field(h, build, tmp_pat
     build('image_folder', root)
   assert ("bad row: labels.csv (line 3 has 1 field(s) for the 2 columns of the header; "
           "missing field(s): label) [listed in labels.csv line 3: '1.png']") in str(err.value)
+
+
+def test_patient_overlap_names_the_option_that_resolves_it(h, build, tmp_path):
+  root = tmp_path / 'ov'
+  for i in range(4):
+    h.save(root / f'{i}.png', h.chest(seed=i))
+  h.write(root / 'labels.csv', 'path,label,patient_id,split\n0.png,a,p1,train\n'
+          '1.png,b,p1,test\n2.png,a,p2,train\n3.png,b,p3,test\n')
+  with pytest.raises(PatientOverlapError, match=r"'p1' in splits \['test', 'train'\]"
+                     r"[\s\S]*--option=split=patient"):
+    build('image_folder', root)
+  _, data = build('image_folder', root, split='patient')
+  split_of = {r['id']: s for s, rs in data.items() for r in rs}
+  assert len(split_of) == 4 and split_of[b'0.png'] == split_of[b'1.png']
