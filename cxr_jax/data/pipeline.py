@@ -54,7 +54,8 @@ def get_builder(data_cfg, data_dir: str, key: str = 'data'):
 
   data_cfg fields: name (registered TFDS name, e.g. 'phantom'), options (builder-config
   options 'k=v,...', given to the builder module's `make_config` when it has one, else
-  `config=<name>` selects a predefined config), manual_dir (where the user's raw files are).
+  `config=<name>` selects a predefined config), manual_dir (where the user's raw files are;
+  a dataset prepared from other files is refused, see `prepare.ensure_prepared`).
   `key` names the config entry in error messages.
   """
   import tensorflow_datasets as tfds
@@ -76,10 +77,9 @@ def get_builder(data_cfg, data_dir: str, key: str = 'data'):
     if options:
       raise ValueError(f'{key}.options: builder {data_cfg.name!r} takes only config=NAME, got {options}')
   builder = cls(data_dir=os.fspath(data_dir), config=config, file_format='array_record')
-  if not builder.is_prepared():
-    download_config = tfds.download.DownloadConfig(manual_dir=data_cfg.manual_dir or None)
-    builder.download_and_prepare(download_config=download_config)
-  return builder
+  # Prepared data is opened only if it was built from these options and raw files.
+  from cxr_jax.data import prepare
+  return prepare.ensure_prepared(builder, data_cfg.manual_dir or None)
 
 
 def _our_builders():

@@ -13,14 +13,18 @@ fields) and recording unknown label values in `problems`. This module then
      (`schema.core_features`) in worker processes when the dataset is large enough;
   4. lets TFDS write ArrayRecord files. TFDS writes into an `incomplete.*` folder and
      renames it only after every split is written, so a preparation that fails at any
-     point leaves no folder that reads as a complete dataset.
+     point leaves no folder that reads as a complete dataset. The metadata records what
+     the data was built from (`identity`: source folder, file-list fingerprint, exact
+     options; see `cxr_jax/data/identity.py`).
 """
 from __future__ import annotations
 
 import concurrent.futures
 import csv
 import dataclasses
+import hashlib
 import io
+import json
 import logging
 import multiprocessing
 import os
@@ -33,6 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from cxr_jax.data import identity
 from cxr_jax.data import imageio
 from cxr_jax.data import splits as splits_lib
 from cxr_jax.data import validate
@@ -51,6 +56,9 @@ MIN_ITEMS_FOR_POOL = 64
 IGNORED_DIRS = ('__MACOSX',)
 # Values of the `split` option.
 SPLIT_MODES = ('official', 'patient')
+# The part of a config name that spells out changed options (a hash of their exact values
+# follows it) is cut to this length.
+MAX_READABLE_NAME = 48
 log = logging.getLogger('cxr_jax')
 
 
@@ -89,7 +97,10 @@ def config_with(builder_cls, config: Optional[str] = None, **overrides) -> CxrCo
   """A builder config with some options changed, named after the changes.
 
   The name decides the folder the prepared data lives in
-  (`data_dir/<dataset>/<config name>/<version>`), so different options never share one.
+  (`data_dir/<dataset>/<config name>/<version>`): the changed options in readable form
+  (cut to MAX_READABLE_NAME characters) and a hash of their exact values, e.g.
+  `default_size-512_split_seed-3_5f2a9c1e`, so different options never share a folder
+  even where their readable forms agree (`COVID-19` / `COVID19`, `a/b.csv` / `ab.csv`).
 
   Args:
     builder_cls: a CxrBuilder subclass.
@@ -115,8 +126,11 @@ def config_with(builder_cls, config: Optional[str] = None, **overrides) -> CxrCo
   for k, v in changed.items():
     if isinstance(options[k], tuple) and isinstance(v, list):
       changed[k] = tuple(v)
-  suffix = '_'.join(f'{k}-{_name_value(v)}' for k, v in sorted(changed.items()))
-  return dataclasses.replace(base, name=f'{base.name}_{suffix}', **changed)
+  readable = '_'.join(f'{k}-{_name_value(v)}' for k, v in sorted(changed.items()))
+  digest = hashlib.sha256(json.dumps(identity.jsonable(changed), sort_keys=True)
+                          .encode()).hexdigest()[:8]
+  return dataclasses.replace(
+      base, name=f'{base.name}_{readable[:MAX_READABLE_NAME]}_{digest}', **changed)
 
 
 def _normalise(v):
@@ -314,8 +328,8 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                    key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 99, s))
     self.info.metadata.update({
         'class_names': list(self.CLASS_NAMES),
-        'options': {k: (list(v) if isinstance(v, tuple) else v)
-                    for k, v in config_options(cfg).items()},
+        'options': identity.jsonable(config_options(cfg)),
+        'identity': identity.record(self, manual_dir, config_options(cfg)),
         'skipped_files': skipped,
         'num_skipped': len(skipped),
     })
