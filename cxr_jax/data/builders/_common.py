@@ -8,7 +8,9 @@ fields) and recording unknown label values in `problems`. This module then
   1. checks every listed file before anything is written (`validate.check_items`) and
      stops with one error naming all problems -- or, with `skip_bad_files`, leaves the bad
      files out and lists them in `info.metadata['skipped_files']`;
-  2. checks that no patient is in two of train/val/test;
+  2. checks that no patient is in two of train/val/test (option `split=patient`
+     re-splits every labeled image by patient hash instead of the dataset's own split),
+     and warns about classes with fewer than `validate.MIN_CLASS_IMAGES` images;
   3. decodes images (PNG/JPEG/DICOM) and masks to the shared record layout
      (`schema.core_features`) in worker processes when the dataset is large enough;
   4. lets TFDS write ArrayRecord files. TFDS writes into an `incomplete.*` folder and
@@ -326,8 +328,18 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._skipped = skipped
     names = sorted({i.split for i in items},
                    key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 99, s))
+    counts = {c: 0 for c in self.CLASS_NAMES}
+    examples = {}
+    for item in items:
+      if 0 <= item.label < len(self.CLASS_NAMES):
+        name = self.CLASS_NAMES[item.label]
+        counts[name] += 1
+        examples.setdefault(name, item.row or item.id)
+    for warning in validate.label_warnings(counts, examples):
+      log.warning('%s: %s', self.name, warning)
     self.info.metadata.update({
         'class_names': list(self.CLASS_NAMES),
+        'class_counts': counts,
         'options': identity.jsonable(config_options(cfg)),
         'identity': identity.record(self, manual_dir, config_options(cfg)),
         'skipped_files': skipped,

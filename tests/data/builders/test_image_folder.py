@@ -1,4 +1,6 @@
 """image_folder: CSV and class-folder layouts, class discovery, masks, bad labels."""
+import logging
+
 import numpy as np
 import pytest
 
@@ -97,6 +99,37 @@ def _labelled(h, root, labels):
   h.write(root / 'labels.csv', 'path,label\n' +
           ''.join(f'{i}.png,{label}\n' for i, label in enumerate(labels)))
   return root
+
+
+def test_label_spellings_of_one_class_are_an_error(h, build, tmp_path):
+  root = _labelled(h, tmp_path / 'sp', ['normal', 'Normal', 'COVID-19', 'covid_19', 'normal'])
+  with pytest.raises(DataValidationError) as err:
+    build('image_folder', root)
+  text = str(err.value)
+  assert text.count('- inconsistent label spelling') == 2
+  assert ("'Normal': 1 image(s), e.g. labels.csv line 3: '1.png,Normal'; "
+          "'normal': 2 image(s), e.g. labels.csv line 2: '0.png,normal'") in text
+  assert "'COVID-19': 1 image(s)" in text and "'covid_19': 1 image(s)" in text
+  # Class folders too; with class_names given, another spelling is an unknown label.
+  folders = tmp_path / 'folders'
+  for cls in ('NORMAL', 'Normal'):
+    h.save(folders / cls / f'{cls}.png', h.chest())
+  with pytest.raises(DataValidationError, match="'NORMAL': 1 image.*class folder 'NORMAL'"):
+    build('image_folder', folders)
+  with pytest.raises(DataValidationError, match="value 'Normal'.*did you mean 'NORMAL'"):
+    build('image_folder', folders, class_names=('NORMAL', 'covid'))
+
+
+def test_rare_and_look_alike_classes_are_warned_about(h, build, tmp_path, caplog):
+  labels = ['normal'] * 5 + ['covid', 'covid-19']
+  root = _labelled(h, tmp_path / 'rare', labels)
+  with caplog.at_level(logging.WARNING, logger='cxr_jax'):
+    builder, _ = build('image_folder', root)
+  assert ("2 class(es) with fewer than 5 labeled images (too few to learn or evaluate; a "
+          "typo of another class?): 'covid': 1 (e.g. labels.csv line 7: '5.png,covid'); "
+          "'covid-19': 1") in caplog.text
+  assert "class names 'covid' and 'covid-19' look like variants of one class" in caplog.text
+  assert builder.info.metadata['class_counts'] == {'covid': 1, 'covid-19': 1, 'normal': 5}
 
 
 def test_a_csv_row_without_its_label_names_file_line_and_field(h, build, tmp_path):
