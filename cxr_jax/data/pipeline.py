@@ -54,7 +54,8 @@ def get_builder(data_cfg, data_dir: str, key: str = 'data'):
 
   data_cfg fields: name (registered TFDS name, e.g. 'phantom'), options (builder-config
   options 'k=v,...', given to the builder module's `make_config` when it has one, else
-  `config=<name>` selects a predefined config), manual_dir (where the user's raw files are).
+  `config=<name>` selects a predefined config), manual_dir (where the user's raw files are;
+  a dataset prepared from other files is refused, see `prepare.ensure_prepared`).
   `key` names the config entry in error messages.
   """
   import tensorflow_datasets as tfds
@@ -76,10 +77,9 @@ def get_builder(data_cfg, data_dir: str, key: str = 'data'):
     if options:
       raise ValueError(f'{key}.options: builder {data_cfg.name!r} takes only config=NAME, got {options}')
   builder = cls(data_dir=os.fspath(data_dir), config=config, file_format='array_record')
-  if not builder.is_prepared():
-    download_config = tfds.download.DownloadConfig(manual_dir=data_cfg.manual_dir or None)
-    builder.download_and_prepare(download_config=download_config)
-  return builder
+  # Prepared data is opened only if it was built from these options and raw files.
+  from cxr_jax.data import prepare
+  return prepare.ensure_prepared(builder, data_cfg.manual_dir or None)
 
 
 def _our_builders():
@@ -176,33 +176,81 @@ def image_cache(source: 'SplitSource') -> RawImages | None:
 
   TFDS's records are compressed one by one and read through a tf.Example parse: ~2,200
   images/s per core, against ~22,000 raw reads/s from the uncompressed file
-  (docs/benchmarks.md). Returns None (read the TFDS records) when the dataset directory
-  is not writable.
+  (docs/benchmarks.md). Returns None (read the TFDS records), with a warning, when the
+  cache cannot be written there (a read-only dataset directory, a full disk): whatever
+  fails while creating, writing, closing or renaming the file, the partial file is
+  removed and training goes on from the records.
   """
   builder, split = source.builder, source.split
   path = os.path.join(builder.data_dir, f'{builder.name}-{split}.image-cache.array_record')
   images = source.decoding(('image',))
   first = np.asarray(images[0]['image'])
-  if not os.path.exists(path):
-    from array_record.python.array_record_module import ArrayRecordWriter
-    import tqdm
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-      writer = ArrayRecordWriter(tmp, _CACHE_OPTIONS)
-    except Exception as e:  # read-only data_dir: the TFDS records still work
-      logging.getLogger('cxr_jax').warning(
-          'image cache: cannot write %s (%s); reading the TFDS records instead', tmp, e)
-      return None
-    for i in tqdm.tqdm(range(len(images)), desc=f'image cache {builder.name}/{split}',
-                       unit='img', leave=False, mininterval=1.0):
-      writer.write(np.ascontiguousarray(images[i]['image'], first.dtype).tobytes())
-    writer.close()
-    os.replace(tmp, path)  # atomic: processes racing here write the same bytes
+  if not os.path.exists(path) and not _write_cache(path, images, first.dtype,
+                                                   f'{builder.name}/{split}'):
+    return None
   cache = RawImages(path, first.shape, first.dtype)
   if len(cache) != len(source):
     raise ValueError(f'{path} holds {len(cache)} images for the {len(source)} examples of '
                      f'split {split!r}; delete it and it is rebuilt')
   return cache
+
+
+# What a failed cache write raises: the file system's OSError (PermissionError on a
+# read-only data_dir, no space left) or ArrayRecord's status errors.
+_WRITE_ERRORS = (OSError, RuntimeError, ValueError)
+
+
+def _write_cache(path: str, images, dtype, what: str) -> bool:
+  """Writes the image cache `path` atomically; False (and a warning) if it cannot.
+
+  Only the writing is guarded: an error reading the TFDS records propagates.
+  """
+  from array_record.python.array_record_module import ArrayRecordWriter
+  import tqdm
+  tmp = f'{path}.tmp{os.getpid()}'
+  try:
+    writer = ArrayRecordWriter(tmp, _CACHE_OPTIONS)
+  except _WRITE_ERRORS as e:
+    return _cache_failed(path, tmp, None, e)
+  try:
+    for i in tqdm.tqdm(range(len(images)), desc=f'image cache {what}', unit='img',
+                       leave=False, mininterval=1.0):
+      image = np.ascontiguousarray(images[i]['image'], dtype).tobytes()
+      try:
+        writer.write(image)
+      except _WRITE_ERRORS as e:
+        return _cache_failed(path, tmp, writer, e)
+  except BaseException:
+    _discard(tmp, writer)
+    raise
+  try:
+    writer.close()
+    os.replace(tmp, path)  # atomic: processes racing here write the same bytes
+  except _WRITE_ERRORS as e:
+    return _cache_failed(path, tmp, None, e)
+  return True
+
+
+def _discard(tmp: str, writer) -> None:
+  """Closes `writer` (if any) and removes the partial file, ignoring further errors."""
+  if writer is not None:
+    try:
+      writer.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+  try:
+    os.remove(tmp)
+  except OSError:
+    pass
+
+
+def _cache_failed(path: str, tmp: str, writer, error: Exception) -> bool:
+  _discard(tmp, writer)
+  logging.getLogger('cxr_jax').warning(
+      'image cache: cannot write %s (%s: %s); reading the TFDS records instead (slower). '
+      'Make the dataset folder writable, or set config.image_cache=False to silence this.',
+      path, type(error).__name__, error)
+  return False
 
 
 def decoding(source, fields: Sequence[str]):

@@ -13,8 +13,11 @@ already prepared with the same options is opened, not rebuilt):
   source = builder.as_data_source()['train']
 
 The options (size, skip_bad_files, split fractions, dataset-specific ones such as
-CheXpert's `uncertainty`) name the config folder the data is written to, so different
-options never overwrite each other.
+CheXpert's `uncertainty`) name the config folder the data is written to (readable form
+and a hash of the exact values), so different options never overwrite each other. A
+prepared dataset records the folder and file list it was built from
+(`cxr_jax/data/identity.py`): opening it with another manual_dir, or after the files
+changed, raises `DataIdentityError` instead of returning the old data.
 """
 from __future__ import annotations
 
@@ -92,18 +95,37 @@ def prepare(name: str, data_dir: str, manual_dir: Optional[str] = None,
       manual_dir was given (the message says where to get it).
     cxr_jax.data.validate.DataValidationError: bad or missing files, unknown labels.
     cxr_jax.data.splits.PatientOverlapError: a patient in two splits.
+    cxr_jax.data.identity.DataIdentityError: the dataset in data_dir was prepared from
+      other files than manual_dir's (or with other options).
   """
   builder = make_builder(name, data_dir, config=config, workers=workers, **overrides)
+  return ensure_prepared(builder, manual_dir)
+
+
+def ensure_prepared(builder, manual_dir: Optional[str] = None):
+  """Opens `builder`'s prepared dataset if it is what was asked for, else prepares it.
+
+  A prepared dataset is returned only when its recorded identity matches: the same
+  options, and (when manual_dir is given) the same source files. Otherwise
+  DataIdentityError says what differs and how to proceed; nothing is reused silently.
+  """
+  from cxr_jax.data import identity  # pylint: disable=import-outside-toplevel
+  from cxr_jax.data.builders import _common  # pylint: disable=import-outside-toplevel
+  name = builder.name
+  manual_dir = os.path.expanduser(os.fspath(manual_dir)) if manual_dir else None
   if _is_prepared(builder):
+    options = (_common.config_options(builder.builder_config)
+               if isinstance(builder, _common.CxrBuilder) else None)
+    identity.check(builder, manual_dir, options)
     return builder
   needs_manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', ''))
   if needs_manual and not manual_dir:
     raise ValueError(
         f'dataset {name!r} (config {builder.builder_config.name!r}) is not prepared in '
-        f'{data_dir} and no manual_dir was given. Download it and pass manual_dir=<folder>:'
+        f'{builder.data_dir_root} and no manual_dir was given. Download it and pass '
+        f'manual_dir=<folder>:'
         f'\n{textwrap.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).strip()}')
   if needs_manual:
-    manual_dir = os.path.expanduser(os.fspath(manual_dir))
     if not os.path.isdir(manual_dir):
       raise ValueError(f'{name}: manual_dir {manual_dir} is not a folder')
     if not os.listdir(manual_dir):

@@ -9,7 +9,8 @@ disease, so every split here is made per patient:
                                          same split, whatever other patients exist, on any
                                          machine (no dependence on file order or Python's
                                          salted hash()).
-  check_no_patient_overlap(splits)    -> raises PatientOverlapError naming the patients.
+  patient_overlap(splits)             -> the patients found in several splits;
+  check_no_patient_overlap(splits)    -> raises PatientOverlapError naming them.
   label_fraction_subset(labels, patients, fraction, seed)
                                       -> indices of a 1% / 10% / ... labelled subset,
                                          drawn per patient and stratified by class; the
@@ -66,27 +67,35 @@ def assign_splits(patient_ids: Iterable[str],
   return [assign_split(p, fractions, seed, names) for p in patient_ids]
 
 
-def check_no_patient_overlap(splits: Mapping[str, Iterable[str]]) -> None:
-  """Raises PatientOverlapError if any patient id occurs in two or more splits.
-
-  Args:
-    splits: split name -> patient ids of its examples (repeats allowed).
-
-  Raises:
-    PatientOverlapError: naming every offending patient and the splits it is in.
-  """
+def patient_overlap(splits: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+  """Patient id -> the sorted splits it occurs in, for every patient in two or more."""
   where = defaultdict(set)
   for split, patients in splits.items():
     for p in patients:
       where[str(p)].add(split)
-  overlap = {p: sorted(s) for p, s in where.items() if len(s) > 1}
+  return {p: sorted(s) for p, s in sorted(where.items()) if len(s) > 1}
+
+
+def check_no_patient_overlap(splits: Mapping[str, Iterable[str]], hint: str = '') -> None:
+  """Raises PatientOverlapError if any patient id occurs in two or more splits.
+
+  Args:
+    splits: split name -> patient ids of its examples (repeats allowed).
+    hint: how to resolve it (e.g. the builder option that re-splits by patient),
+      appended to the message.
+
+  Raises:
+    PatientOverlapError: naming every offending patient and the splits it is in.
+  """
+  overlap = patient_overlap(splits)
   if overlap:
-    shown = sorted(overlap)[:20]
+    shown = list(overlap)[:20]
     lines = [f'  patient {p!r} in splits {overlap[p]}' for p in shown]
     more = f'\n  ... and {len(overlap) - len(shown)} more' if len(overlap) > len(shown) else ''
     raise PatientOverlapError(
         f'{len(overlap)} patient(s) appear in more than one split; images of one patient '
-        'must stay in one split (otherwise test scores leak):\n' + '\n'.join(lines) + more)
+        'must stay in one split (otherwise test scores leak):\n' + '\n'.join(lines) + more
+        + (f'\n{hint}' if hint else ''))
 
 
 def label_fraction_subset(labels: Sequence[int],

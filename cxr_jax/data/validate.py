@@ -10,6 +10,12 @@ So builders first list every example (`ImageItem`), then:
                                    # PNG chunk CRCs, DICOM pixel size vs file size
   problems.raise_if_any()          # one DataValidationError listing everything
 
+Labels taken from a user's own files (class folder names, CSV label columns) are checked
+too: spellings of one class that differ only by case, spaces, hyphens or underscores
+(`normal` / `Normal`, `COVID-19` / `covid_19`) are an error listing where each occurs
+(`check_label_spellings`), and classes with fewer than MIN_CLASS_IMAGES images or names
+that look like variants of each other are reported in a warning (`label_warnings`).
+
 With `skip_bad_files`, the items whose files fail are left out instead, counted, and
 listed in the dataset's metadata (`builder.info.metadata['skipped_files']`). Problems
 with the dataset's definition (unknown label values, a missing CSV, no images at all)
@@ -20,13 +26,17 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-from typing import Iterable, Optional, Sequence
+import re
+from typing import Iterable, Mapping, Optional, Sequence
 
 from PIL import Image
 
 from cxr_jax.data.imageio import DICOM_SUFFIXES, ImageItem
 
 MAX_LISTED = 50  # Problems shown in one error message; the rest are counted.
+# A class with fewer labeled images than this is named in a warning: too few to learn or
+# to evaluate, and often a typo of another class.
+MIN_CLASS_IMAGES = 5
 
 
 class DataValidationError(ValueError):
@@ -88,9 +98,13 @@ class Problems:
     self.problems.append(Problem(kind, path, detail, row, skippable))
 
   def add_label(self, value: str, row: str, known: Iterable[str], path: str = '') -> None:
-    """An unknown label value: never skippable (it usually means the wrong builder)."""
+    """An unknown label value: never skippable (it usually means the wrong builder).
+    A known value spelled differently (case, spaces, hyphens, underscores) is named."""
+    known = list(known)
+    near = [k for k in known if label_key(k) == label_key(value)]
+    hint = f'; did you mean {near[0]!r}?' if near else ''
     self.add('unknown label', path, f'value {value!r}; known values: '
-             f'{", ".join(repr(k) for k in known)}', row, skippable=False)
+             f'{", ".join(repr(k) for k in known)}{hint}', row, skippable=False)
 
   def summary(self, header: str) -> str:
     shown = self.problems[:MAX_LISTED]
@@ -194,3 +208,64 @@ def check_duplicates(items: Sequence[ImageItem], problems: Problems) -> None:
                    f'also listed in {seen[item.id] or item.id}', item.row, skippable=False)
     else:
       seen[item.id] = item.row
+
+
+def label_key(name: str) -> str:
+  """A label with case, spaces, hyphens and underscores removed: spellings of one class
+  ('COVID-19', 'covid_19', 'Covid 19') share a key."""
+  return re.sub(r'[\s_\-]+', '', str(name)).casefold()
+
+
+def check_label_spellings(labels: Iterable[tuple[str, str]], problems: Problems,
+                          path: str = '') -> None:
+  """Adds one (unskippable) problem per class written in several spellings.
+
+  Args:
+    labels: (label value, where it was read) for every labeled example, e.g.
+      ('Normal', "labels.csv line 7: 'b.png,Normal'") or a class folder.
+    problems: where the problem is recorded, naming each spelling, its number of
+      images and where it first occurs.
+    path: the file the labels come from (the CSV), if one.
+  """
+  spellings: dict[str, dict[str, list]] = {}
+  for value, where in labels:
+    entry = spellings.setdefault(label_key(value), {}).setdefault(value, [0, where])
+    entry[0] += 1
+  for variants in spellings.values():
+    if len(variants) < 2:
+      continue
+    listed = '; '.join(f'{v!r}: {n} image(s), e.g. {where}'
+                       for v, (n, where) in sorted(variants.items()))
+    problems.add('inconsistent label spelling', path,
+                 f'{len(variants)} spellings of one class would become {len(variants)} '
+                 f'classes ({listed}); use one spelling (or list the classes with option '
+                 'class_names)', skippable=False)
+
+
+def label_warnings(counts: Mapping[str, int], examples: Mapping[str, str]) -> list[str]:
+  """Warnings about the classes of a dataset: rare classes and look-alike names.
+
+  Args:
+    counts: class name -> number of labeled images.
+    examples: class name -> where one of its images was listed.
+
+  Returns:
+    one line per warning (empty when all is well): classes with fewer than
+    MIN_CLASS_IMAGES images, and pairs of names one of which extends the other
+    ('covid' / 'covid-19') once case, spaces, hyphens and underscores are ignored.
+  """
+  out = []
+  rare = [c for c in counts if counts[c] < MIN_CLASS_IMAGES]
+  if rare:
+    out.append(f'{len(rare)} class(es) with fewer than {MIN_CLASS_IMAGES} labeled images '
+               '(too few to learn or evaluate; a typo of another class?): ' +
+               '; '.join(f'{c!r}: {counts[c]}' + (f' (e.g. {examples[c]})'
+                                                  if c in examples else '') for c in rare))
+  names = sorted(counts, key=label_key)
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      ka, kb = label_key(a), label_key(b)
+      if len(ka) >= 3 and kb.startswith(ka) and ka != kb:
+        out.append(f'class names {a!r} and {b!r} look like variants of one class; if they '
+                   'are, give them one spelling')
+  return out

@@ -135,3 +135,44 @@ def test_a_stale_image_cache_is_refused(source, tmp_path):
   finally:
     import os
     os.remove(cache.path)
+
+
+class _ReadOnlyWriter:
+  """ArrayRecordWriter on a read-only folder: created fine, fails on its first write."""
+
+  def __init__(self, path, options):
+    del options
+    open(path, 'wb').close()  # a partial file, to check that it is removed
+
+  def write(self, data):
+    raise PermissionError(13, 'Permission denied')
+
+  def close(self):
+    pass
+
+
+def test_image_cache_on_a_read_only_dataset_falls_back_to_the_records(
+    tiny_data_dir, tmp_path, monkeypatch, caplog):
+  import logging
+  import os
+  import shutil
+  data_dir = shutil.copytree(tiny_data_dir, tmp_path / 'tfds',
+                             ignore=shutil.ignore_patterns('*.image-cache.*'))
+  builder = pipeline.get_builder(common.data('phantom', 'unlabeled', TINY_PHANTOM), data_dir)
+  source = pipeline.get_source(builder, 'unlabeled')
+  folder = os.fspath(builder.data_dir)
+  if os.geteuid() == 0:  # root writes through chmod: make the writer fail instead
+    from array_record.python import array_record_module
+    monkeypatch.setattr(array_record_module, 'ArrayRecordWriter', _ReadOnlyWriter)
+  else:
+    os.chmod(folder, 0o555)
+  try:
+    with caplog.at_level(logging.WARNING, logger='cxr_jax'):
+      assert pipeline.image_cache(source) is None
+  finally:
+    os.chmod(folder, 0o755)
+  assert 'image cache: cannot write' in caplog.text and 'reading the TFDS records' in caplog.text
+  assert not [f for f in os.listdir(folder) if 'image-cache' in f]
+  # what training then reads: the TFDS records
+  batch = next(iter(pipeline.make_loader(source, batch_size=8, seed=5)))
+  assert batch['image'].shape == (8, 32, 32, 1)

@@ -8,19 +8,26 @@ fields) and recording unknown label values in `problems`. This module then
   1. checks every listed file before anything is written (`validate.check_items`) and
      stops with one error naming all problems -- or, with `skip_bad_files`, leaves the bad
      files out and lists them in `info.metadata['skipped_files']`;
-  2. checks that no patient is in two of train/val/test;
+  2. checks that no patient is in two of train/val/test (option `split=patient`
+     re-splits every labeled image by patient hash instead of the dataset's own split),
+     and warns about classes with fewer than `validate.MIN_CLASS_IMAGES` images;
   3. decodes images (PNG/JPEG/DICOM) and masks to the shared record layout
      (`schema.core_features`) in worker processes when the dataset is large enough;
   4. lets TFDS write ArrayRecord files. TFDS writes into an `incomplete.*` folder and
      renames it only after every split is written, so a preparation that fails at any
-     point leaves no folder that reads as a complete dataset.
+     point leaves no folder that reads as a complete dataset. The metadata records what
+     the data was built from (`identity`: source folder, file-list fingerprint, exact
+     options; see `cxr_jax/data/identity.py`).
 """
 from __future__ import annotations
 
 import concurrent.futures
 import csv
 import dataclasses
+import hashlib
 import io
+import json
+import logging
 import multiprocessing
 import os
 import re
@@ -32,6 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from cxr_jax.data import identity
 from cxr_jax.data import imageio
 from cxr_jax.data import splits as splits_lib
 from cxr_jax.data import validate
@@ -48,6 +56,12 @@ LABELED_SPLITS = ('train', 'val', 'test')
 MIN_ITEMS_FOR_POOL = 64
 # Folders that zip tools add and that never hold dataset images.
 IGNORED_DIRS = ('__MACOSX',)
+# Values of the `split` option.
+SPLIT_MODES = ('official', 'patient')
+# The part of a config name that spells out changed options (a hash of their exact values
+# follows it) is cut to this length.
+MAX_READABLE_NAME = 48
+log = logging.getLogger('cxr_jax')
 
 
 @dataclasses.dataclass(eq=False)
@@ -61,11 +75,15 @@ class CxrConfig(tfds.core.BuilderConfig):
     split_fractions: (train, val, test) fractions of patients, for datasets without an
       official split.
     split_seed: seed of the patient hash that assigns those splits.
+    split: 'official' (the dataset's own split where it has one: folders, list files,
+      a split column; else the patient hash) or 'patient' (every labeled image re-split
+      by patient hash with split_fractions and split_seed).
   """
   size: int = 256
   skip_bad_files: bool = False
   split_fractions: tuple[float, float, float] = splits_lib.DEFAULT_FRACTIONS
   split_seed: int = 0
+  split: str = 'official'
 
 
 _BASE_FIELDS = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
@@ -81,7 +99,10 @@ def config_with(builder_cls, config: Optional[str] = None, **overrides) -> CxrCo
   """A builder config with some options changed, named after the changes.
 
   The name decides the folder the prepared data lives in
-  (`data_dir/<dataset>/<config name>/<version>`), so different options never share one.
+  (`data_dir/<dataset>/<config name>/<version>`): the changed options in readable form
+  (cut to MAX_READABLE_NAME characters) and a hash of their exact values, e.g.
+  `default_size-512_split_seed-3_5f2a9c1e`, so different options never share a folder
+  even where their readable forms agree (`COVID-19` / `COVID19`, `a/b.csv` / `ab.csv`).
 
   Args:
     builder_cls: a CxrBuilder subclass.
@@ -107,8 +128,11 @@ def config_with(builder_cls, config: Optional[str] = None, **overrides) -> CxrCo
   for k, v in changed.items():
     if isinstance(options[k], tuple) and isinstance(v, list):
       changed[k] = tuple(v)
-  suffix = '_'.join(f'{k}-{_name_value(v)}' for k, v in sorted(changed.items()))
-  return dataclasses.replace(base, name=f'{base.name}_{suffix}', **changed)
+  readable = '_'.join(f'{k}-{_name_value(v)}' for k, v in sorted(changed.items()))
+  digest = hashlib.sha256(json.dumps(identity.jsonable(changed), sort_keys=True)
+                          .encode()).hexdigest()[:8]
+  return dataclasses.replace(
+      base, name=f'{base.name}_{readable[:MAX_READABLE_NAME]}_{digest}', **changed)
 
 
 def _normalise(v):
@@ -144,12 +168,23 @@ def find_root(manual_dir: Path, marker: str, max_depth: int = 3) -> Optional[Pat
 
 
 def read_csv(path: Path, problems: Problems, *, what: str = 'labels CSV',
-             delimiter: str = ',') -> list[tuple[str, dict[str, str], list[str]]]:
+             delimiter: str = ',', required: Sequence[str] = (),
+             expected: str = '') -> list[tuple[str, dict[str, str], list[str]]]:
   """Rows of a CSV as (location text, dict by header, raw fields).
 
   A missing CSV becomes an (unskippable) problem and an empty list, so that listing can
   go on and report everything else too. The location text ("train.csv line 7: '...'")
   is what error messages print for the row.
+
+  Args:
+    path, problems, what, delimiter: the file, where problems go, what the file is (for
+      messages), its field separator.
+    required: columns every row must have. A header without one of them is one problem
+      (and no rows); a row too short to reach one is a problem naming the file, its line
+      and the missing field, and is left out. (A field that is present but blank is the
+      builder's to judge.)
+    expected: the header layout shown when a required column is missing (default: the
+      required columns).
   """
   if not path.exists():
     problems.add('missing file', str(path), f'the {what} of this dataset', skippable=False)
@@ -163,6 +198,12 @@ def read_csv(path: Path, problems: Problems, *, what: str = 'labels CSV',
     line_no = reader.line_num
     if header is None:
       header = [h.strip() for h in fields]
+      absent = [c for c in required if c not in header]
+      if absent:
+        problems.add('bad CSV header', str(path), f'columns {header}; missing '
+                     f'{", ".join(absent)}; expected {expected or ",".join(required)}',
+                     skippable=False)
+        return []
       continue
     if not any(f.strip() for f in fields):
       continue
@@ -170,7 +211,14 @@ def read_csv(path: Path, problems: Problems, *, what: str = 'labels CSV',
     if len(raw) > 120:
       raw = raw[:117] + '...'
     where = f'{path.name} line {line_no}: {raw!r}'
-    rows.append((where, dict(zip(header, fields)), fields))
+    row = dict(zip(header, fields))
+    absent = [c for c in required if c not in row]
+    if absent:
+      problems.add('bad row', str(path), f'line {line_no} has {len(fields)} field(s) for '
+                   f'the {len(header)} columns of the header; missing field(s): '
+                   f'{", ".join(absent)}', where, skippable=False)
+      continue
+    rows.append((where, row, fields))
   return rows
 
 
@@ -255,10 +303,16 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
+    if cfg.split not in SPLIT_MODES:
+      raise ValueError(f'{self.name}: option split must be one of {SPLIT_MODES}, got '
+                       f'{cfg.split!r}')
     manual_dir = Path(dl_manager.manual_dir)
     self._manual_dir_path = manual_dir
     problems = Problems(self.name, manual_dir)
     items = self._list_items(manual_dir, problems)
+    if cfg.split == 'patient':
+      items = [dataclasses.replace(i, split=patient_split(i.patient_id, cfg))
+               if i.split in LABELED_SPLITS else i for i in items]
     if not items and not problems:
       raise self._empty_error(manual_dir)
     validate.check_duplicates(items, problems)
@@ -270,19 +324,36 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise DataValidationError(
           f'{self.name}: every one of the {len(bad)} listed examples in {manual_dir} has '
           'a bad file; nothing to write:\n' + '\n'.join(f'  - {s}' for s in skipped[:20]))
-    splits_lib.check_no_patient_overlap(
-        {s: [i.patient_id for i in items if i.split == s] for s in LABELED_SPLITS})
+    self._check_patient_overlap(items)
     self._skipped = skipped
     names = sorted({i.split for i in items},
                    key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 99, s))
+    counts = {c: 0 for c in self.CLASS_NAMES}
+    examples = {}
+    for item in items:
+      if 0 <= item.label < len(self.CLASS_NAMES):
+        name = self.CLASS_NAMES[item.label]
+        counts[name] += 1
+        examples.setdefault(name, item.row or item.id)
+    for warning in validate.label_warnings(counts, examples):
+      log.warning('%s: %s', self.name, warning)
     self.info.metadata.update({
         'class_names': list(self.CLASS_NAMES),
-        'options': {k: (list(v) if isinstance(v, tuple) else v)
-                    for k, v in config_options(cfg).items()},
+        'class_counts': counts,
+        'options': identity.jsonable(config_options(cfg)),
+        'identity': identity.record(self, manual_dir, config_options(cfg)),
         'skipped_files': skipped,
         'num_skipped': len(skipped),
     })
     return {s: self._generate_examples([i for i in items if i.split == s]) for s in names}
+
+  def _check_patient_overlap(self, items: Sequence[ImageItem]) -> None:
+    """Raises PatientOverlapError if a patient is in two of train/val/test, naming the
+    option that re-splits by patient."""
+    splits_lib.check_no_patient_overlap(
+        {s: [i.patient_id for i in items if i.split == s] for s in LABELED_SPLITS},
+        hint=f'{self.name}: pass --option=split=patient (split=patient from Python or in '
+        "a data spec's options) to re-split every labeled image by patient hash.")
 
 
   def _generate_examples(self, items: Sequence[ImageItem]):

@@ -99,7 +99,8 @@ class ChexpertCxr(_common.CxrBuilder):
     for csv_name, official in (('train.csv', 'train'), ('valid.csv', 'test')):
       if not (root / csv_name).exists():
         continue
-      for where, row, _ in _common.read_csv(root / csv_name, problems):
+      for where, row, _ in _common.read_csv(root / csv_name, problems,
+                                            required=('Path',) + OBSERVATIONS):
         frontal = row.get('Frontal/Lateral', '').strip()
         if cfg.frontal_only and frontal != 'Frontal':
           continue

@@ -96,7 +96,7 @@ class CxrCollection(_common.CxrBuilder):
     root = _common.find_root(manual_dir, 'metadata.csv')
     if root is None:
       return []
-    rows = _common.read_csv(root / 'metadata.csv', problems)
+    rows = _common.read_csv(root / 'metadata.csv', problems, required=('finding',))
     if not rows:
       return []
     header = set(rows[0][1])
@@ -174,7 +174,8 @@ class CxrCollection(_common.CxrBuilder):
     if not path.exists():
       return None
     out = {}
-    for where, row, _ in _common.read_csv(path, problems, what='structure list'):
+    for where, row, _ in _common.read_csv(path, problems, what='structure list',
+                                          required=('Filename', 'Template Name')):
       name = row.get('Filename', '').strip()
       kind = row.get('Template Name', '').strip()
       entry = out.setdefault(name, {})

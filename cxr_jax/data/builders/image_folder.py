@@ -10,6 +10,10 @@ Two layouts (manual_dir = the folder holding them):
 
 Classes are the distinct label values, sorted (numerically when all are integers), or
 the config's `class_names` in that order, in which case any other value is an error.
+Values that differ only by case, spaces, hyphens or underscores (`normal` / `Normal`)
+are an error listing where each spelling occurs; classes with fewer than
+`validate.MIN_CLASS_IMAGES` images are named in a warning. A CSV row too short to hold
+its path or label is an error naming the file, the line and the field.
 Without a split column or split folders, patients are split by hash (split_fractions,
 split_seed); without a patient_id column each image is its own patient.
 """
@@ -20,6 +24,7 @@ import json
 import os
 from pathlib import Path
 
+from cxr_jax.data import validate
 from cxr_jax.data.builders import _common
 from cxr_jax.data.imageio import ImageItem, MaskPart
 from cxr_jax.data.schema import UNLABELED
@@ -29,6 +34,7 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.dcm', '.bmp', '.tif', '.tiff', '.gi
 SPLIT_FOLDERS = {'train': 'train', 'val': 'val', 'valid': 'val', 'validation': 'val',
                  'test': 'test', 'unlabeled': 'unlabeled'}
 CSV_COLUMNS = ('path', 'label', 'patient_id', 'mask_path', 'split')
+CSV_LAYOUT = 'path,label[,patient_id][,mask_path][,split]'
 
 
 @dataclasses.dataclass(eq=False)
@@ -90,14 +96,8 @@ class ImageFolder(_common.CxrBuilder):
     return self._label(raw, problems)
 
   def _from_csv(self, manual_dir: Path, csv_path: Path, problems: Problems):
-    rows = _common.read_csv(csv_path, problems)
-    if not rows:
-      return []
-    columns = set(rows[0][1])
-    if not {'path', 'label'} <= columns:
-      problems.add('bad CSV header', str(csv_path), f'columns {sorted(columns)}; expected '
-                   'path,label[,patient_id][,mask_path][,split]', skippable=False)
-      return []
+    rows = _common.read_csv(csv_path, problems, required=('path', 'label'),
+                            expected=CSV_LAYOUT)
     out = []
     for where, row, _ in rows:
       path = (csv_path.parent / row['path'].strip()).resolve()
@@ -134,12 +134,16 @@ class ImageFolder(_common.CxrBuilder):
   def _label(self, raw: list[dict], problems: Problems) -> list[ImageItem]:
     cfg = self.builder_config
     values = sorted({r['label'] for r in raw if r['label']})
+    spellings = [(r['label'], r['where']) for r in raw if r['label']]
     if cfg.class_names:
       names = tuple(cfg.class_names)
+      # Values spelled otherwise in the data are unknown labels (with a did-you-mean).
+      spellings = [(c, 'option class_names') for c in names]
     elif all(v.lstrip('-').isdigit() for v in values):
       names = tuple(sorted(values, key=int))
     else:
       names = tuple(values)
+    validate.check_label_spellings(spellings, problems)
     self._found_classes = names
     manual_dir = Path(problems.manual_dir)
     items = []

@@ -7,22 +7,29 @@ a nested chest_xray/chest_xray/ copy and __MACOSX/ folders: only the shallowest
 File names carry the patient and the pneumonia subtype:
   person1649_bacteria_4379.jpeg -> patient person1649, subtype bacteria
   person1149_virus_1924.jpeg    -> patient person1149, subtype virus
+  person447_virus_921_1.jpeg    -> patient person447, subtype virus (a second image)
   IM-0115-0001.jpeg, NORMAL2-IM-1442-0001.jpeg -> patients IM-0115, NORMAL2-IM-1442
 `subtype` (text) and `subtype_label` (0 normal, 1 bacteria, 2 virus) keep it.
 
-Splits: `official` (default) keeps the train/val/test folders (val has 16 images);
-`patient` re-splits all images by patient hash (split_fractions, split_seed). Either way
-preparation fails if a patient is in two splits.
+Splits: `official` (default) keeps the train/val/test folders (5,216 / 16 / 624 images).
+The release appears to number its folders independently: 170 person numbers occur in
+both train/ and test/ (e.g. test/PNEUMONIA/person100_bacteria_475.jpeg and
+train/PNEUMONIA/person100_virus_184.jpeg, one a bacterial and one a viral pneumonia), so
+they cannot be taken as one patient. The official split is kept as published, with a
+warning giving the count and an example, recorded in
+`info.metadata['reused_patient_ids']`.
+Option `split=patient` re-splits all images by person number (split_fractions,
+split_seed), so that no person number is in two splits.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from cxr_jax.data import splits as splits_lib
 from cxr_jax.data.builders import _common
 from cxr_jax.data.imageio import ImageItem
 from cxr_jax.data.validate import Problems
@@ -31,7 +38,7 @@ CLASS_NAMES = ('NORMAL', 'PNEUMONIA')
 SUBTYPES = ('normal', 'bacteria', 'virus')
 _SPLITS = {'train': 'train', 'val': 'val', 'test': 'test'}
 _SUFFIXES = ('.jpeg', '.jpg', '.png')
-_PERSON = re.compile(r'^(person\d+)_(bacteria|virus)_\d+$', re.IGNORECASE)
+_PERSON = re.compile(r'^(person\d+)_(bacteria|virus)_\d+(?:_\d+)?$', re.IGNORECASE)
 _IM = re.compile(r'^(.*IM-\d+)-\d+(?:-\d+)?$', re.IGNORECASE)
 
 
@@ -46,19 +53,16 @@ def parse_name(stem: str) -> tuple[str, str]:
   return stem, ''
 
 
-@dataclasses.dataclass(eq=False)
-class KermanyConfig(_common.CxrConfig):
-  """Attributes: split: 'official' (the folders) or 'patient' (re-split by patient)."""
-  split: str = 'official'
-
-
 class KermanyPneumonia(_common.CxrBuilder):
   """Paediatric chest X-rays, NORMAL / PNEUMONIA, with bacteria/virus subtype."""
 
-  BUILDER_CONFIGS = [KermanyConfig(name='default')]
   CLASS_NAMES = CLASS_NAMES
   DESCRIPTION = ('Kermany et al. (Cell 2018) paediatric chest X-rays from Guangzhou: '
-                 'normal vs pneumonia, subtype bacteria / virus from the file names.')
+                 'normal vs pneumonia, subtype bacteria / virus from the file names. '
+                 'The official folders reuse person numbers across train/ and test/ '
+                 '(apparently numbered independently; 170 in the Kaggle release): with split='
+                 "official they are listed in metadata['reused_patient_ids']; split="
+                 'patient re-splits by person number.')
   HOMEPAGE = 'https://www.kaggle.com/datasets/paultimothymooney/chest-xray-pneumonia'
   CITATION = ('Kermany et al., Identifying Medical Diagnoses and Treatable Diseases by '
               'Image-Based Deep Learning, Cell 172(5), 2018.')
@@ -73,9 +77,6 @@ class KermanyPneumonia(_common.CxrBuilder):
             'subtype_label': tfds.features.Scalar(dtype=np.int64)}
 
   def _list_items(self, manual_dir: Path, problems: Problems) -> list[ImageItem]:
-    cfg = self.builder_config
-    if cfg.split not in ('official', 'patient'):
-      raise ValueError(f'{self.name}: split must be official or patient, got {cfg.split!r}')
     root = _common.find_root(manual_dir, 'train')
     if root is None or not any((root / s).is_dir() for s in _SPLITS):
       return []
@@ -98,12 +99,41 @@ class KermanyPneumonia(_common.CxrBuilder):
             subtype = 'normal'
           items.append(ImageItem(
               id=_common.rel(path, manual_dir), image=str(path),
-              split=split if cfg.split == 'official' else _common.patient_split(patient, cfg),
+              split=split,
               label=label, patient_id=patient,
               extra={'subtype': subtype,
                      'subtype_label': SUBTYPES.index(subtype) if subtype else -1},
               row=f'folder {_common.rel(class_dir, manual_dir)!r}'))
     return items
+
+  def _check_patient_overlap(self, items):
+    """The official folders reuse person numbers: a warning and a metadata record, not an
+    error (split=patient gives a split where no person number crosses splits)."""
+    if self.builder_config.split != 'official':
+      return super()._check_patient_overlap(items)
+    reused = splits_lib.patient_overlap(
+        {s: [i.patient_id for i in items if i.split == s] for s in _common.LABELED_SPLITS})
+    if not reused:
+      return None
+    files = {}  # patient -> split -> its first file there
+    for item in items:
+      if item.patient_id in reused:
+        files.setdefault(item.patient_id, {}).setdefault(item.split, item.id)
+    first = next(iter(reused))
+    _common.log.warning(
+        '%s: %d patient id(s) from the file names (person numbers) occur in more than one '
+        'of the official train/val/test folders, e.g. %s: %s. The folders appear to be '
+        'numbered independently, so the official split is kept as published (listed in '
+        "info.metadata['reused_patient_ids']); pass --option=split=patient for a split in "
+        'which no patient id is in two splits.', self.name, len(reused), first,
+        ' and '.join(files[first][s] for s in reused[first]))
+    self.info.metadata['reused_patient_ids'] = {
+        'count': len(reused),
+        'note': 'patient ids (person numbers) found in more than one official folder, '
+                'apparently numbered independently; split=patient re-splits by patient id',
+        'examples': {p: files[p] for p in list(reused)[:20]},
+    }
+    return None
 
 
 def make_config(**options) -> _common.CxrConfig:

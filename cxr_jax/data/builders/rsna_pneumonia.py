@@ -59,7 +59,8 @@ class RsnaPneumonia(_common.CxrBuilder):
     if root is None:
       return []
     classes, first_row = {}, {}
-    for where, row, _ in _common.read_csv(root / 'stage_2_detailed_class_info.csv', problems):
+    for where, row, _ in _common.read_csv(root / 'stage_2_detailed_class_info.csv', problems,
+                                          required=('patientId', 'class')):
       pid, value = row.get('patientId', '').strip(), row.get('class', '').strip()
       label = _common.label_index(value, CLASS_NAMES, problems, where)
       if label is None:
@@ -73,7 +74,7 @@ class RsnaPneumonia(_common.CxrBuilder):
       first_row.setdefault(pid, where)
     boxes = {}
     for where, row, _ in _common.read_csv(root / 'stage_2_train_labels.csv', problems,
-                                          what='box CSV'):
+                                          what='box CSV', required=('patientId', 'Target')):
       pid = row.get('patientId', '').strip()
       entry = boxes.setdefault(pid, [])
       if row.get('Target', '').strip() in ('1', '1.0'):

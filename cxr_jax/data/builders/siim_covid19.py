@@ -81,7 +81,8 @@ class SiimCovid19(_common.CxrBuilder):
     if root is None:
       return []
     study_label = {}
-    for where, row, _ in _common.read_csv(root / 'train_study_level.csv', problems):
+    for where, row, _ in _common.read_csv(root / 'train_study_level.csv', problems,
+                                          required=('id',) + STUDY_COLUMNS):
       study = row.get('id', '').strip()
       if study.endswith('_study'):
         study = study[:-len('_study')]
@@ -98,7 +99,8 @@ class SiimCovid19(_common.CxrBuilder):
       study_label[study] = ones[0]
     dicoms = {p.stem: p for p in sorted((root / 'train').rglob('*.dcm'))}
     items = []
-    for where, row, _ in _common.read_csv(root / 'train_image_level.csv', problems):
+    for where, row, _ in _common.read_csv(root / 'train_image_level.csv', problems,
+                                          required=('id', 'StudyInstanceUID')):
       image_id = row.get('id', '').strip()
       image_id = image_id[:-len('_image')] if image_id.endswith('_image') else image_id
       study = row.get('StudyInstanceUID', '').strip()

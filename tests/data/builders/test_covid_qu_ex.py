@@ -1,5 +1,6 @@
 """covid_qu_ex: fixture in the exact Kaggle layout, bad inputs, and the real subset."""
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,8 @@ def test_skip_bad_files_records_them(h, build, tmp_path):
   assert len(data['val']) == 2
   skipped = builder.info.metadata['skipped_files']
   assert builder.info.metadata['num_skipped'] == 1 and 'covid_7.png' in skipped[0]
-  assert builder.builder_config.name == 'infection_size-32_skip_bad_files-true'
+  assert re.fullmatch(r'infection_size-32_skip_bad_files-true_[0-9a-f]{8}',
+                      builder.builder_config.name)
 
 
 def test_empty_folder(build, tmp_path):

@@ -1,8 +1,11 @@
 """image_folder: CSV and class-folder layouts, class discovery, masks, bad labels."""
+import logging
+
 import numpy as np
 import pytest
 
 from cxr_jax.data import prepare
+from cxr_jax.data.splits import PatientOverlapError
 from cxr_jax.data.validate import DataValidationError
 from cxr_jax.data.schema import class_names
 
@@ -88,3 +91,65 @@ def test_bad_header(h, build, tmp_path):
   h.write(root / 'labels.csv', 'file,class\nx.png,normal\n')
   with pytest.raises(DataValidationError, match='expected path,label'):
     build('image_folder', root)
+
+
+def _labelled(h, root, labels):
+  for i in range(len(labels)):
+    h.save(root / f'{i}.png', h.chest(40, 36, seed=i))
+  h.write(root / 'labels.csv', 'path,label\n' +
+          ''.join(f'{i}.png,{label}\n' for i, label in enumerate(labels)))
+  return root
+
+
+def test_label_spellings_of_one_class_are_an_error(h, build, tmp_path):
+  root = _labelled(h, tmp_path / 'sp', ['normal', 'Normal', 'COVID-19', 'covid_19', 'normal'])
+  with pytest.raises(DataValidationError) as err:
+    build('image_folder', root)
+  text = str(err.value)
+  assert text.count('- inconsistent label spelling') == 2
+  assert ("'Normal': 1 image(s), e.g. labels.csv line 3: '1.png,Normal'; "
+          "'normal': 2 image(s), e.g. labels.csv line 2: '0.png,normal'") in text
+  assert "'COVID-19': 1 image(s)" in text and "'covid_19': 1 image(s)" in text
+  # Class folders too; with class_names given, another spelling is an unknown label.
+  folders = tmp_path / 'folders'
+  for cls in ('NORMAL', 'Normal'):
+    h.save(folders / cls / f'{cls}.png', h.chest())
+  with pytest.raises(DataValidationError, match="'NORMAL': 1 image.*class folder 'NORMAL'"):
+    build('image_folder', folders)
+  with pytest.raises(DataValidationError, match="value 'Normal'.*did you mean 'NORMAL'"):
+    build('image_folder', folders, class_names=('NORMAL', 'covid'))
+
+
+def test_rare_and_look_alike_classes_are_warned_about(h, build, tmp_path, caplog):
+  labels = ['normal'] * 5 + ['covid', 'covid-19']
+  root = _labelled(h, tmp_path / 'rare', labels)
+  with caplog.at_level(logging.WARNING, logger='cxr_jax'):
+    builder, _ = build('image_folder', root)
+  assert ("2 class(es) with fewer than 5 labeled images (too few to learn or evaluate; a "
+          "typo of another class?): 'covid': 1 (e.g. labels.csv line 7: '5.png,covid'); "
+          "'covid-19': 1") in caplog.text
+  assert "class names 'covid' and 'covid-19' look like variants of one class" in caplog.text
+  assert builder.info.metadata['class_counts'] == {'covid': 1, 'covid-19': 1, 'normal': 5}
+
+
+def test_a_csv_row_without_its_label_names_file_line_and_field(h, build, tmp_path):
+  root = _labelled(h, tmp_path / 'short', ['normal', 'covid'])
+  h.write(root / 'labels.csv', 'path,label\n0.png,normal\n1.png\n')
+  with pytest.raises(DataValidationError) as err:
+    build('image_folder', root)
+  assert ("bad row: labels.csv (line 3 has 1 field(s) for the 2 columns of the header; "
+          "missing field(s): label) [listed in labels.csv line 3: '1.png']") in str(err.value)
+
+
+def test_patient_overlap_names_the_option_that_resolves_it(h, build, tmp_path):
+  root = tmp_path / 'ov'
+  for i in range(4):
+    h.save(root / f'{i}.png', h.chest(seed=i))
+  h.write(root / 'labels.csv', 'path,label,patient_id,split\n0.png,a,p1,train\n'
+          '1.png,b,p1,test\n2.png,a,p2,train\n3.png,b,p3,test\n')
+  with pytest.raises(PatientOverlapError, match=r"'p1' in splits \['test', 'train'\]"
+                     r"[\s\S]*--option=split=patient"):
+    build('image_folder', root)
+  _, data = build('image_folder', root, split='patient')
+  split_of = {r['id']: s for s, rs in data.items() for r in rs}
+  assert len(split_of) == 4 and split_of[b'0.png'] == split_of[b'1.png']

@@ -1,15 +1,17 @@
 """kermany_pneumonia (nested zip copy, __MACOSX, subtypes) and covid19_radiography."""
+import logging
+
 import numpy as np
 import pytest
 
 from cxr_jax.data.builders import kermany_pneumonia
-from cxr_jax.data.splits import PatientOverlapError
 
 
 def test_kermany_names():
   p = kermany_pneumonia.parse_name
   assert p('person1649_bacteria_4379') == ('person1649', 'bacteria')
   assert p('person1149_virus_1924') == ('person1149', 'virus')
+  assert p('person447_virus_921_1') == ('person447', 'virus')
   assert p('IM-0115-0001') == ('IM-0115', '')
   assert p('NORMAL2-IM-1442-0001') == ('NORMAL2-IM-1442', '')
 
@@ -54,17 +56,47 @@ def test_kermany_layout(h, build, tmp_path):
   assert builder.CLASS_NAMES == ('NORMAL', 'PNEUMONIA')
 
 
-def test_kermany_overlap_fails_and_patient_resplit(h, build, tmp_path):
-  root = _kermany(h, tmp_path / 'k')
-  h.save(root / 'chest_xray' / 'test' / 'PNEUMONIA' / 'person1649_bacteria_9999.jpeg',
-         h.chest())
-  with pytest.raises(PatientOverlapError) as err:
-    build('kermany_pneumonia', root)
-  assert "patient 'person1649' in splits ['test', 'train']" in str(err.value)
+# File names of the Kaggle release: person numbers reused across train/ and test/
+# (person100), a second image with a `_1` suffix (person447), both NORMAL name forms.
+REAL_NAMES = {
+    'train/NORMAL': ['IM-0115-0001.jpeg', 'NORMAL2-IM-1427-0001.jpeg'],
+    'train/PNEUMONIA': ['person100_virus_184.jpeg', 'person447_virus_921_1.jpeg',
+                        'person447_virus_920.jpeg', 'person1649_bacteria_4379.jpeg'],
+    'val/NORMAL': ['NORMAL2-IM-1431-0001.jpeg'],
+    'val/PNEUMONIA': ['person1946_bacteria_4874.jpeg'],
+    'test/NORMAL': ['IM-0001-0001.jpeg'],
+    'test/PNEUMONIA': ['person100_bacteria_475.jpeg', 'person1_virus_6.jpeg'],
+}
+
+
+def test_kermany_real_names_official_split_keeps_the_folders(h, build, tmp_path, caplog):
+  root = tmp_path / 'k'
+  for i, (folder, names) in enumerate(REAL_NAMES.items()):
+    for j, name in enumerate(names):
+      h.save(root / 'chest_xray' / folder / name, h.chest(40, 36, seed=i * 10 + j))
+  with caplog.at_level(logging.WARNING, logger='cxr_jax'):
+    builder, data = build('kermany_pneumonia', root)
+  assert {s: len(r) for s, r in data.items()} == {'train': 6, 'val': 2, 'test': 3}
+  assert ('1 patient id(s) from the file names (person numbers) occur in more than one of '
+          'the official' in caplog.text
+          and 'person100' in caplog.text and '--option=split=patient' in caplog.text)
+  reused = builder.info.metadata['reused_patient_ids']
+  assert reused['count'] == 1 and reused['examples']['person100'] == {
+      'test': 'chest_xray/test/PNEUMONIA/person100_bacteria_475.jpeg',
+      'train': 'chest_xray/train/PNEUMONIA/person100_virus_184.jpeg'}
+  assert 'reused_patient_ids' in builder.info.description
+  recs = h.by_id([r for rs in data.values() for r in rs])
+  r = recs['chest_xray/train/PNEUMONIA/person447_virus_921_1.jpeg']
+  assert (r['patient_id'], r['subtype'], r['subtype_label']) == (b'person447', b'virus', 2)
+  assert recs['chest_xray/val/NORMAL/NORMAL2-IM-1431-0001.jpeg']['patient_id'] == (
+      b'NORMAL2-IM-1431')
+  # split=patient: every image re-split by person number; none crosses splits.
   _, data = build('kermany_pneumonia', root, split='patient')
-  where = {r['id'].decode(): s for s, rs in data.items() for r in rs}
-  person = {s for k, s in where.items() if 'person1649_' in k}
-  assert len(person) == 1 and sum(map(len, data.values())) == 11
+  assert sum(map(len, data.values())) == 11
+  split_of = {}
+  for s, rs in data.items():
+    for r in rs:
+      assert split_of.setdefault(r['patient_id'], s) == s, r['patient_id']
 
 
 CLASSES = ('COVID', 'Lung_Opacity', 'Normal', 'Viral Pneumonia')

@@ -143,6 +143,22 @@ def test_chexpert_unlabeled_and_bad_value(h, build, tmp_path):
   assert 'valid.csv line 2' in str(err.value)
 
 
+def test_chexpert_short_row_and_header_name_file_line_and_fields(h, build, tmp_path):
+  # A row cut short would otherwise read its missing observations as blank (0).
+  root = _chexpert(h, tmp_path)
+  line = (root / 'valid.csv').read_text().splitlines()[1]
+  (root / 'valid.csv').write_text(CHEX_HEADER + '\n' + line.rsplit(',', 3)[0] + '\n')
+  with pytest.raises(DataValidationError) as err:
+    build('chexpert_cxr', tmp_path)
+  assert ('bad row: CheXpert-v1.0-small/valid.csv (line 2 has 16 field(s) for the 19 '
+          'columns of the header; missing field(s): Pleural Other, Fracture, Support '
+          "Devices) [listed in valid.csv line 2: 'CheXpert-v1.0-small/valid/") in str(err.value)
+  (root / 'valid.csv').write_text(CHEX_HEADER.replace(',Fracture', '') + '\n' + line + '\n')
+  with pytest.raises(DataValidationError, match=r'bad CSV header: .*valid.csv .*missing '
+                     'Fracture; expected Path,No Finding,'):
+    build('chexpert_cxr', tmp_path)
+
+
 def test_covidx(h, build, tmp_path):
   root = tmp_path / 'covidx'
   h.write(root / 'train.txt', '1 a.png positive cohen\n2 b b.png negative rsna\n'

@@ -1,4 +1,6 @@
 """The prepare CLI and library entry point: options, reuse, worker processes, errors."""
+import re
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,7 @@ def test_cli_prepares_and_reports(h, tmp_path, capsys):
                      '--option=split_seed=3'])
   out = capsys.readouterr().out
   assert rc == 0
-  assert 'image_folder/default_size-16_split_seed-3 ready' in out
+  assert re.search(r'image_folder/default_size-16_split_seed-3_[0-9a-f]{8} ready', out)
   builder = prepare.prepare('image_folder', str(tmp_path / 'tfds'), size=16, split_seed=3)
   total = sum(s.num_examples for s in builder.info.splits.values())
   assert total == 6 and f'examples' in out
@@ -94,7 +96,7 @@ def test_training_pipeline_prepares_by_config(h, tmp_path):
   cfg = types.SimpleNamespace(name='image_folder', options='size=16,split_seed=2',
                               manual_dir=str(root))
   builder = pipeline.get_builder(cfg, str(tmp_path / 'tfds'))
-  assert builder.builder_config.name == 'default_size-16_split_seed-2'
+  assert re.fullmatch(r'default_size-16_split_seed-2_[0-9a-f]{8}', builder.builder_config.name)
   assert sum(s.num_examples for s in builder.info.splits.values()) == 4
   cfg = types.SimpleNamespace(name='covid_qu_ex', options='config=infection,size=16',
                               manual_dir=None)
