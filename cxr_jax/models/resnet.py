@@ -203,7 +203,21 @@ def _conv1x1(features: int, strides: int, dtype: Dtype, name: str):
                  name=name)
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+  """Fields shared by the two residual blocks (see `BasicBlock`, `BottleneckBlock`)."""
+  features: int
+  strides: int = 1
+  small_map_conv: bool = True
+  dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+  dot_batch_norm: bool | None = None
+
+  def _norm(self, train: bool):
+    return functools.partial(_batch_norm, train, self.dtype, self.axis_name,
+                             dot_batch_norm=self.dot_batch_norm)
+
+
+class BasicBlock(_Block):
   """ResNet-18/34 block: two 3x3 convs; [B, H, W, Cin] -> [B, H/s, W/s, F].
 
   Attributes:
@@ -211,18 +225,11 @@ class BasicBlock(nn.Module):
     strides: stride s of the first 3x3 convolution (and the projection).
     small_map_conv, dtype, axis_name, dot_batch_norm: as in `ResNet`.
   """
-  features: int
-  strides: int = 1
-  small_map_conv: bool = True
-  dtype: Dtype = jnp.float32
-  axis_name: str | None = None
-  dot_batch_norm: bool | None = None
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    bn = functools.partial(_batch_norm, train, self.dtype, self.axis_name,
-                           dot_batch_norm=self.dot_batch_norm)
+    bn = self._norm(train)
     residual = x
     y = Conv3x3(self.features, self.strides, self.small_map_conv, self.dtype,
                 name='conv1')(x)
@@ -237,7 +244,7 @@ class BasicBlock(nn.Module):
     return nn.relu(residual + y)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_Block):
   """ResNet-50 block (v1.5): 1x1, 3x3 (strided), 1x1 x4 expansion.
 
   [B, H, W, Cin] -> [B, H/s, W/s, 4F].
@@ -247,18 +254,11 @@ class BottleneckBlock(nn.Module):
     strides: stride s of the 3x3 convolution (and the projection).
     small_map_conv, dtype, axis_name, dot_batch_norm: as in `ResNet`.
   """
-  features: int
-  strides: int = 1
-  small_map_conv: bool = True
-  dtype: Dtype = jnp.float32
-  axis_name: str | None = None
-  dot_batch_norm: bool | None = None
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    bn = functools.partial(_batch_norm, train, self.dtype, self.axis_name,
-                           dot_batch_norm=self.dot_batch_norm)
+    bn = self._norm(train)
     out_features = self.features * self.expansion
     residual = x
     y = _conv1x1(self.features, 1, self.dtype, 'conv1')(x)
