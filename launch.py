@@ -96,7 +96,11 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TFDS are chatty below ERROR
   logging.getLogger('cxr_jax').setLevel(logging.INFO)
   from cxr_jax import experiment
-  experiment.run(flags.FLAGS.config, _WORKDIR.value)
+  from cxr_jax.train.workdir import RunError
+  try:
+    experiment.run(flags.FLAGS.config, _WORKDIR.value)
+  except RunError as e:  # says what happened and what to do: no traceback
+    sys.exit(f'error: {e}')
   print(f'report: {os.path.join(_WORKDIR.value, "report.md")}')
 
 
