@@ -89,7 +89,7 @@ def make_step(model, tx, image_size: int, strength: float):
     params = optax.apply_updates(state.params, updates)
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state), {'loss': loss}
-  return step
+  return loop.checked(step)
 
 
 class Programs:
@@ -203,7 +203,8 @@ def _train(config, programs: Programs, job_name: str, directory: Path, seed: int
   job = loop.Job(name=job_name, directory=directory, num_steps=ft.steps,
                  init_state=init_state, train_step=programs.step, loader=loader, mesh=mesh,
                  checkpoint_every=config.checkpoint_every, log_every=config.log_every,
-                 eval_every=ft.eval_every, evaluate=evaluate)
+                 eval_every=ft.eval_every, evaluate=evaluate,
+                 advice=loop.lower_lr_advice('finetune.optimizer.lr', ft.optimizer.lr))
   state = loop.run_job(job, writer)
   best = {'params': state.extra['best_params'], 'batch_stats': state.extra['best_batch_stats']}
   return best, float(state.extra['best_score']), int(state.extra['best_step'])

@@ -188,3 +188,51 @@ def test_frozen_probes_of_a_fixed_encoder_on_all_labels_run_one_seed():
   assert list(finetuning.seeds('knn', 'imagenet', 1.0, 3)) == [0]
   assert list(finetuning.seeds('knn', 'curricular', 0.25, 3)) == [0, 1, 2]  # subsets differ
   assert list(finetuning.seeds('linear', 'scratch', 1.0, 3)) == [0, 1, 2]  # random encoders
+
+
+def _checkpoint_leaves(workdir):
+  """{checkpoint folder: its state's float leaves} of every pretraining checkpoint."""
+  import warnings
+  import orbax.checkpoint as ocp
+  out = {}
+  for step_dir in sorted(workdir.glob('pretrain/*/ckpt/*')):
+    if step_dir.name.isdigit():
+      with warnings.catch_warnings():  # no target: shardings read from the checkpoint
+        warnings.simplefilter('ignore', UserWarning)
+        tree = ocp.PyTreeCheckpointer().restore(step_dir / 'state')
+      out[str(step_dir.relative_to(workdir))] = [
+          np.asarray(x) for x in jax.tree_util.tree_leaves(tree)
+          if np.issubdtype(np.asarray(x).dtype, np.floating)]
+  return out
+
+
+def test_a_diverged_stage_stops_and_resumes_with_a_lower_learning_rate(tmp_path, tiny_data_dir):
+  """lr 1e30: the first update (after the warm-up's zero) makes the weights huge but
+  finite, the next loss is NaN. Nothing non-finite is saved, the checkpoint that diverged
+  is moved aside, and the flags the error gives (with a sane learning rate) finish the run."""
+  from cxr_jax import experiment
+  config = tiny_config(tiny_data_dir)
+  config.pretrain.stages = config.pretrain.stages[:1]
+  config.checkpoint_every, config.log_every = 2, 3
+  config.finetune.inits, config.finetune.protocols = 'curricular', 'linear'
+  config.eval_batch_size, config.finetune.image_size = 16, 32
+  config.pretrain.optimizer.lr = 1e30
+  with pytest.raises(loop.NonFiniteError) as error:
+    experiment.run(config, tmp_path)
+  message = str(error.value)
+  assert 'pretrain/low_res: training diverged at step 3: the loss was nan.' in message
+  assert 'The checkpoint of step 2, from which step 3 diverged, was moved aside' in message
+  assert ('re-run the same command with --config.pretrain.optimizer.lr=1e+29 '
+          '--config.allow_changes=pretrain.optimizer.lr') in message
+  assert [p.name[:12] for p in (tmp_path / 'pretrain/low_res/ckpt').iterdir()] == ['2.nonfinite-']
+  assert not (tmp_path / 'report.md').exists()
+
+  config.pretrain.optimizer.lr, config.allow_changes = 1e-3, 'pretrain.optimizer.lr'
+  [result] = experiment.run(config, tmp_path)
+  assert 0.0 <= result['test']['auroc'] <= 1.0 and (tmp_path / 'report.md').exists()
+  leaves = _checkpoint_leaves(tmp_path)
+  assert sorted(leaves) == ['pretrain/low_res/ckpt/4', 'pretrain/low_res/ckpt/6']
+  assert all(np.isfinite(x).all() for xs in leaves.values() for x in xs)
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['pretrain']['optimizer']['lr'] == 1e-3
+  assert saved['amendments'][0]['changes'] == {'pretrain.optimizer.lr': [1e30, 1e-3]}
