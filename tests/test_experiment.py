@@ -236,3 +236,28 @@ def test_a_diverged_stage_stops_and_resumes_with_a_lower_learning_rate(tmp_path,
   saved = json.loads((tmp_path / 'config.json').read_text())
   assert saved['pretrain']['optimizer']['lr'] == 1e-3
   assert saved['amendments'][0]['changes'] == {'pretrain.optimizer.lr': [1e30, 1e-3]}
+
+
+def test_a_bfloat16_run_goes_end_to_end_and_saves_float32_arrays(tmp_path, tiny_data_dir):
+  """model.dtype='bfloat16' pretrains, fine-tunes, explains and reports; predictions and
+  attention maps are saved as float32 (np.savez would store bfloat16 as raw bytes)."""
+  from cxr_jax import experiment
+  config = tiny_config(tiny_data_dir)
+  config.model.dtype = 'bfloat16'
+  config.pretrain.stages = config.pretrain.stages[:1]
+  config.pretrain.stages[0].steps = 2
+  config.finetune.inits, config.finetune.num_seeds = 'curricular', 1
+  config.finetune.steps, config.finetune.eval_every, config.finetune.batch_size = 2, 2, 8
+  config.finetune.image_size, config.eval_batch_size = 32, 16
+  config.explain.enabled, config.explain.num_overlays = True, 1
+  [result] = experiment.run(config, tmp_path)
+  cell = tmp_path / 'finetune' / 'curricular' / '1' / 'seed0'
+  with np.load(cell / 'test_predictions.npz') as f:
+    assert f['probs'].dtype == np.float32
+    np.testing.assert_allclose(f['probs'].sum(-1), 1.0, rtol=1e-5)
+  with np.load(cell / 'attention.npz') as f:
+    assert not [k for k in f.files if f[k].dtype.kind == 'V']  # no raw bytes
+    assert f['overlay_cam_pred'].dtype == np.float32
+  assert 0.0 <= result['test']['auroc'] <= 1.0
+  report = (tmp_path / 'report.md').read_text()
+  assert '| curricular | 1 | 1 |' in report
