@@ -107,6 +107,8 @@ def main(argv):
 if __name__ == '__main__':
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   config, argv = load_config(sys.argv)
+  # sys_argv: ml_collections reads the overrides from sys.argv by default, where
+  # --config=FILE (a config file's flag) makes it wait for a value it never gets here
   config_flags.DEFINE_config_dict('config', config, 'The run\'s config (--config=FILE[:ARG]).',
-                                  lock_config=True)
+                                  lock_config=True, sys_argv=argv)
   app.run(main, argv=argv)
