@@ -96,11 +96,21 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TFDS are chatty below ERROR
   logging.getLogger('cxr_jax').setLevel(logging.INFO)
   from cxr_jax import experiment
-  from cxr_jax.train.workdir import RunError
+  from cxr_jax.train import workdir
   try:
     experiment.run(flags.FLAGS.config, _WORKDIR.value)
-  except RunError as e:  # says what happened and what to do: no traceback
-    sys.exit(f'error: {e}')
+  except (workdir.RunError, OSError) as e:
+    if not isinstance(e, workdir.RunError) and not workdir.no_space(e):
+      raise
+    # the message says what happened and what to do: no traceback. Exit at once: after a
+    # full disk the libraries' exit handlers (TensorBoard's last flush, Orbax's abandoned
+    # writes) would print tracebacks of their own for the same cause
+    why = e if isinstance(e, workdir.RunError) else (
+        f'no space left on device ({e}); free some space and re-run the same command to resume')
+    print(f'error: {why}', file=sys.stderr, flush=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(1)
   print(f'report: {os.path.join(_WORKDIR.value, "report.md")}')
 
 

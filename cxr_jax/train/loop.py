@@ -18,21 +18,19 @@ What it guarantees when things go wrong:
     aside (`<step>.corrupt-<time>`, `<step>.nonfinite-<time>`) with a warning and the job
     resumes from the one before; with none left it starts afresh. A checkpoint that does
     not fit the job's state (another model) is an error: nothing is moved.
-  * a full disk stops the job with `DiskFullError`: one line naming the folder and its free
-    space; the next run resumes from the last complete checkpoint.
+  * a full disk stops the job with `workdir.DiskFullError`: one line naming the folder and
+    its free space; the next run resumes from the last complete checkpoint.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import datetime
-import errno
 import functools
 import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -66,10 +64,6 @@ class TrainState:
 
 class NonFiniteError(workdir_lib.RunError, FloatingPointError):
   """Training diverged: a step's loss or new state was not finite (nothing of it saved)."""
-
-
-class DiskFullError(workdir_lib.RunError):
-  """A checkpoint could not be written for want of space."""
 
 
 def all_finite(*trees) -> jax.Array:
@@ -124,14 +118,23 @@ class MetricWriter:
     if not self._active:
       return
     scalars = {k: float(v) for k, v in metrics.items()}
-    with open(self._path, 'a') as f:
-      f.write(json.dumps({'step': int(step), 'job': job, **scalars}) + '\n')
+    try:
+      with open(self._path, 'a') as f:
+        f.write(json.dumps({'step': int(step), 'job': job, **scalars}) + '\n')
+    except OSError as e:
+      if not workdir_lib.no_space(e):
+        raise
+      raise workdir_lib.disk_full(job, f'a line of {self._path}', self._path) from None
     for k, v in scalars.items():
       self._tb.add_scalar(f'{job}/{k}', v, int(step))
 
   def close(self):
     if self._active:
-      self._tb.close()
+      try:
+        self._tb.close()
+      except OSError as e:  # never in place of the error that stopped the run
+        log.log(logging.INFO if workdir_lib.no_space(e) else logging.WARNING,
+                'the TensorBoard events could not be written: %s', e)
 
 
 @dataclasses.dataclass
@@ -271,38 +274,18 @@ def _restore(job: Job):
   return mgr, state, iterator
 
 
-def _no_space(e: BaseException) -> bool:
-  """Whether `e` (or an exception it came from) is a full disk: an OSError ENOSPC, or
-  TensorStore's error that quotes it."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if getattr(e, 'errno', None) == errno.ENOSPC or 'No space left on device' in str(e):
-      return True
-    e = e.__cause__ or e.__context__
-  return False
-
-
-def _size(n: int) -> str:
-  return f'{n / 2**30:.1f} GiB' if n >= 2**30 else f'{n / 2**20:.1f} MiB'
-
-
 @contextlib.contextmanager
 def _disk_full_as_one_line(job: Job):
   """Turns a checkpoint write that failed for want of space into DiskFullError."""
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except
-    if not _no_space(e):
+    if not workdir_lib.no_space(e):
       raise
     ckpt = checkpoint_dir(job.directory)
-    existing = next(p for p in (ckpt, *ckpt.parents) if p.exists())
     steps = saved_steps(job.directory)
-    resume = f'step {steps[-1]}' if steps else 'the start'
-    raise DiskFullError(
-        f'{job.name}: no space left on device for a checkpoint under {ckpt} '
-        f'({_size(shutil.disk_usage(existing).free)} free there); free some space and re-run '
-        f'the same command to resume from {resume}.') from None
+    raise workdir_lib.disk_full(job.name, f'a checkpoint under {ckpt}', ckpt,
+                                f' from step {steps[-1]}' if steps else '') from None
 
 
 class _QuietOrbaxErrors(logging.Filter):
@@ -315,8 +298,23 @@ class _QuietOrbaxErrors(logging.Filter):
                 f'{os.sep}orbax{os.sep}' in record.pathname)
 
 
+def _drop_closed_loop_callbacks(previous):
+  """An unraisable-exception hook that drops `RuntimeError: Event loop is closed`: after a
+  failed save, TensorStore's writes still in flight call back into the event loop Orbax
+  has closed, and Python would print a traceback for each (hundreds on a full disk)."""
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == 'Event loop is closed'):
+      previous(unraisable)
+  hook.drops_closed_loop_callbacks = True
+  return hook
+
+
 @contextlib.contextmanager
 def _quiet_orbax_errors():
+  if not getattr(sys.unraisablehook, 'drops_closed_loop_callbacks', False):
+    # for the rest of the process: the callbacks can come after the error is reported
+    sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
   quiet = _QuietOrbaxErrors()
   logger = logging.getLogger('absl')
   logger.addFilter(quiet)

@@ -3,6 +3,8 @@
     RunError       a run stopped by its circumstances (non-finite training, a full disk, a
                    workdir in use, an unreadable workdir file); its message says what
                    happened and what to do, and launch.py prints it alone (no traceback)
+    disk_full      the DiskFullError (a RunError) of a write that failed for want of space:
+                   one line naming the file or folder and the space left there
     lock(workdir)  one run per workdir: <workdir>/.lock, held with flock(2) by process 0;
                    the kernel drops it when the process dies, so a killed run leaves no
                    lock that blocks the next one
@@ -18,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -33,6 +36,35 @@ class RunError(Exception):
 
 class WorkdirBusy(RunError):
   pass
+
+
+class DiskFullError(RunError):
+  pass
+
+
+def no_space(e: BaseException | None) -> bool:
+  """Whether `e` (or an exception it came from) is a full disk: an OSError ENOSPC, or
+  TensorStore's error that quotes it."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if getattr(e, 'errno', None) == errno.ENOSPC or 'No space left on device' in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _size(n: int) -> str:
+  return f'{n / 2**30:.1f} GiB' if n >= 2**30 else f'{n / 2**20:.1f} MiB'
+
+
+def disk_full(who: str, what: str, path: Path, resume: str = '') -> DiskFullError:
+  """'<who>: no space left on device for <what> (<free> free there); free some space and
+  re-run the same command to resume<resume>.' (`path`: where it was being written)."""
+  existing = next(p for p in (Path(path), *Path(path).parents) if p.exists())
+  return DiskFullError(
+      f'{who}: no space left on device for {what} ({_size(shutil.disk_usage(existing).free)} '
+      f'free there); free some space and re-run the same command to resume{resume}.')
 
 
 def _holder(fd: int) -> dict:

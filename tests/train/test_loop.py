@@ -230,7 +230,7 @@ def test_a_full_disk_stops_with_one_line_and_the_next_run_resumes(setup, tmp_pat
     return save(self, directory, *args, **kwargs)
   monkeypatch.setattr(grain.checkpoint.CheckpointHandler, 'save', full)
   with caplog.at_level(logging.ERROR):
-    with pytest.raises(loop.DiskFullError) as error:
+    with pytest.raises(loop.workdir_lib.DiskFullError) as error:
       _run(setup(tmp_path / 'run', 11), tmp_path)
   message = str(error.value)
   assert '\n' not in message
