@@ -128,9 +128,15 @@ def test_finetune_jobs_with_model_selection_compile_their_step_once(tmp_path, ti
   writer = loop.MetricWriter(tmp_path)
   results = [finetuning.finetune_job(config, programs, 'finetune', 'scratch', 1.0, seed, None,
                                      data, mesh, writer, tmp_path) for seed in (0, 1)]
-  writer.close()
   assert programs.step._cache_size() == 1
   assert all(r['best_step'] in (2, 4) for r in results)  # selection did run
+  # a result.json torn by a kill (before it was written atomically) is evaluated again,
+  # from the job's last checkpoint: the same result
+  (tmp_path / 'finetune' / 'scratch' / '1' / 'seed0' / 'result.json').write_text('{"prot')
+  again = finetuning.finetune_job(config, programs, 'finetune', 'scratch', 1.0, 0, None, data,
+                                  mesh, writer, tmp_path)
+  writer.close()
+  assert again == results[0]
 
 
 def test_host_augmentation_matches_the_device_path_at_strength_zero(tmp_path, tiny_data_dir,

@@ -4,6 +4,7 @@ moved aside, a full disk stops with one line, a rotated metrics.jsonl."""
 import errno
 import logging
 import os
+from pathlib import Path
 
 import grain
 import jax
@@ -257,3 +258,13 @@ def test_metrics_survive_a_removed_or_rotated_file_and_a_torn_line(setup, tmp_pa
   assert (tmp_path / 'metrics.jsonl.1').read_text().splitlines() == [
       '{"step": 1, "job": "killed", "train/lo', '{"step": 1, "job": "a", "x": 1.0}']
   assert path.read_text() == '{"step": 3, "job": "a", "x": 3.0}\n'
+
+
+def test_a_full_disk_under_metrics_jsonl_is_one_line(tmp_path):
+  writer = loop.MetricWriter(tmp_path)
+  writer._path = Path('/dev/full')  # every write fails with ENOSPC
+  with pytest.raises(loop.workdir_lib.DiskFullError,
+                     match=r'^a: no space left on device for a line of /dev/full \(.* free '
+                           r'there\); free some space and re-run the same command to resume\.$'):
+    writer.write('a', 1, {'x': 1.0})
+  writer.close()
