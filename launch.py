@@ -96,13 +96,29 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TFDS are chatty below ERROR
   logging.getLogger('cxr_jax').setLevel(logging.INFO)
   from cxr_jax import experiment
-  experiment.run(flags.FLAGS.config, _WORKDIR.value)
+  from cxr_jax.train import workdir
+  try:
+    experiment.run(flags.FLAGS.config, _WORKDIR.value)
+  except (workdir.RunError, OSError) as e:
+    if not isinstance(e, workdir.RunError) and not workdir.no_space(e):
+      raise
+    # the message says what happened and what to do: no traceback. Exit at once: after a
+    # full disk the libraries' exit handlers (TensorBoard's last flush, Orbax's abandoned
+    # writes) would print tracebacks of their own for the same cause
+    why = e if isinstance(e, workdir.RunError) else (
+        f'no space left on device ({e}); free some space and re-run the same command to resume')
+    print(f'error: {why}', file=sys.stderr, flush=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(1)
   print(f'report: {os.path.join(_WORKDIR.value, "report.md")}')
 
 
 if __name__ == '__main__':
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   config, argv = load_config(sys.argv)
+  # sys_argv: ml_collections reads the overrides from sys.argv by default, where
+  # --config=FILE (a config file's flag) makes it wait for a value it never gets here
   config_flags.DEFINE_config_dict('config', config, 'The run\'s config (--config=FILE[:ARG]).',
                                   lock_config=True, sys_argv=argv)
   app.run(main, argv=argv)

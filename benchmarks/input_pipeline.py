@@ -151,7 +151,7 @@ def main(argv=None):
     print(f'{k:<42} {common.median(r):>9.0f} images/s per core  (rounds: '
           + ', '.join(f'{x:.0f}' for x in r) + ')')
   host = common.median(rates['read+host 2 views'])
-  dev = common.median(rates[f'device 2 views (jit, CPU backend)'])
+  dev = common.median(rates['device 2 views (jit, CPU backend)'])
   print(f'host augmentation / device augmentation, per core on this CPU: {host / dev:.1f}x')
   return {k: common.median(r) for k, r in rates.items()}
 

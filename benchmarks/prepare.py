@@ -31,7 +31,6 @@ def main(argv=None):
   p.add_argument('--data_dir', default='')
   a = p.parse_args(argv)
   from benchmarks import common
-  import numpy as np
   from cxr_jax.data.builders import phantom
   print(f'# date={common.machine_facts()["date"]}, cores={common.os.cpu_count()}, '
         f'load={common.load_average()}')

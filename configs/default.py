@@ -28,6 +28,9 @@ def get_config(arg=None):
                               # of the images (written once next to the dataset)
   c.checkpoint_every = 100    # steps between Orbax checkpoints (and at the end, and on SIGTERM)
   c.log_every = 10            # steps between metric lines
+  c.allow_changes = ''        # comma-separated config keys (a key covers those under it) that
+                              # may differ from the workdir's config.json when resuming, e.g.
+                              # 'pretrain.optimizer.lr' after a divergence; recorded there
   c.augment_on = 'device'     # where pretraining cuts its views: 'device' (in the jit step)
                               # or 'host' (numpy, in the loader / Grain workers; same
                               # contract, docs/benchmarks.md compares their cost)

@@ -5,7 +5,9 @@ what a locked ConfigDict cannot: entries of the stage list, names, choices betwe
 """
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -15,6 +17,9 @@ import ml_collections
 from cxr_jax import curriculum
 from cxr_jax import ssl
 from cxr_jax import vocab
+from cxr_jax.train import workdir as workdir_lib
+
+log = logging.getLogger('cxr_jax')
 
 STAGE_KEYS = ('name', 'data', 'steps', 'batch_size', 'image_size', 'strength', 'temperature',
               'ema_momentum', 'keep_head', 'keep_optimizer', 'keep_target')
@@ -215,19 +220,71 @@ def _flatten(value, prefix=''):
   return {prefix[:-1]: value}
 
 
+def _allowed(key: str, allowed: list[str]) -> bool:
+  """Whether config.allow_changes covers `key`: named, or a key above it."""
+  return any(key == a or key.startswith(a + '.') or key.startswith(a + '[') for a in allowed)
+
+
+def _checkpoint_steps(workdir: Path) -> dict[str, int]:
+  """{job folder: its latest checkpoint step} of the workdir's pretraining stages
+  (<folder>/<stage>/ckpt) and fine-tuning cells (<folder>/<init>/<fraction>/seed<k>/ckpt)."""
+  out = {}
+  for ckpt in sorted([*workdir.glob('*/*/ckpt'), *workdir.glob('*/*/*/seed*/ckpt')]):
+    steps = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()]
+    if steps:
+      out[str(ckpt.parent.relative_to(workdir))] = max(steps)
+  return out
+
+
+def read_config_json(path: Path) -> dict:
+  """The config a workdir's config.json records; RunError naming the file when it is
+  not a JSON object (a torn or foreign file)."""
+  try:
+    saved = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    saved = e
+  if not isinstance(saved, dict):
+    why = saved if isinstance(saved, Exception) else f'a JSON {type(saved).__name__}'
+    raise workdir_lib.RunError(
+        f'{path} is not the config of a run ({why}). Restore it, or move it aside: the next '
+        'run then records its own config there and resumes from the checkpoints it finds.')
+  return saved
+
+
 def check_or_write_config(config: ml_collections.ConfigDict, workdir: Path):
-  """Writes <workdir>/config.json, or refuses a workdir that holds another config's run."""
+  """Writes <workdir>/config.json, or refuses a workdir that holds another config's run.
+
+  `config.allow_changes` (comma-separated keys; a key covers the keys under it) names the
+  differences to accept: e.g. `pretrain.optimizer.lr` to resume a diverged stage from its
+  last finite checkpoint with a lower learning rate. An accepted change is recorded in
+  config.json: the new values, and an entry of its 'amendments' list (time, changes
+  {key: [old, new]}, the latest checkpoint step of every job at that time)."""
   path = workdir / 'config.json'
   current = json.loads(config.to_json_best_effort())
-  if path.exists():
-    saved = json.loads(path.read_text())
-    if saved != current:
-      a, b = _flatten(saved), _flatten(current)
-      diff = [f'{k}: {a.get(k, "<absent>")!r} -> {b.get(k, "<absent>")!r}'
-              for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-      raise ValueError(
-          f'{workdir} holds a run of a different config ({path}); differences:\n  '
-          + '\n  '.join(diff[:20]) + '\nUse a new --workdir, or the same config to resume.')
+  allowed = vocab.comma_list(current.pop('allow_changes', ''))
+  if not path.exists():
+    if jax.process_index() == 0:
+      workdir_lib.write_text(path, json.dumps(current, indent=2, sort_keys=True))
     return
+  saved = read_config_json(path)
+  amendments = saved.pop('amendments', [])
+  if saved == current:
+    return
+  a, b = _flatten(saved), _flatten(current)
+  changes = {k: [a.get(k, '<absent>'), b.get(k, '<absent>')]
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+  refused = [k for k in changes if not _allowed(k, allowed)]
+  if refused:
+    diff = [f'{k}: {changes[k][0]!r} -> {changes[k][1]!r}' for k in refused]
+    raise ValueError(
+        f'{workdir} holds a run of a different config ({path}); differences:\n  '
+        + '\n  '.join(diff[:20]) + '\nUse a new --workdir, or the same config to resume, '
+        'or accept the change with --config.allow_changes=' + ','.join(refused[:20])
+        + ' (e.g. a lower learning rate; the checkpoints must still fit the model).')
+  log.warning('%s: config changes accepted by config.allow_changes: %s', path,
+              '; '.join(f'{k}: {o!r} -> {n!r}' for k, (o, n) in changes.items()))
   if jax.process_index() == 0:
-    path.write_text(json.dumps(current, indent=2, sort_keys=True))
+    amendments.append({'time': datetime.datetime.now().isoformat(timespec='seconds'),
+                       'changes': changes, 'checkpoints': _checkpoint_steps(workdir)})
+    workdir_lib.write_text(path, json.dumps(dict(current, amendments=amendments), indent=2,
+                                            sort_keys=True))

@@ -1,8 +1,9 @@
 """The plan of one run: pretraining curriculum -> fine-tuning grid -> report.
 
     run(config, workdir)
-      validate the config; refuse a workdir that holds another config's run; open
-      every dataset and split the run reads
+      validate the config; lock the workdir (one run at a time); refuse a workdir that
+      holds another config's run (unless config.allow_changes accepts the difference);
+      open every dataset and split the run reads
       pretrain: the curriculum's stages in order, each from the previous stage's network
                 -> <workdir>/pretrain/<stage>/          (cxr_jax.pretraining)
                 the 'ssl' regime: its one stage alone, from scratch
@@ -28,6 +29,7 @@ from cxr_jax import pretraining
 from cxr_jax.train import loop
 from cxr_jax.train import sharding
 from cxr_jax.train import state as state_lib
+from cxr_jax.train import workdir as workdir_lib
 
 
 def run(config: ml_collections.ConfigDict, workdir) -> list[dict]:
@@ -35,6 +37,11 @@ def run(config: ml_collections.ConfigDict, workdir) -> list[dict]:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   configuration.validate(config)
+  with workdir_lib.lock(workdir, active=jax.process_index() == 0):
+    return _run(config, workdir)
+
+
+def _run(config, workdir: Path) -> list[dict]:
   configuration.check_or_write_config(config, workdir)
   data_dir = Path(config.data_dir) if config.data_dir else workdir / 'tfds'
   configuration.check_data(config, data_dir)

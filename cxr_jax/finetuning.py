@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -29,6 +30,9 @@ from cxr_jax.train import loop
 from cxr_jax.train import optim
 from cxr_jax.train import sharding
 from cxr_jax.train import state as state_lib
+from cxr_jax.train import workdir as workdir_lib
+
+log = logging.getLogger('cxr_jax')
 
 
 class EvalData:
@@ -89,7 +93,7 @@ def make_step(model, tx, image_size: int, strength: float):
     params = optax.apply_updates(state.params, updates)
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state), {'loss': loss}
-  return step
+  return loop.checked(step)
 
 
 class Programs:
@@ -203,7 +207,8 @@ def _train(config, programs: Programs, job_name: str, directory: Path, seed: int
   job = loop.Job(name=job_name, directory=directory, num_steps=ft.steps,
                  init_state=init_state, train_step=programs.step, loader=loader, mesh=mesh,
                  checkpoint_every=config.checkpoint_every, log_every=config.log_every,
-                 eval_every=ft.eval_every, evaluate=evaluate)
+                 eval_every=ft.eval_every, evaluate=evaluate,
+                 advice=loop.lower_lr_advice('finetune.optimizer.lr', ft.optimizer.lr))
   state = loop.run_job(job, writer)
   best = {'params': state.extra['best_params'], 'batch_stats': state.extra['best_batch_stats']}
   return best, float(state.extra['best_score']), int(state.extra['best_step'])
@@ -218,7 +223,10 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
   directory = workdir / job_name
   result_path = directory / 'result.json'
   if result_path.exists():
-    return json.loads(result_path.read_text())
+    try:
+      return json.loads(result_path.read_text())
+    except ValueError:  # torn (written in place before writes were atomic): redo the cell
+      log.warning('%s: %s cannot be read; evaluating the cell again', job_name, result_path)
   directory.mkdir(parents=True, exist_ok=True)
   indices = data.train_indices(fraction, seed)
   params, batch_stats = classifier_variables(programs.model, config.seed, seed, data.channels,
@@ -238,14 +246,24 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
             'num_train': int(len(indices)), 'best_step': best_step, 'val_score': val_score,
             'class_names': list(data.class_names), 'test': test_metrics}
   if jax.process_index() == 0:
-    np.savez_compressed(directory / 'test_predictions.npz', probs=probs,
-                        labels=data.test['label'], patient_id=data.test['patient_id'])
+    save_npz(directory / 'test_predictions.npz', probs=probs, labels=data.test['label'],
+             patient_id=data.test['patient_id'])
     if protocol == 'finetune' and config.explain.enabled and 'mask' in data.test:
       explain(config, programs.model, best, data, directory)
     writer.write(job_name, config.finetune.steps,
                  {f'test/{k}': v for k, v in test_metrics.items() if np.isfinite(v)})
-    result_path.write_text(json.dumps(result, indent=2))
+    workdir_lib.write_text(result_path, json.dumps(result, indent=2))  # the cell is done
   return result
+
+
+def save_npz(path: Path, **arrays):
+  """np.savez_compressed, atomically; arrays of a float type numpy does not know
+  (bfloat16 from a model.dtype='bfloat16' run, which np.savez would store as raw 2-byte
+  voids) as float32."""
+  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  with workdir_lib.atomic_open(path, 'wb') as f:
+    np.savez_compressed(f, **{k: v.astype(np.float32) if v.dtype.kind == 'V' else v
+                              for k, v in arrays.items()})
 
 
 def explain(config, model, variables, data: EvalData, directory: Path):
@@ -268,4 +286,4 @@ def explain(config, model, variables, data: EvalData, directory: Path):
       data.test['label'], config.finetune.image_size, extra_masks=extra or None,
       batch_size=config.eval_batch_size, overlay_per_class=config.explain.num_overlays,
       patient_id=data.test['patient_id'], stage=config.explain.stage or None)
-  np.savez_compressed(directory / 'attention.npz', **result)
+  save_npz(directory / 'attention.npz', **result)

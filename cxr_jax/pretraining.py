@@ -39,7 +39,8 @@ def make_step(model, method, mcfg, tx, schedules, image_size: int):
 
   batch: {'image': uint8 [B,H,W,C]} (views cut here, on the device) or {'view1', 'view2'}
   (cut on the host). `schedules` maps names to step -> value functions; their values
-  reach the method as traced scalars in `hp`, so schedules never recompile the step."""
+  reach the method as traced scalars in `hp`, so schedules never recompile the step.
+  The metrics include 'finite' (`loop.checked`)."""
   def step(state, batch):
     t = state.step
     hp = {name: jnp.asarray(fn(t), jnp.float32) for name, fn in schedules.items()}
@@ -62,7 +63,7 @@ def make_step(model, method, mcfg, tx, schedules, image_size: int):
                    lr=hp['lr'], image_size=jnp.asarray(image_size, jnp.float32))
     return state.replace(step=t + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state, extra=extra), metrics
-  return step
+  return loop.checked(step)
 
 
 def image_sizes(spec, num_steps: int, key: str) -> np.ndarray:
@@ -242,7 +243,8 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
                   num_steps=stage.steps, init_state=init_state, train_step=step, loader=loader,
                   mesh=mesh, checkpoint_every=config.checkpoint_every,
                   log_every=config.log_every, eval_every=config.pretrain.monitor_every,
-                  evaluate=monitor)
+                  evaluate=monitor, advice=loop.lower_lr_advice(
+                      'pretrain.optimizer.lr', config.pretrain.optimizer.lr))
 
 
 def run_curriculum(config, mesh, writer, workdir: Path, data_dir: Path, stage_indices=None,

@@ -155,9 +155,15 @@ def test_finetune_jobs_with_model_selection_compile_their_step_once(tmp_path, ti
   writer = loop.MetricWriter(tmp_path)
   results = [finetuning.finetune_job(config, programs, 'finetune', 'scratch', 1.0, seed, None,
                                      data, mesh, writer, tmp_path) for seed in (0, 1)]
-  writer.close()
   assert programs.step._cache_size() == 1
   assert all(r['best_step'] in (2, 4) for r in results)  # selection did run
+  # a result.json torn by a kill (before it was written atomically) is evaluated again,
+  # from the job's last checkpoint: the same result
+  (tmp_path / 'finetune' / 'scratch' / '1' / 'seed0' / 'result.json').write_text('{"prot')
+  again = finetuning.finetune_job(config, programs, 'finetune', 'scratch', 1.0, 0, None, data,
+                                  mesh, writer, tmp_path)
+  writer.close()
+  assert again == results[0]
 
 
 def test_host_augmentation_matches_the_device_path_at_strength_zero(tmp_path, tiny_data_dir,
@@ -215,3 +221,76 @@ def test_frozen_probes_of_a_fixed_encoder_on_all_labels_run_one_seed():
   assert list(finetuning.seeds('knn', 'imagenet', 1.0, 3)) == [0]
   assert list(finetuning.seeds('knn', 'curricular', 0.25, 3)) == [0, 1, 2]  # subsets differ
   assert list(finetuning.seeds('linear', 'scratch', 1.0, 3)) == [0, 1, 2]  # random encoders
+
+
+def _checkpoint_leaves(workdir):
+  """{checkpoint folder: its state's float leaves} of every pretraining checkpoint."""
+  import warnings
+  import orbax.checkpoint as ocp
+  out = {}
+  for step_dir in sorted(workdir.glob('pretrain/*/ckpt/*')):
+    if step_dir.name.isdigit():
+      with warnings.catch_warnings():  # no target: shardings read from the checkpoint
+        warnings.simplefilter('ignore', UserWarning)
+        tree = ocp.PyTreeCheckpointer().restore(step_dir / 'state')
+      out[str(step_dir.relative_to(workdir))] = [
+          np.asarray(x) for x in jax.tree_util.tree_leaves(tree)
+          if np.issubdtype(np.asarray(x).dtype, np.floating)]
+  return out
+
+
+def test_a_diverged_stage_stops_and_resumes_with_a_lower_learning_rate(tmp_path, tiny_data_dir):
+  """lr 1e30: the first update (after the warm-up's zero) makes the weights huge but
+  finite, the next loss is NaN. Nothing non-finite is saved, the checkpoint that diverged
+  is moved aside, and the flags the error gives (with a sane learning rate) finish the run."""
+  from cxr_jax import experiment
+  config = tiny_config(tiny_data_dir)
+  config.pretrain.stages = config.pretrain.stages[:1]
+  config.checkpoint_every, config.log_every = 2, 3
+  config.finetune.inits, config.finetune.protocols = 'curricular', 'linear'
+  config.eval_batch_size, config.finetune.image_size = 16, 32
+  config.pretrain.optimizer.lr = 1e30
+  with pytest.raises(loop.NonFiniteError) as error:
+    experiment.run(config, tmp_path)
+  message = str(error.value)
+  assert 'pretrain/low_res: training diverged at step 3: the loss was nan.' in message
+  assert 'The checkpoint of step 2, from which step 3 diverged, was moved aside' in message
+  assert ('re-run the same command with --config.pretrain.optimizer.lr=1e+29 '
+          '--config.allow_changes=pretrain.optimizer.lr') in message
+  assert [p.name[:12] for p in (tmp_path / 'pretrain/low_res/ckpt').iterdir()] == ['2.nonfinite-']
+  assert not (tmp_path / 'report.md').exists()
+
+  config.pretrain.optimizer.lr, config.allow_changes = 1e-3, 'pretrain.optimizer.lr'
+  [result] = experiment.run(config, tmp_path)
+  assert 0.0 <= result['test']['auroc'] <= 1.0 and (tmp_path / 'report.md').exists()
+  leaves = _checkpoint_leaves(tmp_path)
+  assert sorted(leaves) == ['pretrain/low_res/ckpt/4', 'pretrain/low_res/ckpt/6']
+  assert all(np.isfinite(x).all() for xs in leaves.values() for x in xs)
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['pretrain']['optimizer']['lr'] == 1e-3
+  assert saved['amendments'][0]['changes'] == {'pretrain.optimizer.lr': [1e30, 1e-3]}
+
+
+def test_a_bfloat16_run_goes_end_to_end_and_saves_float32_arrays(tmp_path, tiny_data_dir):
+  """model.dtype='bfloat16' pretrains, fine-tunes, explains and reports; predictions and
+  attention maps are saved as float32 (np.savez would store bfloat16 as raw bytes)."""
+  from cxr_jax import experiment
+  config = tiny_config(tiny_data_dir)
+  config.model.dtype = 'bfloat16'
+  config.pretrain.stages = config.pretrain.stages[:1]
+  config.pretrain.stages[0].steps = 2
+  config.finetune.inits, config.finetune.num_seeds = 'curricular', 1
+  config.finetune.steps, config.finetune.eval_every, config.finetune.batch_size = 2, 2, 8
+  config.finetune.image_size, config.eval_batch_size = 32, 16
+  config.explain.enabled, config.explain.num_overlays = True, 1
+  [result] = experiment.run(config, tmp_path)
+  cell = tmp_path / 'finetune' / 'curricular' / '1' / 'seed0'
+  with np.load(cell / 'test_predictions.npz') as f:
+    assert f['probs'].dtype == np.float32
+    np.testing.assert_allclose(f['probs'].sum(-1), 1.0, rtol=1e-5)
+  with np.load(cell / 'attention.npz') as f:
+    assert not [k for k in f.files if f[k].dtype.kind == 'V']  # no raw bytes
+    assert f['overlay_cam_pred'].dtype == np.float32
+  assert 0.0 <= result['test']['auroc'] <= 1.0
+  report = (tmp_path / 'report.md').read_text()
+  assert '| curricular | 1 | 1 |' in report

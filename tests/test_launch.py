@@ -73,6 +73,21 @@ def test_killed_run_resumes_and_finishes(tmp_path, jax_cache_dir, tiny_data_dir)
   assert 'pretrain.stages[0].steps: 40 -> 41' in other.stderr
 
 
+def test_a_second_launch_on_a_workdir_in_use_fails_at_once_in_one_line(tmp_path, tiny_data_dir):
+  import os
+  import socket
+  from cxr_jax.train import workdir
+  run = tmp_path / 'run'
+  run.mkdir()
+  with workdir.lock(run):  # as a run in progress holds it
+    result = _launch(run, data_dir=tiny_data_dir)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f'error: {run} is in use by another run: process {os.getpid()} on host '
+      f'{socket.gethostname()} (since ')
+  assert not (run / 'config.json').exists()
+
+
 @pytest.mark.parametrize('override, message', [
     ('--config.pretrain.temprature=0.1', 'unknown config key config.pretrain.temprature'),
     ('--config.pretrain.stages[0].data.split=unlabelled',

@@ -193,6 +193,38 @@ def test_empty_and_prediction_less_workdirs(tmp_path):
   assert report.summarize(report.load_results(tmp_path))[('scratch', 1.0)]['auroc'][0] == 0.61
 
 
+def test_unreadable_files_are_named_and_left_out(tmp_path, caplog):
+  """A metrics.jsonl line torn by a kill, a torn result.json and a corrupt config.json are
+  named in warnings and skipped; bfloat16 predictions that np.savez stored as raw 2-byte
+  voids (runs before they were saved as float32) are read as floats."""
+  import ml_dtypes
+  rng = np.random.default_rng(0)
+  labels = np.arange(40) % 3
+  for seed in (0, 1):
+    d = tmp_path / 'finetune' / 'scratch' / '1' / f'seed{seed}'
+    d.mkdir(parents=True)
+    probs = _probs(rng, labels, 2.0)
+    np.savez_compressed(d / 'test_predictions.npz', probs=probs.astype(ml_dtypes.bfloat16),
+                        labels=labels, patient_id=np.arange(40))
+    (d / 'result.json').write_text(json.dumps({
+        'init': 'scratch', 'label_fraction': 1.0, 'seed': seed, 'class_names': NAMES,
+        'best_step': 1, 'val_score': 0.5, 'test': M.classification_metrics(labels, probs, NAMES)}))
+  torn = tmp_path / 'finetune' / 'scratch' / '1' / 'seed2' / 'result.json'
+  torn.parent.mkdir()
+  torn.write_text('{"init": "scratch", "label_fr')
+  (tmp_path / 'metrics.jsonl').write_text(
+      json.dumps({'step': 4, 'job': 'pretrain/low_res', 'train/loss': 1.5}) + '\n'
+      '{"step": 6, "job": "pretrain/low_res", "train/lo')
+  (tmp_path / 'config.json').write_text('{"finetune": {"data": ')
+  with caplog.at_level('WARNING', 'cxr_jax'):
+    text = report.write_report(tmp_path, n_boot=20).read_text()
+  assert f'skipped line 2 of {tmp_path / "metrics.jsonl"}' in caplog.text
+  assert f'left out {torn}, which cannot be read' in caplog.text
+  assert f'left out {tmp_path / "config.json"}, which cannot be read' in caplog.text
+  assert '- `pretrain/low_res`: 4 steps, final loss 1.5000' in text
+  assert '| scratch | 1 | 2 |' in text and 'No CI for scratch' not in text
+
+
 def test_report_ci_equals_the_reference_bootstrap(tmp_path):
   """The printed CI of a group is the oracle's percentile CI of its seed-mean AUROC."""
   workdir = _make_workdir(tmp_path / 'run')

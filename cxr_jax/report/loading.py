@@ -1,15 +1,20 @@
 """What the report reads from a workdir: result.json, test_predictions.npz, attention.npz,
-config.json and metrics.jsonl (nothing else)."""
+config.json and metrics.jsonl (nothing else). A file it cannot read (a line of
+metrics.jsonl torn by a kill, an unreadable config.json or result.json) is named in a
+warning and left out; the report is written from the rest."""
 from __future__ import annotations
 
 import collections
 import json
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
 
 from cxr_jax import vocab
+
+log = logging.getLogger('cxr_jax')
 
 # the protocol of a result.json that does not name it: its top-level folder's
 _FOLDER_PROTOCOLS = {folder: protocol for protocol, folder in vocab.PROTOCOL_FOLDERS.items()}
@@ -28,8 +33,8 @@ def load_results(workdir) -> list[dict]:
   out = []
   # a fixed depth: never walks the checkpoints or a TFDS data_dir inside the workdir
   for p in sorted(workdir.glob('*/*/*/seed*/result.json')):
-    r = json.loads(p.read_text())
-    if 'init' not in r or 'test' not in r:
+    r = read_json(p)
+    if not isinstance(r, dict) or 'init' not in r or 'test' not in r:
       continue
     r['_dir'] = str(p.parent)
     r['protocol'] = _protocol(r, p, workdir)
@@ -68,12 +73,30 @@ def summarize(results: list[dict]) -> dict:
   return table
 
 
+def read_json(path: Path):
+  """The JSON value of `path`; None, with a warning naming it, when it cannot be read."""
+  try:
+    return json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    log.warning('report: left out %s, which cannot be read (%s)', path, e)
+    return None
+
+
+def _float(a: np.ndarray) -> np.ndarray:
+  """bfloat16 arrays that np.savez stored as raw 2-byte voids (runs before they were
+  saved as float32) -> float32."""
+  if a.dtype.kind == 'V' and a.dtype.itemsize == 2:
+    import ml_dtypes
+    return a.view(ml_dtypes.bfloat16).astype(np.float32)
+  return a
+
+
 def load_npz(path: Path) -> dict | None:
   """The arrays of an .npz file, or None when it does not exist."""
   if not path.exists():
     return None
   with np.load(path, allow_pickle=False) as f:
-    return {k: f[k] for k in f.files}
+    return {k: _float(f[k]) for k in f.files}
 
 
 class Stack:
@@ -120,11 +143,18 @@ def pretrain_jobs(workdir: Path) -> dict[str, dict]:
   if not path.exists():
     return {}
   last = {}
-  for line in path.read_text().splitlines():
+  for number, line in enumerate(path.read_text(errors='replace').splitlines(), 1):
     if not line.strip():
       continue
-    row = json.loads(line)
-    if row.get('job', '').startswith('pretrain/') and 'train/loss' in row:
+    try:
+      row = json.loads(line)
+    except ValueError:  # torn by a killed run
+      log.warning('report: skipped line %d of %s, which is not a JSON row: %.80r', number,
+                  path, line)
+      continue
+    if not isinstance(row, dict):
+      continue
+    if str(row.get('job', '')).startswith('pretrain/') and 'train/loss' in row:
       last[row['job']] = row
   return last
 
@@ -135,8 +165,8 @@ def phantom_confounding(workdir: Path) -> float:
   if not path.exists():
     return 0.0
   try:
-    data = json.loads(path.read_text())['finetune']['data']
-  except (KeyError, TypeError, ValueError):
+    data = read_json(path)['finetune']['data']
+  except (KeyError, TypeError):
     return 0.0
   if data.get('name') != 'phantom':
     return 0.0

@@ -29,11 +29,13 @@ def batched_apply(fn, mesh, batch_size: int):
 
 
 def make_predict(model, image_size: int, mesh, batch_size: int):
-  """predict(variables, images uint8 [N,H,W,C]) -> class probabilities [N,K] (numpy)."""
+  """predict(variables, images uint8 [N,H,W,C]) -> class probabilities [N,K] (numpy,
+  float32 whatever the model's compute dtype)."""
   @jax.jit
   def probs(variables, images):
     x = augment.resize(images.astype(jnp.float32) / 255.0, image_size)
-    return jax.nn.softmax(model.apply(variables, x, train=False), axis=-1)
+    logits = model.apply(variables, x, train=False).astype(jnp.float32)
+    return jax.nn.softmax(logits, axis=-1)
   return batched_apply(probs, mesh, batch_size)
 
 
@@ -41,11 +43,13 @@ def make_features(model, image_size: int, mesh, batch_size: int, encoder_only: b
   """features(variables, images uint8 [N,H,W,C]) -> pooled encoder features [N,C] (numpy).
 
   encoder_only: apply `model.encoder` alone (a classifier's encoder); else the model's
-  'features' output (an SSL model)."""
+  'features' output (an SSL model). Float32 whatever the model's compute dtype."""
   @jax.jit
   def features(variables, images):
     x = augment.resize(images.astype(jnp.float32) / 255.0, image_size)
     if encoder_only:
-      return model.apply(variables, x, method=lambda m, x: m.encoder(x, train=False))
-    return model.apply(variables, x, train=False)['features']
+      f = model.apply(variables, x, method=lambda m, x: m.encoder(x, train=False))
+    else:
+      f = model.apply(variables, x, train=False)['features']
+    return f.astype(jnp.float32)
   return batched_apply(features, mesh, batch_size)
