@@ -3,8 +3,8 @@
     EvalData: the labeled splits of config.finetune.data, read once per run
     Programs: the run's compiled functions (fine-tuning step, predictor, feature extractor)
     finetune_job: protocol 'finetune' trains the whole classifier (model selection on val
-      only); 'linear' and 'knn' score the frozen encoder's features; the test predictions,
-      result.json and (optionally) the Grad-CAM attention of the test images are written
+      only, its selected weights kept as best.msgpack); 'linear' and 'knn' score the
+      frozen encoder's features; the test predictions, result.json and (optionally) the Grad-CAM attention of the test images are written
       -> <workdir>/<protocol folder>/<init>/<fraction>/seed<k>/
 """
 from __future__ import annotations
@@ -244,16 +244,33 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
   test_metrics = eval_metrics(data.test['label'], probs, data.class_names)
   result = {'protocol': protocol, 'init': init, 'label_fraction': fraction, 'seed': seed,
             'num_train': int(len(indices)), 'best_step': best_step, 'val_score': val_score,
-            'class_names': list(data.class_names), 'test': test_metrics}
+            'class_names': list(data.class_names),
+            'image_shape': [int(d) for d in data.test['image'].shape[1:]],  # stored [S, S, C]
+            'test': test_metrics}
   if jax.process_index() == 0:
     save_npz(directory / 'test_predictions.npz', probs=probs, labels=data.test['label'],
              patient_id=data.test['patient_id'])
+    if protocol == 'finetune':  # the selected weights, for cxr_jax.export / predict
+      save_weights(directory / BEST_WEIGHTS, best)
     if protocol == 'finetune' and config.explain.enabled and 'mask' in data.test:
       explain(config, programs.model, best, data, directory)
     writer.write(job_name, config.finetune.steps,
                  {f'test/{k}': v for k, v in test_metrics.items() if np.isfinite(v)})
     workdir_lib.write_text(result_path, json.dumps(result, indent=2))  # the cell is done
   return result
+
+
+BEST_WEIGHTS = 'best.msgpack'  # a finetune cell's selected {'params', 'batch_stats'}
+
+
+def save_weights(path: Path, variables):
+  """{'params', 'batch_stats'} as flax msgpack (float32 numpy leaves), atomically."""
+  from flax import serialization
+  tree = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32)
+                                if np.asarray(x).dtype.kind in 'fV' else np.asarray(x),
+                                jax.device_get(variables))
+  with workdir_lib.atomic_open(path, 'wb') as f:
+    f.write(serialization.msgpack_serialize(tree))
 
 
 def save_npz(path: Path, **arrays):

@@ -9,6 +9,8 @@ holds the pixel side of that contract so that all builders agree on it:
   read_mask(path)        -> uint8   [H, W] in {0, 1}   (any non-black pixel is foreground)
   resize_pad(x, S)       -> [S, S] keeping aspect; area for images, nearest for masks
   to_uint8(x)            -> uint8 image from a [0, 1] float image
+  load_for_model(path, S) -> uint8 [S, S, 1]: a file as preparation stores it and as
+                           prediction (cxr_jax.predict, load_model) reads it -- one function
   encode_item(item, S)   -> the stored record of one listed example (`ImageItem`)
 """
 from __future__ import annotations
@@ -202,6 +204,27 @@ def storage_mask(mask: np.ndarray | None, size: int, shape: tuple[int, int] | No
   return resize_pad(mask, size, nearest=True)[..., None]
 
 
+def load_with_shape(path: PathLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+  """A radiograph file in its stored form, and the (H, W) of the decoded file.
+
+  The one preprocessing of both preparation (`encode_item`) and prediction
+  (`load_for_model`): `read_gray` (DICOM VOI LUT / window, MONOCHROME1, bit depth; gray
+  from RGB/RGBA; 8/16-bit PNG/JPEG), then `storage_image` (aspect-keeping area resize,
+  centred zero padding, uint8)."""
+  gray = read_gray(path)
+  return storage_image(gray, size), tuple(gray.shape)
+
+
+def load_for_model(path: PathLike, size: int) -> np.ndarray:
+  """A file as a model trained on data prepared at storage size `size` sees it: uint8
+  [size, size, 1], exactly the image preparation would store for it.
+
+  Raises:
+    FileNotFoundError, UnreadableImageError: naming the file at fault.
+  """
+  return load_with_shape(path, size)[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskPart:
   """One mask file that contributes to an example's mask (several parts are OR-ed).
@@ -282,17 +305,17 @@ def encode_item(item: ImageItem, size: int) -> dict[str, Any]:
   Raises:
     FileNotFoundError, UnreadableImageError: naming the file at fault.
   """
-  gray = read_gray(item.image)
+  image, shape = load_with_shape(item.image, size)  # the same function as prediction's
   record = {
-      'image': storage_image(gray, size),
-      'mask': storage_mask(load_mask(item.mask, gray.shape) if item.mask else None, size),
+      'image': image,
+      'mask': storage_mask(load_mask(item.mask, shape) if item.mask else None, size),
       'has_mask': bool(item.mask),
       'label': int(item.label),
       'patient_id': str(item.patient_id),
       'id': item.id,
   }
   for name, parts in item.extra_masks.items():
-    record[name] = storage_mask(load_mask(parts, gray.shape) if parts else None, size)
+    record[name] = storage_mask(load_mask(parts, shape) if parts else None, size)
   record.update(item.extra)
   return record
 
