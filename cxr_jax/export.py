@@ -164,8 +164,8 @@ def model_card(meta: dict, cis: dict | None) -> str:
       f'input {meta["storage_size"]} px stored, {meta["image_size"]} px seen, '
       f'{meta["channels"]} channel(s)', '',
       '## Test metrics', '',
-      ('95% CIs: percentile patient bootstrap (1000 resamples) of this model\'s test '
-       'predictions.' if cis else 'No test_predictions.npz: no CIs.'), '',
+      (f'95% CIs: percentile patient bootstrap ({meta.get("n_boot", N_BOOT)} resamples) of '
+       'this model\'s test predictions.' if cis else 'No test_predictions.npz: no CIs.'), '',
       '| metric | value | 95% CI |', '| --- | --- | --- |',
   ]
   for m, v in meta['test'].items():
@@ -225,15 +225,17 @@ def write_onnx(model: exported.Model, path: Path, batch_size: int | None = None)
   return path
 
 
-def export(workdir, out, job: str | None = None, onnx: bool = False) -> Path:
+def export(workdir, out, job: str | None = None, onnx: bool = False,
+           n_boot: int = N_BOOT) -> Path:
   """Writes the model folder `out` of a workdir's job; returns `out`."""
   from flax import serialization
   out = Path(out)
   meta, variables, result = load_job(workdir, job)
+  meta['n_boot'] = n_boot
   out.mkdir(parents=True, exist_ok=True)
   (out / exported.WEIGHTS).write_bytes(serialization.msgpack_serialize(variables))
   (out / exported.MODEL_JSON).write_text(json.dumps(meta, indent=2, default=str))
-  (out / 'README.md').write_text(model_card(meta, test_cis(result)))
+  (out / 'README.md').write_text(model_card(meta, test_cis(result, n_boot)))
   if onnx:
     write_onnx(exported.Model(meta, variables), out / 'model.onnx')
   return out

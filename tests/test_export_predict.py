@@ -40,8 +40,16 @@ def run(tmp_path_factory, tiny_data_dir):
   experiment.run(config, workdir)
   builder = pipeline.get_builder(config.finetune.data, tiny_data_dir)
   test = pipeline.read_all(pipeline.get_source(builder, 'test'), ('image',))['image']
-  out = export.export(workdir, workdir.parent / 'exported_model')
+  out = export.export(workdir, workdir.parent / 'exported_model', n_boot=100)  # fast CIs
   return workdir, test, out
+
+
+BATCH = 16  # one batch shape everywhere: the programs compile once (persistent cache)
+
+
+@pytest.fixture(scope='module')
+def model(run):
+  return exported.load_model(run[2], batch_size=BATCH)
 
 
 def test_load_for_model_is_exactly_what_preparation_stores(tmp_path):
@@ -59,7 +67,7 @@ def test_load_for_model_is_exactly_what_preparation_stores(tmp_path):
     np.testing.assert_array_equal(record['image'], loaded)
 
 
-def test_the_exported_model_reproduces_the_runs_test_probabilities(run):
+def test_the_exported_model_reproduces_the_runs_test_probabilities(run, model):
   workdir, test_images, out = run
   assert sorted(p.name for p in out.iterdir()) == ['README.md', 'model.json', 'weights.msgpack']
   meta = json.loads((out / 'model.json').read_text())
@@ -74,7 +82,7 @@ def test_the_exported_model_reproduces_the_runs_test_probabilities(run):
   assert 'not for diagnosis' in card and '| auroc |' in card and '[' in card  # with a CI
 
   import cxr_jax
-  model = cxr_jax.load_model(out, batch_size=16)
+  assert cxr_jax.load_model is exported.load_model  # lazily exported by the package
   assert model.class_names == meta['class_names'] and model.image_size == 32
   with np.load(workdir / JOB / 'test_predictions.npz') as f:
     expected = f['probs']
@@ -112,7 +120,7 @@ def _read_csv(path):
     return list(csv.DictReader(f))
 
 
-def test_predict_on_real_pngs_and_a_dicom_matches_load_model(run, tmp_path, capsys):
+def test_predict_on_real_pngs_and_a_dicom_matches_load_model(run, model, tmp_path, capsys):
   if not REAL.exists():
     pytest.skip(f'the real sample X-rays are not at {REAL}')
   pytest.importorskip('pydicom')
@@ -125,10 +133,9 @@ def test_predict_on_real_pngs_and_a_dicom_matches_load_model(run, tmp_path, caps
   shutil.copy(REAL / 'dicom' / 'nhsx_nih_cxr.dcm', folder / 'nih.dcm')
   output = tmp_path / 'preds.csv'
   rc = predict.main([f'--model={workdir}', f'--input={folder}', f'--output={output}',
-                     f'--gradcam={tmp_path / "cams"}', '--batch_size=4', '--no_progress'])
+                     f'--gradcam={tmp_path / "cams"}', f'--batch_size={BATCH}', '--no_progress'])
   assert rc == 0, capsys.readouterr().err
   rows = _read_csv(output)
-  model = exported.load_model(out)
   files = sorted(folder.iterdir())
   assert [r['path'] for r in rows] == [str(f) for f in files]
   images = np.stack([model.preprocess(f) for f in files])
@@ -153,25 +160,26 @@ def test_bad_files_are_listed_and_the_rest_predicted_with_a_nonzero_exit(run, tm
   data = dcm.read_bytes()
   dcm.write_bytes(data[:len(data) - 2000])  # pixel data cut short
   csv_in = tmp_path / 'list.csv'  # CSV input, paths relative to its folder
-  csv_in.write_text('path\n' + '\n'.join(f'in/{p.name}' for p in sorted(folder.iterdir())))
+  listed = [f'in/{p.name}' for p in sorted(folder.iterdir())] + ['in/missing.png']
+  csv_in.write_text('path\n' + '\n'.join(listed))
   output = tmp_path / 'preds.csv'
   rc = predict.main([f'--model={run[2]}', f'--input={csv_in}', f'--output={output}',
-                     '--no_progress'])
+                     f'--batch_size={BATCH}', '--no_progress'])
   err = capsys.readouterr().err
   assert rc == 1
   assert [Path(r['path']).name for r in _read_csv(output)] == ['good0.png', 'good1.png']
   errors = {Path(r['path']).name: r['reason'] for r in _read_csv(str(output) + '.errors.csv')}
-  assert sorted(errors) == ['corrupt.png', 'truncated.dcm']
+  assert sorted(errors) == ['corrupt.png', 'missing.png', 'truncated.dcm']
+  assert 'not found' in errors['missing.png']
   assert all(reason.strip() for reason in errors.values())
-  assert 'corrupt.png' in err and 'truncated.dcm' in err and '2 file(s) failed' in err
+  assert 'corrupt.png' in err and 'truncated.dcm' in err and '3 file(s) failed' in err
 
 
-def test_onnx_matches_jax(run, tmp_path):
+def test_onnx_matches_jax(run, model, tmp_path):
   pytest.importorskip('jax2onnx')
   ort = pytest.importorskip('onnxruntime')
-  _, test_images, out = run
-  model = exported.load_model(out, batch_size=8)
-  path = export.write_onnx(model, tmp_path / 'model.onnx')
+  test_images = run[1]
+  path = export.write_onnx(model, tmp_path / 'model.onnx')  # a symbolic batch
   x = model.model_inputs(test_images[:8])
   session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
   got = session.run(None, {session.get_inputs()[0].name: x})[0]
