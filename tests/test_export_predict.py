@@ -67,6 +67,35 @@ def test_load_for_model_is_exactly_what_preparation_stores(tmp_path):
     np.testing.assert_array_equal(record['image'], loaded)
 
 
+def test_a_prepared_record_is_load_for_model_of_its_source_file(tmp_path):
+  """Through prepare itself (the image_folder builder): every stored image equals
+  load_for_model of its file (PNG gray and RGB, JPEG, DICOM MONOCHROME1)."""
+  pytest.importorskip('pydicom')
+  from cxr_jax.data import prepare
+  from tests.dicom_files import make_dicom
+  root = tmp_path / 'mine'
+  (root / 'img').mkdir(parents=True)
+  Image.fromarray(_chest(48, 40, 0)).save(root / 'img' / 'a.png')
+  Image.fromarray(np.stack([_chest(40, 56, 1)] * 3, -1)).save(root / 'img' / 'b.png')
+  Image.fromarray(np.stack([_chest(50, 50, 2)] * 3, -1)).save(root / 'img' / 'c.jpg', quality=95)
+  make_dicom(root / 'img' / 'd.dcm', _chest(60, 44, 3).astype(np.uint16) * 200,
+             photometric='MONOCHROME1', bits_stored=16)
+  (root / 'labels.csv').write_text('path,label,patient_id\n' + ''.join(
+      f'img/{n},{"normal" if i % 2 else "pneumonia"},p{i}\n'
+      for i, n in enumerate(['a.png', 'b.png', 'c.jpg', 'd.dcm'])))
+  builder = prepare.prepare('image_folder', str(tmp_path / 'tfds'), manual_dir=str(root),
+                            workers=1, size=32)
+  seen = 0
+  for source in builder.as_data_source().values():
+    for i in range(len(source)):
+      record = source[i]
+      path = root / record['id'].decode()
+      np.testing.assert_array_equal(record['image'], imageio.load_for_model(path, 32),
+                                    err_msg=str(path))
+      seen += 1
+  assert seen == 4
+
+
 def test_the_exported_model_reproduces_the_runs_test_probabilities(run, model):
   workdir, test_images, out = run
   assert sorted(p.name for p in out.iterdir()) == ['README.md', 'model.json', 'weights.msgpack']
