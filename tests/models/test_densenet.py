@@ -224,3 +224,32 @@ def test_wrong_family_is_named():
     convert.convert_torch_resnet(sd, 'resnet18')
   with pytest.raises(ValueError, match='no key features.conv0.weight.*looks like a resnet'):
     convert.convert_torch_resnet({'conv1.weight': np.zeros((64, 3, 7, 7))}, 'densenet121')
+
+
+def test_a_densenet_run_pretrains_finetunes_explains_and_reports(tmp_path, tiny_data_dir,
+                                                                 monkeypatch):
+  """config.model.name='densenet121' through experiment.run: SimCLR pretraining, fine-tuning
+  (scratch and curricular), Grad-CAM with lung masks, report. 'densenet121' is bound to a
+  one-layer-per-block DenseNet here: the full depth compiles for minutes on 2 CPU cores
+  (its depth is checked by test_parameter_counts_and_torch_keys_match_torchvision)."""
+  from cxr_jax import experiment
+  from tests.test_experiment import tiny_config
+  monkeypatch.setitem(ENCODERS, 'densenet121',
+                      functools.partial(DenseNet, stage_sizes=(1, 1, 1, 1)))
+  config = tiny_config(tiny_data_dir)
+  config.model.name, config.model.stem = 'densenet121', 'small'  # 32 px: a 4x4 last map
+  config.pretrain.stages = config.pretrain.stages[:1]
+  config.pretrain.stages[0].steps = 2
+  config.finetune.inits, config.finetune.num_seeds = 'scratch,curricular', 1
+  config.finetune.protocols = 'finetune'
+  config.finetune.steps, config.finetune.eval_every, config.finetune.batch_size = 2, 2, 8
+  config.finetune.image_size, config.eval_batch_size = 32, 16
+  config.explain.enabled, config.explain.num_overlays = True, 1
+  results = experiment.run(config, tmp_path)
+  assert len(results) == 2 and all(0.0 <= r['test']['auroc'] <= 1.0 for r in results)
+  cell = tmp_path / 'finetune' / 'curricular' / '1' / 'seed0'
+  with np.load(cell / 'attention.npz') as f:
+    assert list(f['cam_resolution']) == [4, 4]
+    assert f['overlay_cam_pred'].shape[1:] == (32, 32)
+    assert np.isfinite(f['lung_share_pred']).any()
+  assert '| curricular | 1 | 1 |' in (tmp_path / 'report.md').read_text()
