@@ -41,7 +41,7 @@ def get_config(arg=None):
   phantom = c.get_ref('phantom')
 
   c.model = ml_collections.ConfigDict(dict(
-      name='resnet18',        # resnet18 | resnet34 | resnet50
+      name='resnet18',        # resnet18 | resnet34 | resnet50 | densenet121 | densenet169
       width=0.25,             # channel multiplier on the standard 64 base channels
       stem='imagenet',        # 'imagenet' (7x7/2 + max-pool); 'small' (3x3/1, no pool) for <= 32 px
       dtype='float32',        # compute dtype ('bfloat16' on GPU/TPU); parameters stay float32
@@ -100,5 +100,5 @@ def get_config(arg=None):
   c.explain.enabled = False                 # Grad-CAM lung-attention shares on test (needs masks)
   c.explain.extra_masks = ''                # comma-separated extra mask fields of the dataset
   c.explain.num_overlays = 2                # overlay examples per class in the report
-  c.explain.stage = 0                       # ResNet stage Grad-CAM looks at (0 = the last)
+  c.explain.stage = 0                       # encoder stage (ResNet stage / DenseNet block) Grad-CAM looks at (0 = the last)
   return c

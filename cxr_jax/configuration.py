@@ -50,7 +50,7 @@ def validate(config: ml_collections.ConfigDict):
   e = config.explain
   _at_least('config.explain.num_overlays', e.num_overlays, 0)
   if e.stage not in (0, 1, 2, 3, 4):
-    raise ValueError(f'config.explain.stage must be 0 (the last) or a ResNet stage 1-4, got {e.stage!r}')
+    raise ValueError(f'config.explain.stage must be 0 (the last) or an encoder stage 1-4 (ResNet stage, DenseNet block), got {e.stage!r}')
 
 
 def _at_least(key: str, value, low, kind=int):

@@ -1,4 +1,4 @@
-"""Import supervised ImageNet weights from a torchvision or timm ResNet checkpoint.
+"""Import supervised ImageNet weights from a torchvision or timm ResNet/DenseNet checkpoint.
 
 The 'imagenet' initialisation regime starts fine-tuning (or curricular stage 1) from a
 supervised ImageNet ResNet that the user already has on disk, since nothing can be
@@ -24,6 +24,21 @@ fc), and `cxr_jax/models/resnet.py` was laid out so that they map one to one:
     layer{i}.{j}.downsample.1.*             .../stage{i}_block{j}/proj_bn/*
     fc.weight [K, C], fc.bias [K]           params/head/kernel [C, K], bias (only with
                                             include_head=True; fine-tuning drops it)
+
+DenseNet-121/169 (`cxr_jax/models/densenet.py`) map the same way, module by module:
+
+    torch                                              flax (DenseNet variables)
+    features.conv0, features.norm0                     conv0, norm0
+    features.denseblock{i}.denselayer{j}.norm1/conv1/  denseblock{i}_denselayer{j}/norm1/
+      norm2/conv2                                        conv1/norm2/conv2
+    features.transition{i}.norm/conv                   transition{i}/norm, conv
+    features.norm5                                     norm5
+    classifier.weight, classifier.bias                 head/kernel, bias (include_head=True)
+
+Old torchvision DenseNet checkpoints (the downloadable .pth files) name the dense layers'
+modules 'norm.1', 'conv.2', ...; they are renamed as torchvision's own loader does. The
+first convolution (conv0) and norm (norm0) take the channel fold and the normalisation
+below exactly as conv1/bn1 of a ResNet.
 
 `num_batches_tracked` buffers are ignored. The converted encoder is meant for
 `build_encoder(arch, width=1.0, stem='imagenet')` (config.model.width=1.0,
@@ -78,6 +93,35 @@ _BLOCK = re.compile(r'^stage(\d+)_block(\d+)$')
 _CONTAINER_KEYS = ('state_dict', 'model_state_dict', 'model', 'module', 'net')
 
 
+_DENSE_LAYER = re.compile(r'^denseblock(\d+)_denselayer(\d+)$')
+# torchvision's DenseNet loader: 'denselayer1.norm.1.weight' -> 'denselayer1.norm1.weight'
+_OLD_DENSENET_KEY = re.compile(
+    r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$')
+
+# per family: torch keys of the first convolution, of the norm after it, and the head prefix
+_FAMILIES = {
+    'resnet': {'conv': 'conv1.weight', 'norm': 'bn1', 'head': 'fc.'},
+    'densenet': {'conv': 'features.conv0.weight', 'norm': 'features.norm0',
+                 'head': 'classifier.'},
+}
+
+
+def _family(arch: str) -> str:
+  return 'densenet' if arch.startswith('densenet') else 'resnet'
+
+
+def _densenet_torch_prefix(module: str) -> str:
+  """Torch module path of a flax module name in a DenseNet (top level or nested)."""
+  if module == 'head':
+    return 'classifier'
+  m = _DENSE_LAYER.match(module)
+  if m:
+    return f'features.denseblock{m.group(1)}.denselayer{m.group(2)}'
+  if module in ('conv0', 'norm0', 'norm5') or module.startswith('transition'):
+    return f'features.{module}'
+  return module  # norm1/conv1/norm2/conv2 in a layer, norm/conv in a transition
+
+
 def _torch_prefix(module: str) -> str:
   """Torch module path of a flax module name at the ResNet's top level or in a block."""
   if module == 'conv_init':
@@ -96,21 +140,24 @@ def _torch_prefix(module: str) -> str:
   return module  # conv1..3 and bn1..3 inside a block keep their names
 
 
-def torch_key(collection: str, path: tuple[str, ...]) -> str:
+def torch_key(collection: str, path: tuple[str, ...], arch: str = 'resnet18') -> str:
   """The torch state-dict key of one flax leaf.
 
   Args:
     collection: 'params' or 'batch_stats'.
-    path: the leaf's path inside the ResNet's collection, e.g.
+    path: the leaf's path inside the encoder's collection, e.g.
       ('stage2_block0', 'proj_bn', 'scale').
+    arch: the encoder (only its family, ResNet or DenseNet, matters).
 
   Returns:
-    e.g. 'layer2.0.downsample.1.weight'.
+    e.g. 'layer2.0.downsample.1.weight', or for a DenseNet
+    'features.denseblock1.denselayer2.norm1.running_var'.
   """
   *modules, leaf = path
   if leaf not in _LEAF_TORCH:
     raise ValueError(f'no torch name for flax {collection}/{"/".join(path)}')
-  prefix = '.'.join(_torch_prefix(m) for m in modules)
+  to_torch = _densenet_torch_prefix if _family(arch) == 'densenet' else _torch_prefix
+  prefix = '.'.join(to_torch(m) for m in modules)
   name = _LEAF_TORCH[leaf]
   return f'{prefix}.{name}'
 
@@ -141,7 +188,7 @@ def flax_shapes(arch: str, in_channels: int = 1, num_classes: int | None = None)
   """Shapes of the ResNet variables {'params': ..., 'batch_stats': ...} (nested dicts).
 
   Args:
-    arch: 'resnet18' | 'resnet34' | 'resnet50'.
+    arch: a name in `ENCODERS` (resnet18/34/50, densenet121/169).
     in_channels: input channels of the first convolution.
     num_classes: None for the encoder alone, else the size of a 'head' Dense layer.
   """
@@ -158,32 +205,36 @@ def torch_key_shapes(arch: str, in_channels: int = 3,
   """The torchvision state dict of `arch`: key -> shape (num_batches_tracked left out).
 
   Args:
-    arch: 'resnet18' | 'resnet34' | 'resnet50'.
-    in_channels: input channels of torch's conv1 (3 for ImageNet checkpoints).
-    num_classes: classes of fc (1000 for ImageNet); None leaves fc out.
+    arch: 'resnet18' | 'resnet34' | 'resnet50' | 'densenet121' | 'densenet169'.
+    in_channels: input channels of torch's first conv (3 for ImageNet checkpoints).
+    num_classes: classes of fc / classifier (1000 for ImageNet); None leaves it out.
   """
   shapes = flax_shapes(arch, in_channels, num_classes)
   flat = flax.traverse_util.flatten_dict(shapes, is_leaf=lambda _, v: isinstance(v, tuple))
-  return {torch_key(path[0], path[1:]): _flax_to_torch_shape(shape)
+  return {torch_key(path[0], path[1:], arch): _flax_to_torch_shape(shape)
           for path, shape in flat.items()}
 
 
 def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """Drops a 'module.' (DataParallel) or 'model.' prefix shared by every key."""
+  """Drops a 'module.' (DataParallel) or 'model.' prefix shared by every key, and renames
+  old torchvision DenseNet keys ('denselayer1.norm.1.weight' -> 'denselayer1.norm1.weight')."""
   keys = list(state_dict)
+  out = dict(state_dict)
   for prefix in ('module.', 'model.'):
     if keys and all(k.startswith(prefix) for k in keys):
-      return {k[len(prefix):]: v for k, v in state_dict.items()}
-  return dict(state_dict)
+      out = {k[len(prefix):]: v for k, v in state_dict.items()}
+      break
+  return {_OLD_DENSENET_KEY.sub(r'\1\2', k): v for k, v in out.items()}
 
 
 def _mismatch_report(state_dict: Mapping[str, np.ndarray], arch: str, in_channels_src: int,
                      num_classes: int | None) -> str | None:
   """Why `state_dict` is not an `arch` checkpoint, or None when it is one."""
   expected = torch_key_shapes(arch, in_channels_src, num_classes)
+  head = _FAMILIES[_family(arch)]['head']
   present = {k: tuple(np.shape(v)) for k, v in state_dict.items()
              if not k.endswith('num_batches_tracked') and
-             not (num_classes is None and k.startswith('fc.'))}
+             not (num_classes is None and k.startswith(head))}
   missing = sorted(set(expected) - set(present))
   unexpected = sorted(set(present) - set(expected))
   wrong = sorted(k for k in set(expected) & set(present) if expected[k] != present[k])
@@ -202,8 +253,8 @@ def _mismatch_report(state_dict: Mapping[str, np.ndarray], arch: str, in_channel
   return '; '.join(parts)
 
 
-def _guess_arch(state_dict, in_channels_src, num_classes) -> str | None:
-  for other in sorted(ENCODERS):
+def _guess_arch(state_dict, in_channels_src, num_classes, family: str) -> str | None:
+  for other in sorted(a for a in ENCODERS if _family(a) == family):
     if _mismatch_report(state_dict, other, in_channels_src, num_classes) is None:
       return other
   return None
@@ -212,7 +263,10 @@ def _guess_arch(state_dict, in_channels_src, num_classes) -> str | None:
 def convert_torch_resnet(state_dict: Mapping[str, np.ndarray], arch: str, in_channels: int = 1,
                          normalize: str | None = 'imagenet',
                          include_head: bool = False) -> dict[str, dict]:
-  """Converts a torchvision/timm ResNet state dict into our ResNet's variables.
+  """Converts a torchvision/timm ResNet or DenseNet state dict into our encoder's variables.
+
+  (The name is historical; `convert_torch` is the same function.) For a DenseNet read
+  features.conv0 / features.norm0 / classifier wherever conv1 / bn1 / fc appear below.
 
   Args:
     state_dict: torch key -> array (numpy, or anything `np.asarray` takes, e.g. CPU
@@ -244,28 +298,37 @@ def convert_torch_resnet(state_dict: Mapping[str, np.ndarray], arch: str, in_cha
   _encoder(arch)  # names the valid archs for a typo
   sd = {k: np.asarray(v, dtype=np.float32) for k, v in _strip_prefix(state_dict).items()
         if not k.endswith('num_batches_tracked')}
-  if 'conv1.weight' not in sd:
-    raise ValueError(f'not a torchvision/timm ResNet checkpoint: no key conv1.weight '
-                     f'(keys start with {sorted(sd)[:5]}); expected an {arch} state dict')
-  src_channels = sd['conv1.weight'].shape[1]
-  num_classes = int(sd['fc.weight'].shape[0]) if 'fc.weight' in sd else None
+  family = _family(arch)
+  names = _FAMILIES[family]
+  conv_key, norm_key, head_key = names['conv'], names['norm'], names['head'] + 'weight'
+  if conv_key not in sd:
+    other = next((f for f, n in _FAMILIES.items() if n['conv'] in sd), None)
+    hint = (f' It looks like a {other} checkpoint: pass a {other} --arch '
+            f'({", ".join(sorted(a for a in ENCODERS if _family(a) == other))}).'
+            if other else '')
+    kind = 'DenseNet' if family == 'densenet' else 'ResNet'
+    raise ValueError(f'not a torchvision/timm {kind} checkpoint: no key {conv_key} '
+                     f'(keys start with {sorted(sd)[:5]}); expected an {arch} state dict.'
+                     f'{hint}')
+  src_channels = sd[conv_key].shape[1]
+  num_classes = int(sd[head_key].shape[0]) if head_key in sd else None
   head_classes = num_classes if include_head else None
   if include_head and num_classes is None:
-    raise ValueError('include_head=True but the checkpoint has no fc.weight')
+    raise ValueError(f'include_head=True but the checkpoint has no {head_key}')
   problem = _mismatch_report(sd, arch, src_channels, head_classes)
   if problem is not None:
-    guess = _guess_arch(sd, src_channels, head_classes)
+    guess = _guess_arch(sd, src_channels, head_classes, family)
     hint = f' It looks like a {guess} checkpoint: pass --arch={guess}.' if guess else ''
     raise ValueError(f'checkpoint is not a torchvision/timm {arch}: {problem}.{hint}')
   if src_channels not in (1, 3) or (src_channels == 1 and in_channels == 3):
     raise ValueError(f'cannot convert a checkpoint with {src_channels} input channels '
-                     f'(conv1.weight {sd["conv1.weight"].shape}) to in_channels={in_channels}')
+                     f'({conv_key} {sd[conv_key].shape}) to in_channels={in_channels}')
   if normalize is not None and src_channels != 3:
-    raise ValueError(f'normalize={normalize!r} folds an RGB normalisation, but conv1 has '
-                     f'{src_channels} input channel(s); pass normalize=None')
+    raise ValueError(f'normalize={normalize!r} folds an RGB normalisation, but {conv_key} '
+                     f'has {src_channels} input channel(s); pass normalize=None')
 
-  conv1 = sd['conv1.weight'].astype(np.float64)  # [O, I, 7, 7]; float64 while folding
-  bn1_mean = sd['bn1.running_mean'].astype(np.float64)
+  conv1 = sd[conv_key].astype(np.float64)  # [O, I, 7, 7]; float64 while folding
+  bn1_mean = sd[norm_key + '.running_mean'].astype(np.float64)
   if normalize is not None:
     mean, std = (np.asarray(v, np.float64) for v in NORMALIZATIONS[normalize])
     # conv(W, (x - m) / s) = conv(W / s, x) - sum_c (m_c / s_c) sum_taps W_c: the constant
@@ -274,8 +337,8 @@ def convert_torch_resnet(state_dict: Mapping[str, np.ndarray], arch: str, in_cha
     conv1 = conv1 / std[None, :, None, None]
   if in_channels == 1 and conv1.shape[1] == 3:
     conv1 = conv1.sum(axis=1, keepdims=True)
-  sd['conv1.weight'] = conv1.astype(np.float32)
-  sd['bn1.running_mean'] = bn1_mean.astype(np.float32)
+  sd[conv_key] = conv1.astype(np.float32)
+  sd[norm_key + '.running_mean'] = bn1_mean.astype(np.float32)
 
   shapes = flax_shapes(arch, in_channels, head_classes)
   out = {}
@@ -284,11 +347,14 @@ def convert_torch_resnet(state_dict: Mapping[str, np.ndarray], arch: str, in_cha
                                            is_leaf=lambda _, v: isinstance(v, tuple))
     tree = {}
     for path, shape in flat.items():
-      value = _to_flax(sd[torch_key(collection, path)])
+      value = _to_flax(sd[torch_key(collection, path, arch)])
       assert value.shape == shape, (path, value.shape, shape)  # _mismatch_report checked
       tree[path] = np.ascontiguousarray(value, dtype=np.float32)
     out[collection] = flax.traverse_util.unflatten_dict(tree)
   return out
+
+
+convert_torch = convert_torch_resnet
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -451,7 +517,8 @@ def merge_into(variables: Mapping[str, Any], encoder_vars: Mapping[str, Any],
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      description='Convert a torchvision/timm ResNet checkpoint to cxr_jax encoder weights.')
+      description='Convert a torchvision/timm ResNet or DenseNet checkpoint to cxr_jax '
+      'encoder weights.')
   parser.add_argument('--src', required=True, help='.pth/.pt state dict or .safetensors')
   parser.add_argument('--arch', required=True, choices=sorted(ENCODERS))
   parser.add_argument('--out', required=True, help='output .msgpack')

@@ -436,15 +436,30 @@ def resnet50(**kw) -> ResNet:
   return ResNet(stage_sizes=(3, 4, 6, 3), block_cls='bottleneck', **kw)
 
 
-ENCODERS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50}
+def densenet121(**kw) -> nn.Module:
+  """DenseNet-121 (`cxr_jax.models.densenet`; imported here lazily, as it builds on this
+  module's helpers)."""
+  from cxr_jax.models import densenet
+  return densenet.densenet121(**kw)
 
 
-def build_encoder(name: str, **kw) -> ResNet:
-  """Builds an encoder by name ('resnet18' | 'resnet34' | 'resnet50').
+def densenet169(**kw) -> nn.Module:
+  """DenseNet-169 (`cxr_jax.models.densenet`)."""
+  from cxr_jax.models import densenet
+  return densenet.densenet169(**kw)
+
+
+ENCODERS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50,
+            'densenet121': densenet121, 'densenet169': densenet169}
+
+
+def build_encoder(name: str, **kw) -> nn.Module:
+  """Builds an encoder by name ('resnet18' | 'resnet34' | 'resnet50' | 'densenet121' |
+  'densenet169').
 
   Args:
     name: the encoder's name.
-    **kw: `ResNet` attributes (width, num_classes, stem, dtype, ...).
+    **kw: `ResNet` / `DenseNet` attributes (width, num_classes, stem, dtype, remat, ...).
 
   Raises:
     ValueError: if `name` is not a known encoder.
