@@ -1,13 +1,15 @@
 """Embeddings of a dataset split by a trained encoder of a workdir:
 
-    python -m cxr_jax.embed --workdir=W --stage=NAME [--folder=pretrain|pretrain_ssl] \\
-        --data=BUILDER:SPLIT [--data_dir=...] [--options=k=v,...] [--image_size=PX] \\
-        --out=emb.npz
+    python -m cxr_jax.embed --workdir=W (--stage=NAME [--folder=pretrain|pretrain_ssl] |
+        --job=finetune/<init>/<fraction>/seed<k>) --data=BUILDER:SPLIT [--data_dir=...] \\
+        [--options=k=v,...] [--image_size=PX] --out=emb.npz
 
-The encoder is the one of the stage's last Orbax checkpoint, which must be at the stage's
+--stage: the encoder of the stage's last Orbax checkpoint, which must be at the stage's
 final step (a finished stage; nothing is trained here). The stage's Job is rebuilt from
 W/config.json (`pretraining.pretrain_job`) for the shape of its state, and `loop.run_job`
 returns the restored state at once.
+--job: the encoder of a finished fine-tuning cell's best weights (model selection on val,
+kept in its last checkpoint), restored the same way through the cell's own Job.
 
 Writes `out` (np.savez_compressed):
   embeddings  [N, C] float32  the encoder's pooled features (`inference.make_features`)
@@ -16,7 +18,7 @@ Writes `out` (np.savez_compressed):
   patient_ids [N] str         the records' patient_id (absent when the split has none)
 
 The images are resized to `--image_size` (default: the stage's last view size, as its
-kNN / linear monitors see them). `--data_dir` defaults to the run's (config.data_dir, else
+kNN / linear monitors see them; for --job, config.finetune.image_size). `--data_dir` defaults to the run's (config.data_dir, else
 W/tfds); `--options` to config.phantom for the phantom builder, else none.
 """
 from __future__ import annotations
@@ -84,6 +86,34 @@ def stage_encoder(config, workdir: Path, stage: str, folder: str, mesh, data_dir
   return model, {'params': state.params, 'batch_stats': state.batch_stats}, size
 
 
+def job_encoder(config, workdir: Path, job: str, mesh, data_dir: Path):
+  """(classifier, its best {'params', 'batch_stats'} (model selection on val), the
+  fine-tuning image size) of a finished fine-tuning cell 'finetune/<init>/<fraction>/seed<k>'."""
+  from cxr_jax import finetuning
+  from cxr_jax.train import loop
+  parts = job.strip('/').split('/')
+  if len(parts) != 4 or parts[0] != 'finetune' or not parts[3].startswith('seed'):
+    raise SystemExit(f'--job={job!r}: give finetune/<init>/<fraction>/seed<k>')
+  _, init, fraction, seed = parts
+  directory = workdir / job.strip('/')
+  steps = loop.saved_steps(directory)
+  if not steps or steps[-1] < config.finetune.steps:
+    raise SystemExit(f'{job} is not finished: its last checkpoint is at step '
+                     f'{steps[-1] if steps else "none"} of {config.finetune.steps} (under '
+                     f'{loop.checkpoint_dir(directory)})')
+  seed = int(seed[len('seed'):])
+  data = finetuning.EvalData(config.finetune.data, data_dir, config.image_cache)
+  programs = finetuning.Programs(config.model, config.finetune, len(data.class_names),
+                                 config.eval_batch_size, mesh)
+  # the state's shape only: the checkpoint's weights replace these
+  params, batch_stats = finetuning.classifier_variables(programs.model, config.seed, seed,
+                                                        data.channels, None, 'scratch')
+  best, _, _ = finetuning._train(  # pylint: disable=protected-access
+      config, programs, job.strip('/'), directory, seed, params, batch_stats, data,
+      data.train_indices(float(fraction), seed), mesh, _NoWriter())  # restored, not trained
+  return programs.model, best, config.finetune.image_size
+
+
 def embed_split(extract, variables, source, batch_size: int, desc: str = 'embed'):
   """(embeddings [N, C] float32, the records' other fields) of a split, a batch at a time
   (the images of one batch in memory), with a progress bar over the batches."""
@@ -115,7 +145,10 @@ def split_fields(builder, source) -> dict:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True)
-  parser.add_argument('--stage', required=True, help='a pretraining stage of the run')
+  which = parser.add_mutually_exclusive_group(required=True)
+  which.add_argument('--stage', help='a pretraining stage of the run')
+  which.add_argument('--job', help='a fine-tuning cell: finetune/<init>/<fraction>/seed<k> '
+                     '(its best weights, as selected on val)')
   parser.add_argument('--folder', default='pretrain', choices=('pretrain', 'pretrain_ssl'),
                       help="the stage's folder: pretrain (curricular) or pretrain_ssl (ssl)")
   parser.add_argument('--data', required=True, help='BUILDER:SPLIT, e.g. phantom:test')
@@ -147,12 +180,18 @@ def main(argv=None):
   source = pipeline.get_source(builder, split, key='--data')
 
   mesh = sharding.make_mesh()
-  model, variables, size = stage_encoder(config, workdir, args.stage, args.folder, mesh,
-                                         data_dir)
+  if args.stage:
+    model, variables, size = stage_encoder(config, workdir, args.stage, args.folder, mesh,
+                                           data_dir)
+    what = f'{args.folder}/{args.stage}'
+  else:
+    model, variables, size = job_encoder(config, workdir, args.job, mesh, data_dir)
+    what = args.job
   batch_size = args.batch_size or config.eval_batch_size
-  extract = inference.make_features(model, args.image_size or size, mesh, batch_size)
+  extract = inference.make_features(model, args.image_size or size, mesh, batch_size,
+                                    encoder_only=args.job is not None)
   arrays = dict(embeddings=embed_split(extract, variables, source, batch_size,
-                                       f'{args.folder}/{args.stage} {args.data}'),
+                                       f'{what} {args.data}'),
                 **split_fields(builder, source))
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

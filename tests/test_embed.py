@@ -1,6 +1,7 @@
 """python -m cxr_jax.embed: a finished stage's embeddings of a split equal the features of
 that stage's encoder; the run's embeddings/<init>.npz (config.explain.umap)."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -14,15 +15,18 @@ from tests.test_experiment import tiny_config
 
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory, tiny_data_dir):
-  """A tiny finished run: one 6-step stage, kNN probes (no fine-tuning), the regimes' test
-  embeddings saved."""
+  """A tiny finished run: one 6-step stage, 4-step fine-tuning of scratch and curricular,
+  the regimes' test embeddings saved."""
   workdir = tmp_path_factory.mktemp('embed_run')
   config = tiny_config(tiny_data_dir)
   config.pretrain.stages = config.pretrain.stages[:1]  # 6 steps, as tests/test_experiment.py's
-  config.finetune.inits, config.finetune.protocols = 'scratch,curricular', 'knn'
+  config.finetune.inits, config.finetune.protocols = 'scratch,curricular', 'finetune'
+  config.finetune.steps, config.finetune.eval_every, config.finetune.batch_size = 4, 2, 8
   config.finetune.num_seeds, config.finetune.image_size, config.eval_batch_size = 1, 32, 16
   config.explain.umap = True
-  experiment.run(config, workdir)
+  with pytest.MonkeyPatch.context() as patch:  # the UMAP fit (~20 s): tests/test_report.py
+    patch.setitem(sys.modules, 'umap', None)
+    experiment.run(config, workdir)
   return config, workdir
 
 
@@ -60,6 +64,36 @@ def test_embed_cli_equals_the_stage_encoders_features(finished_run, tiny_data_di
     assert list(f['class_names']) == list(schema.class_names(builder))
   with np.load(workdir / 'embeddings' / 'scratch.npz') as f:  # random weights: others
     assert f['embeddings'].shape == expected.shape
+    assert not np.allclose(f['embeddings'], expected)
+  assert ('UMAP of the test embeddings (scratch, curricular): not drawn, umap-learn is not '
+          'installed') in (workdir / 'report.md').read_text()
+
+
+def test_embed_cli_of_a_fine_tuned_job_uses_its_best_weights(finished_run, tiny_data_dir,
+                                                            tmp_path):
+  import warnings
+  import orbax.checkpoint as ocp
+  from cxr_jax.models import heads
+  config, workdir = finished_run
+  out = tmp_path / 'job.npz'
+  embed.main([f'--workdir={workdir}', '--job=finetune/curricular/1/seed0',
+              '--data=phantom:test', f'--out={out}'])
+  # the reference: the best weights as the checkpoint stores them, read without a target
+  cell = workdir / 'finetune' / 'curricular' / '1' / 'seed0'
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', UserWarning)
+    tree = ocp.PyTreeCheckpointer().restore(cell / 'ckpt' / '4' / 'state')
+  best = {'params': tree['extra']['best_params'],
+          'batch_stats': tree['extra']['best_batch_stats']}
+  builder = pipeline.get_builder(config.finetune.data, tiny_data_dir)
+  images = pipeline.read_all(pipeline.get_source(builder, 'test'), ('image',))['image']
+  model = heads.ClassifierModel(encoder=state_lib.encoder_from_config(config.model),
+                                num_classes=len(schema.class_names(builder)))
+  expected = inference.make_features(model, 32, sharding.make_mesh(), 16,
+                                     encoder_only=True)(best, images)
+  with np.load(out) as f:
+    np.testing.assert_array_equal(f['embeddings'], expected)
+  with np.load(workdir / 'embeddings' / 'curricular.npz') as f:  # fine-tuning moved them
     assert not np.allclose(f['embeddings'], expected)
 
 
