@@ -251,6 +251,11 @@ def read_config_json(path: Path) -> dict:
   return saved
 
 
+# keys added to the config after workdirs were written without them: a config.json that
+# lacks one resumes when the run has it at this value (the behaviour before the key)
+ADDED_KEYS = {'explain.umap': False}
+
+
 def check_or_write_config(config: ml_collections.ConfigDict, workdir: Path):
   """Writes <workdir>/config.json, or refuses a workdir that holds another config's run.
 
@@ -272,7 +277,10 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: Path):
     return
   a, b = _flatten(saved), _flatten(current)
   changes = {k: [a.get(k, '<absent>'), b.get(k, '<absent>')]
-             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+             and not (k not in a and k in ADDED_KEYS and b[k] == ADDED_KEYS[k])}
+  if not changes:  # only keys added since, at the value that keeps the old behaviour
+    return
   refused = [k for k in changes if not _allowed(k, allowed)]
   if refused:
     diff = [f'{k}: {changes[k][0]!r} -> {changes[k][1]!r}' for k in refused]

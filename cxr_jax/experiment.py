@@ -8,6 +8,8 @@
                 -> <workdir>/pretrain/<stage>/          (cxr_jax.pretraining)
                 the 'ssl' regime: its one stage alone, from scratch
                 -> <workdir>/pretrain_ssl/<stage>/
+      embeddings (config.explain.umap): each regime's test-split features
+                -> <workdir>/embeddings/<init>.npz      (finetuning.save_embeddings)
       evaluate: protocol x init x label fraction x seed, each cell a job
                 -> <workdir>/<protocol folder>/<init>/<fraction>/seed<k>/  (cxr_jax.finetuning)
       report:   <workdir>/report.md                     (cxr_jax.report)
@@ -53,6 +55,9 @@ def _run(config, workdir: Path) -> list[dict]:
     data = finetuning.EvalData(config.finetune.data, data_dir, config.image_cache)
     programs = finetuning.Programs(config.model, config.finetune, len(data.class_names),
                                    config.eval_batch_size, mesh)
+    if config.explain.umap:  # the regimes' test embeddings, for the report's UMAP figure
+      for init in inits:
+        finetuning.save_embeddings(config, programs, init, encoders[init], data, workdir)
     results = []
     for protocol in configuration.protocols(config):
       for init in inits:

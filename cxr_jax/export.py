@@ -87,7 +87,6 @@ def code_version() -> dict:
 
 def load_job(workdir, job: str | None = None) -> tuple[dict, dict, dict]:
   """(model.json dict, variables, result dict) of a workdir's job (default: `select_job`)."""
-  from flax import serialization
   from cxr_jax import finetuning
   workdir = Path(workdir)
   result = select_job(workdir, job)
@@ -122,7 +121,7 @@ def load_job(workdir, job: str | None = None) -> tuple[dict, dict, dict]:
                      'config_sha256': hashlib.sha256(config_bytes).hexdigest(),
                      'config': config, **code_version()},
   }
-  variables = serialization.msgpack_restore(weights.read_bytes())
+  variables = finetuning.load_weights(weights)
   return meta, variables, result
 
 

@@ -273,6 +273,35 @@ def save_weights(path: Path, variables):
     f.write(serialization.msgpack_serialize(tree))
 
 
+def load_weights(path: Path) -> dict:
+  """What `save_weights` wrote (numpy leaves)."""
+  from flax import serialization
+  return serialization.msgpack_restore(Path(path).read_bytes())
+
+
+def save_embeddings(config, programs: Programs, init: str, encoder_vars, data: EvalData,
+                    workdir: Path) -> Path:
+  """<workdir>/embeddings/<init>.npz: the test split's pooled features by the regime's
+  encoder before fine-tuning (scratch: the random encoder of seed 0), for the report's UMAP
+  figure (config.explain.umap). Written once: kept when it exists.
+
+  Arrays: embeddings [N, C] float32, labels [N], ids [N] (test indices), patient_ids [N],
+  class_names [K]."""
+  path = workdir / 'embeddings' / f'{init}.npz'
+  if path.exists():
+    return path
+  params, batch_stats = classifier_variables(programs.model, config.seed, 0, data.channels,
+                                             encoder_vars, init)
+  embeddings = programs.features({'params': params, 'batch_stats': batch_stats},
+                                 data.test['image'])
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_npz(path, embeddings=np.asarray(embeddings, np.float32), labels=data.test['label'],
+             ids=np.arange(len(data.test['label'])), patient_ids=data.test['patient_id'],
+             class_names=np.asarray(list(data.class_names)))
+  return path
+
+
 def save_npz(path: Path, **arrays):
   """np.savez_compressed, atomically; arrays of a float type numpy does not know
   (bfloat16 from a model.dtype='bfloat16' run, which np.savez would store as raw 2-byte

@@ -268,3 +268,40 @@ def test_command_line(tmp_path):
                        check=True).stdout
   assert 'No fine-tuning results yet.' in out
   assert (tmp_path / 'report.md').read_text() in out and (tmp_path / 'report.html').exists()
+
+
+def _umap_workdir(root, n=60):
+  """A one-result workdir with two regimes' embeddings (config.explain.umap)."""
+  d = root / 'finetune' / 'scratch' / '1' / 'seed0'
+  d.mkdir(parents=True)
+  (d / 'result.json').write_text(json.dumps({
+      'init': 'scratch', 'label_fraction': 1.0, 'seed': 0, 'best_step': 3, 'val_score': 0.5,
+      'test': {'auroc': 0.61}}))
+  rng = np.random.default_rng(0)
+  labels = np.arange(n) % 3
+  (root / 'embeddings').mkdir()
+  for init, signal in (('curricular', 4.0), ('scratch', 0.0)):
+    x = rng.normal(size=(n, 8)) + signal * np.eye(8)[labels]
+    np.savez_compressed(root / 'embeddings' / f'{init}.npz', embeddings=x.astype(np.float32),
+                        labels=labels, ids=np.arange(n), patient_ids=np.arange(n).astype(str),
+                        class_names=np.asarray(NAMES))
+  return root
+
+
+def test_umap_figure_of_the_regimes_embeddings(tmp_path):
+  pytest.importorskip('umap')
+  text = report.write_report(_umap_workdir(tmp_path), n_boot=0).read_text()
+  assert '![UMAP of the test embeddings per regime](figures/umap.png)' in text
+  with Image.open(tmp_path / 'figures' / 'umap.png') as image:
+    assert image.size[0] >= 2 * image.size[1]  # two panels side by side
+
+
+def test_without_umap_learn_the_report_says_so_in_one_sentence(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'umap', None)  # `import umap` raises ImportError
+  text = report.write_report(_umap_workdir(tmp_path), n_boot=0).read_text()
+  assert ('UMAP of the test embeddings (scratch, curricular): not drawn, umap-learn is not '
+          'installed') in text
+  assert not (tmp_path / 'figures' / 'umap.png').exists()
+  for path in (tmp_path / 'embeddings').iterdir():  # without embeddings: no word of UMAP
+    path.unlink()
+  assert 'UMAP' not in report.write_report(tmp_path, n_boot=0).read_text()

@@ -144,3 +144,53 @@ def figure_overlays(path: Path, atts: dict[str, dict], class_names, max_rows: in
   return analysis.save_overlays(str(path), first['overlay_image'][:len(idx)], cams,
                                 masks=first['overlay_mask'][:len(idx)], titles=titles,
                                 cell_inches=1.6, dpi=100)
+
+
+def umap_available() -> bool:
+  """Whether umap-learn (the optional `umap` extra) can be imported."""
+  try:
+    import umap  # noqa: F401  pylint: disable=unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def figure_umap(path: Path, embeddings: dict[str, dict], n_neighbors: int = 15,
+                seed: int = 0) -> Path | None:
+  """One 2-D UMAP scatter per regime of its encoder's test embeddings, coloured by class.
+
+  Args:
+    path: output PNG.
+    embeddings: regime -> `loading.load_embeddings` dict ('embeddings' [N, C], 'labels'
+      [N], 'class_names' [K]), in report order.
+    n_neighbors: UMAP's neighbourhood size (at most N - 1).
+    seed: UMAP's random_state (a fixed seed: reproducible, single-threaded).
+
+  Raises:
+    ImportError: umap-learn is not installed (`pip install cxr_jax[umap]`).
+  """
+  embeddings = {k: v for k, v in embeddings.items() if len(v['embeddings']) >= 3}
+  if not embeddings:
+    return None
+  import umap
+  plt = _plt()
+  n = len(embeddings)
+  fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), dpi=120, squeeze=False)
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  for ax, (init, e) in zip(axes[0], embeddings.items()):
+    x = np.asarray(e['embeddings'], np.float64)
+    k = max(2, min(n_neighbors, len(x) - 1))
+    xy = umap.UMAP(n_neighbors=k, min_dist=0.1, random_state=seed, n_jobs=1).fit_transform(x)
+    labels = np.asarray(e['labels']).astype(int)
+    names = list(e.get('class_names', []))
+    for c in np.unique(labels):
+      name = names[c] if c < len(names) else str(c)
+      sel = labels == c
+      ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.7, color=colors[c % len(colors)],
+                 label=name, linewidths=0)
+    ax.set_title(f'{init} encoder', fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+  axes[0][-1].legend(fontsize=7, markerscale=2, loc='best')
+  fig.suptitle('UMAP of the test embeddings before fine-tuning, by class', fontsize=9)
+  return _save(plt, fig, path)

@@ -199,3 +199,22 @@ def load_attention(rs: list[dict], groups_fallback=None) -> dict | None:
     groups = groups_fallback if groups_fallback is not None else np.arange(len(first['labels']))
   return {'seeds': [r['seed'] for r, _ in found], 'arrays': [a for _, a in found],
           'groups': np.asarray(groups), 'labels': first['labels']}
+
+
+def load_embeddings(workdir: Path) -> dict[str, dict]:
+  """{regime: its <workdir>/embeddings/<init>.npz} (config.explain.umap), in report order;
+  a file that cannot be read is named in a warning and left out."""
+  out = {}
+  for path in sorted(Path(workdir).glob('embeddings/*.npz'),
+                     key=lambda p: vocab.regime_order(p.stem)):
+    try:
+      e = load_npz(path)
+    except (OSError, ValueError) as error:  # torn, or not an .npz
+      log.warning('report: left out %s, which cannot be read (%s)', path, error)
+      continue
+    if 'embeddings' not in e or 'labels' not in e:
+      log.warning('report: left out %s, which holds no embeddings and labels', path)
+      continue
+    e['class_names'] = [str(c) for c in e.get('class_names', [])]
+    out[path.stem] = e
+  return out

@@ -354,6 +354,23 @@ def _overlay_figures(run: Run, folder: Path) -> list[str]:
   return lines
 
 
+def _umap_figure(run: Run, folder: Path) -> list[str]:
+  """The UMAP of the regimes' test embeddings (<workdir>/embeddings/, config.explain.umap):
+  the figure, or one sentence when umap-learn is not installed; nothing without them."""
+  embeddings = loading.load_embeddings(run.workdir)
+  if not embeddings:
+    return []
+  if not figures.umap_available():
+    return [f'UMAP of the test embeddings ({", ".join(embeddings)}): not drawn, '
+            'umap-learn is not installed (`pip install umap-learn`, the `umap` extra).', '']
+  if not figures.figure_umap(folder / 'umap.png', embeddings):
+    return []
+  return ['![UMAP of the test embeddings per regime](figures/umap.png)', '',
+          'UMAP: the test images\' pooled features by each regime\'s encoder before '
+          'fine-tuning (scratch: random weights of seed 0), one point per image, coloured by '
+          'class.', '']
+
+
 def figure_section(run: Run) -> list[str]:
   """Writes the PNGs under <workdir>/figures and links them."""
   folder = run.workdir / 'figures'
@@ -364,9 +381,10 @@ def figure_section(run: Run) -> list[str]:
     links.append('![Grad-CAM lung share per regime](figures/attention_share.png)')
   overlays = _overlay_figures(run, folder)
   links += overlays
-  if not links:
+  umap_lines = _umap_figure(run, folder)
+  if not links and not umap_lines:
     return []
-  lines = ['## Figures', ''] + [line for link in links for line in (link, '')]
+  lines = ['## Figures', ''] + [line for link in links for line in (link, '')] + umap_lines
   if overlays:
     lines += ['Overlays: the same test images (the first of each class) explained by each '
               'regime: Grad-CAM of the predicted class (each map scaled to its own range), '

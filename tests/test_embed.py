@@ -1,0 +1,121 @@
+"""python -m cxr_jax.embed: a finished stage's embeddings of a split equal the features of
+that stage's encoder; the run's embeddings/<init>.npz (config.explain.umap)."""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from cxr_jax import embed, experiment, pretraining, ssl
+from cxr_jax.data import pipeline, schema
+from cxr_jax.train import inference, sharding
+from cxr_jax.train import state as state_lib
+from tests.test_experiment import tiny_config
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory, tiny_data_dir):
+  """A tiny finished run: one 6-step stage, 4-step fine-tuning of scratch and curricular,
+  the regimes' test embeddings saved."""
+  workdir = tmp_path_factory.mktemp('embed_run')
+  config = tiny_config(tiny_data_dir)
+  config.pretrain.stages = config.pretrain.stages[:1]  # 6 steps, as tests/test_experiment.py's
+  config.finetune.inits, config.finetune.protocols = 'scratch,curricular', 'finetune'
+  config.finetune.steps, config.finetune.eval_every, config.finetune.batch_size = 4, 2, 8
+  config.finetune.num_seeds, config.finetune.image_size, config.eval_batch_size = 1, 32, 16
+  config.explain.umap = True
+  with pytest.MonkeyPatch.context() as patch:  # the UMAP fit (~20 s): tests/test_report.py
+    patch.setitem(sys.modules, 'umap', None)
+    experiment.run(config, workdir)
+  return config, workdir
+
+
+def test_embed_cli_equals_the_stage_encoders_features(finished_run, tiny_data_dir, tmp_path,
+                                                      capsys):
+  config, workdir = finished_run
+  out = tmp_path / 'emb.npz'
+  embed.main([f'--workdir={workdir}', '--stage=low_res', '--data=phantom:test',
+              f'--out={out}'])
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])['embeddings'][0] == 32
+  with np.load(out) as f:
+    saved = dict(f)
+  # the reference: the curriculum's last state (restored, not retrained), its encoder's
+  # features at the stage's view size
+  mesh = sharding.make_mesh()
+  state = pretraining.run_curriculum(config, mesh, embed._NoWriter(), workdir, tiny_data_dir)
+  assert int(state.step) == 6
+  model = ssl.get_method('simclr').build_model(state_lib.encoder_from_config(config.model),
+                                               config.pretrain.simclr)
+  builder = pipeline.get_builder(config.finetune.data, tiny_data_dir)
+  test = pipeline.read_all(pipeline.get_source(builder, 'test'),
+                           ('image', 'label', 'id', 'patient_id'))
+  expected = inference.make_features(model, 32, mesh, 16)(
+      {'params': state.params, 'batch_stats': state.batch_stats}, test['image'])
+  assert saved['embeddings'].dtype == np.float32 and saved['embeddings'].shape == expected.shape
+  np.testing.assert_array_equal(saved['embeddings'], expected)
+  np.testing.assert_array_equal(saved['labels'], test['label'])
+  np.testing.assert_array_equal(saved['ids'], test['id'])
+  np.testing.assert_array_equal(saved['patient_ids'], test['patient_id'])
+  # the run's own embeddings of the curricular regime: the same encoder (the classifier's,
+  # at finetune.image_size = 32), the same test images
+  with np.load(workdir / 'embeddings' / 'curricular.npz') as f:
+    np.testing.assert_allclose(f['embeddings'], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(f['labels'], test['label'])
+    assert list(f['class_names']) == list(schema.class_names(builder))
+  with np.load(workdir / 'embeddings' / 'scratch.npz') as f:  # random weights: others
+    assert f['embeddings'].shape == expected.shape
+    assert not np.allclose(f['embeddings'], expected)
+  assert ('UMAP of the test embeddings (scratch, curricular): not drawn, umap-learn is not '
+          'installed') in (workdir / 'report.md').read_text()
+
+
+def test_embed_cli_of_a_fine_tuned_job_uses_its_best_weights(finished_run, tiny_data_dir,
+                                                            tmp_path):
+  import warnings
+  import orbax.checkpoint as ocp
+  from cxr_jax.models import heads
+  config, workdir = finished_run
+  out = tmp_path / 'job.npz'
+  embed.main([f'--workdir={workdir}', '--job=finetune/curricular/1/seed0',
+              '--data=phantom:test', f'--out={out}'])
+  # the reference: the best weights as the checkpoint stores them, read without a target
+  cell = workdir / 'finetune' / 'curricular' / '1' / 'seed0'
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', UserWarning)
+    tree = ocp.PyTreeCheckpointer().restore(cell / 'ckpt' / '4' / 'state')
+  best = {'params': tree['extra']['best_params'],
+          'batch_stats': tree['extra']['best_batch_stats']}
+  builder = pipeline.get_builder(config.finetune.data, tiny_data_dir)
+  images = pipeline.read_all(pipeline.get_source(builder, 'test'), ('image',))['image']
+  model = heads.ClassifierModel(encoder=state_lib.encoder_from_config(config.model),
+                                num_classes=len(schema.class_names(builder)))
+  expected = inference.make_features(model, 32, sharding.make_mesh(), 16,
+                                     encoder_only=True)(best, images)
+  with np.load(out) as f:
+    np.testing.assert_array_equal(f['embeddings'], expected)
+  with np.load(workdir / 'embeddings' / 'curricular.npz') as f:  # fine-tuning moved them
+    assert not np.allclose(f['embeddings'], expected)
+
+
+def test_embed_refuses_an_unknown_or_unfinished_stage(finished_run, tmp_path):
+  _, workdir = finished_run
+  with pytest.raises(SystemExit, match="'nope' is not a stage"):
+    embed.main([f'--workdir={workdir}', '--stage=nope', '--data=phantom:test',
+                f'--out={tmp_path / "e.npz"}'])
+  with pytest.raises(SystemExit, match='pretrain_ssl/low_res is not finished'):
+    embed.main([f'--workdir={workdir}', '--stage=low_res', '--folder=pretrain_ssl',
+                '--data=phantom:test', f'--out={tmp_path / "e.npz"}'])
+
+
+def test_a_workdir_from_before_the_umap_switch_resumes_with_it_off(tmp_path):
+  from configs import default
+  from cxr_jax import configuration
+  config = default.get_config()
+  saved = json.loads(config.to_json_best_effort())
+  del saved['explain']['umap'], saved['allow_changes']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  configuration.check_or_write_config(config, tmp_path)  # accepted, config.json unchanged
+  assert json.loads((tmp_path / 'config.json').read_text()) == saved
+  config.explain.umap = True
+  with pytest.raises(ValueError, match="explain.umap: '<absent>' -> True"):
+    configuration.check_or_write_config(config, tmp_path)
