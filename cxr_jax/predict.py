@@ -93,8 +93,7 @@ def run(model, files, output: Path, gradcam: Path | None = None, progress: bool 
         ) -> list[tuple[Path, str]]:
   """Predicts `files` into `output` (and overlays into `gradcam`); returns the failures."""
   from tqdm import tqdm
-  good, images, bad = [], [], []
-  probs, maps = [], []
+  good, bad, probs = [], [], []
   bs = model.batch_size
   bar = tqdm(total=len(files), unit='image', disable=not progress, file=sys.stderr)
   for start in range(0, len(files), bs):  # read and predict batch by batch: bounded memory
