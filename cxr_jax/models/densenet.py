@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from cxr_jax.models.resnet import _batch_norm
 from cxr_jax.models.resnet import _scaled
 from cxr_jax.models.resnet import Conv3x3
+from cxr_jax.models.resnet import Encoder
 from cxr_jax.models.resnet import max_pool_3x3_s2
 
 Dtype = Any
@@ -46,7 +47,6 @@ Dtype = Any
 # torchvision's DenseNet init for convolutions: kaiming_normal_ (mode='fan_in').
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
-STEMS = ('imagenet', 'small')
 
 
 def _conv1x1(features: int, dtype: Dtype, name: str):
@@ -97,7 +97,7 @@ class Transition(nn.Module):
     return nn.avg_pool(x, (2, 2), strides=(2, 2), padding='VALID')
 
 
-class DenseNet(nn.Module):
+class DenseNet(Encoder):
   """DenseNet-BC encoder with an optional linear head (interface of `ResNet`).
 
   Attributes:
@@ -131,10 +131,7 @@ class DenseNet(nn.Module):
   axis_name: str | None = None
   remat: bool = False
   dot_batch_norm: bool | None = None
-
-  def setup(self):
-    if self.num_classes is not None:
-      self.head = nn.Dense(self.num_classes, dtype=self.dtype)
+  _family = 'DenseNet'
 
   def _channels(self) -> list[tuple[int, int]]:
     """(input channels, output channels) of every dense block."""
@@ -177,14 +174,7 @@ class DenseNet(nn.Module):
       doubles h.
     """
     num_stages = len(self.stage_sizes)
-    last_stage = num_stages if last_stage is None else last_stage
-    if not 1 <= first_stage <= last_stage <= num_stages:
-      raise ValueError(f'DenseNet stages run from 1 to {num_stages}; got first_stage='
-                       f'{first_stage}, last_stage={last_stage}')
-    if self.stem not in STEMS:
-      raise ValueError(f'Unknown DenseNet stem {self.stem!r}; valid stems: {list(STEMS)}.')
-    if self.width <= 0:
-      raise ValueError(f'DenseNet width must be > 0, got {self.width}.')
+    last_stage = self._check(first_stage, last_stage)
     layer = DenseLayer
     if self.remat:
       layer = nn.remat(layer, static_argnums=(2,))
@@ -219,17 +209,6 @@ class DenseNet(nn.Module):
     if self.stem == 'imagenet':
       x = max_pool_3x3_s2(x)
     return x
-
-  def pool(self, fmap: jax.Array) -> jax.Array:
-    """Global average pool: [B, h, w, C] -> [B, C]."""
-    return jnp.mean(fmap, axis=(1, 2))
-
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """Images [B, H, W, Cin] -> features [B, C], or logits [B, num_classes]."""
-    features = self.pool(self.feature_map(x, train))
-    if self.num_classes is None:
-      return features
-    return self.head(features)
 
 
 def densenet121(**kw) -> DenseNet:

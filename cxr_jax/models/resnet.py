@@ -284,7 +284,47 @@ def _scaled(channels: int, width: float) -> int:
   return max(1, int(round(channels * width)))
 
 
-class ResNet(nn.Module):
+class Encoder(nn.Module):
+  """What the backbones share: the optional head, the stage-range and option checks,
+  global average pooling, and `__call__` = feature_map -> pool -> head. A subclass
+  declares its fields (including `num_classes`, `stem`, `width`, `dtype`) and its
+  compact `feature_map`."""
+  _family = 'Encoder'
+
+  def setup(self):
+    # Only the head lives here; the body is built in the compact
+    # `feature_map`, so `__call__` can compose feature_map -> pool -> head.
+    if self.num_classes is not None:
+      self.head = nn.Dense(self.num_classes, dtype=self.dtype)
+
+  def _check(self, first_stage: int, last_stage: int | None) -> int:
+    """`last_stage` resolved (None -> the last), after checking the stage range, stem and
+    width."""
+    num_stages = len(self.stage_sizes)
+    last_stage = num_stages if last_stage is None else last_stage
+    if not 1 <= first_stage <= last_stage <= num_stages:
+      raise ValueError(f'{self._family} stages run from 1 to {num_stages}; got first_stage='
+                       f'{first_stage}, last_stage={last_stage}')
+    if self.stem not in STEMS:
+      raise ValueError(f'Unknown {self._family} stem {self.stem!r}; valid stems: '
+                       f'{list(STEMS)}.')
+    if self.width <= 0:
+      raise ValueError(f'{self._family} width must be > 0, got {self.width}.')
+    return last_stage
+
+  def pool(self, fmap: jax.Array) -> jax.Array:
+    """Global average pool: [B, h, w, C] -> [B, C]."""
+    return jnp.mean(fmap, axis=(1, 2))
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Images [B, H, W, Cin] -> features [B, C], or logits [B, num_classes]."""
+    features = self.pool(self.feature_map(x, train))
+    if self.num_classes is None:
+      return features
+    return self.head(features)
+
+
+class ResNet(Encoder):
   """ResNet v1.5 encoder with an optional linear head.
 
   Attributes:
@@ -321,12 +361,7 @@ class ResNet(nn.Module):
   axis_name: str | None = None
   remat: bool = False
   dot_batch_norm: bool | None = None
-
-  def setup(self):
-    # Only the head lives here; the body is built in the compact
-    # `feature_map`, so `__call__` can compose feature_map -> pool -> head.
-    if self.num_classes is not None:
-      self.head = nn.Dense(self.num_classes, dtype=self.dtype)
+  _family = 'ResNet'
 
   def _block(self):
     block = self.block_cls
@@ -361,16 +396,7 @@ class ResNet(nn.Module):
       [B, h, w, C] in `dtype`; after the last stage h = H/32 with the imagenet stem,
       H/8 with the small stem (for 4 stages); each earlier stage doubles h.
     """
-    num_stages = len(self.stage_sizes)
-    last_stage = num_stages if last_stage is None else last_stage
-    if not 1 <= first_stage <= last_stage <= num_stages:
-      raise ValueError(f'ResNet stages run from 1 to {num_stages}; got first_stage='
-                       f'{first_stage}, last_stage={last_stage}')
-    if self.stem not in STEMS:
-      raise ValueError(f'Unknown ResNet stem {self.stem!r}; valid stems: '
-                       f'{list(STEMS)}.')
-    if self.width <= 0:
-      raise ValueError(f'ResNet width must be > 0, got {self.width}.')
+    last_stage = self._check(first_stage, last_stage)
     block = self._block()
     if self.remat:
       # `train` (argument 2, counting self) switches code paths: keep it static.
@@ -408,18 +434,6 @@ class ResNet(nn.Module):
       # Pads with -inf (reduce_window's init value), as torch's MaxPool2d.
       x = max_pool_3x3_s2(x)
     return x
-
-  def pool(self, fmap: jax.Array) -> jax.Array:
-    """Global average pool: [B, h, w, C] -> [B, C]."""
-    return jnp.mean(fmap, axis=(1, 2))
-
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """Images [B, H, W, Cin] -> features [B, C], or logits [B, num_classes]."""
-    features = self.pool(self.feature_map(x, train))
-    if self.num_classes is None:
-      return features
-    return self.head(features)
-
 
 def resnet18(**kw) -> ResNet:
   """ResNet-18: basic blocks (2, 2, 2, 2); 512 * width features."""
