@@ -57,11 +57,7 @@ def select_job(workdir, job: str | None = None) -> dict:
                      '<fraction>/seed<k>/result.json); only protocol finetune jobs export')
   score = lambda r: (float(r['val_score']) if r.get('val_score') is not None
                      and np.isfinite(float(r['val_score'])) else -np.inf)
-  best = results[0]
-  for r in results[1:]:
-    if score(r) > score(best):  # strictly: ties stay with the earlier job
-      best = r
-  return best
+  return max(results, key=score)  # max keeps the first of ties: report order
 
 
 def code_version() -> dict:

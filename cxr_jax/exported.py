@@ -44,9 +44,10 @@ class Model:
     import jax
     import jax.numpy as jnp
     import ml_collections
-    from cxr_jax.data import augment
     from cxr_jax.explain import gradcam as gradcam_lib
     from cxr_jax.models import heads
+    from cxr_jax.train import inference
+    from cxr_jax.train import sharding
     from cxr_jax.train import state as state_lib
 
     self.meta = meta
@@ -61,24 +62,18 @@ class Model:
         encoder=state_lib.encoder_from_config(ml_collections.ConfigDict(meta['architecture'])),
         num_classes=len(self.class_names))
     model, size = self.module, self.image_size
-
-    def inputs(images):  # uint8 [B, S, S, C] -> float32 [B, size, size, C] in [0, 1]
-      return augment.resize(images.astype(jnp.float32) / 255.0, size)
-
-    def probs_from_inputs(variables, x):
-      logits = model.apply(variables, x, train=False).astype(jnp.float32)
-      return jax.nn.softmax(logits, axis=-1)
+    mesh = sharding.make_mesh()
 
     def cams(variables, images):
-      x = inputs(images)
+      x = inference.model_inputs(images, size)
       fmap_fn = lambda z: model.apply(variables, z, train=False, method=model.feature_map)
       head_fn = lambda a: model.apply(variables, a, method=model.logits_from_feature_map)
       return gradcam_lib.gradcam(fmap_fn, head_fn, x).astype(jnp.float32)
 
-    self._probs_from_inputs = probs_from_inputs
-    self._inputs = jax.jit(inputs)
-    self._predict = jax.jit(lambda v, images: probs_from_inputs(v, inputs(images)))
-    self._gradcam = jax.jit(cams)
+    batched = lambda fn: inference.batched_apply(jax.jit(fn), mesh, self.batch_size)
+    self._inputs = batched(lambda variables, images: inference.model_inputs(images, size))
+    self._predict = batched(inference.probabilities(model, size))
+    self._gradcam = batched(cams)
 
   # -- preprocessing ------------------------------------------------------------------
   def preprocess(self, path) -> np.ndarray:
@@ -92,16 +87,11 @@ class Model:
     return image
 
   def _batched(self, fn, images):
+    """fn(variables, images) over a whole array in fixed, batch-sharded batches."""
     images = self._check(images)
-    out = []
-    for start in range(0, len(images), self.batch_size):
-      chunk = images[start:start + self.batch_size]
-      n = len(chunk)
-      if n < self.batch_size:  # one fixed batch shape: one compilation
-        pad = np.zeros((self.batch_size - n,) + chunk.shape[1:], chunk.dtype)
-        chunk = np.concatenate([chunk, pad])
-      out.append(np.asarray(fn(chunk))[:n])
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+    if not len(images):
+      return np.zeros((0,), np.float32)
+    return fn(self.variables, images)
 
   def _check(self, images) -> np.ndarray:
     images = np.asarray(images)
@@ -121,18 +111,19 @@ class Model:
   def predict(self, images) -> np.ndarray:
     """uint8 [N, H, W, C] images (as `preprocess` returns, stacked) -> probabilities
     [N, K] float32."""
-    return self._batched(lambda x: self._predict(self.variables, x), images).astype(np.float32)
+    return self._batched(self._predict, images).astype(np.float32)
 
   def gradcam(self, images) -> np.ndarray:
     """Grad-CAM maps of the predicted class, [N, image_size, image_size] float32 (not
     normalised; cxr_jax/explain/gradcam.py, the classifier's last stage)."""
-    return self._batched(lambda x: self._gradcam(self.variables, x), images).astype(np.float32)
+    return self._batched(self._gradcam, images).astype(np.float32)
 
   def probs_function(self):
     """f(x float32 [B, image_size, image_size, C] in [0, 1]) -> probs [B, K], the weights
     closed over: preprocessing-free (what --onnx exports)."""
-    variables = self.variables
-    return lambda x: self._probs_from_inputs(variables, x)
+    from cxr_jax.train import inference
+    model, variables = self.module, self.variables
+    return lambda x: inference.probs_of_inputs(model, variables, x)
 
 
 def load_model(directory, batch_size: int = 32) -> Model:

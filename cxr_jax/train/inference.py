@@ -28,15 +28,27 @@ def batched_apply(fn, mesh, batch_size: int):
   return apply
 
 
+def model_inputs(images, image_size: int):
+  """uint8 [B, H, W, C] -> float32 [B, image_size, image_size, C] in [0, 1]."""
+  return augment.resize(images.astype(jnp.float32) / 255.0, image_size)
+
+
+def probs_of_inputs(model, variables, x):
+  """Softmax of a classifier on float inputs already at its size, in [0, 1]: [B, K]
+  float32 whatever the model's compute dtype."""
+  return jax.nn.softmax(model.apply(variables, x, train=False).astype(jnp.float32), axis=-1)
+
+
+def probabilities(model, image_size: int):
+  """probs(variables, images uint8 [B,H,W,C]) -> [B,K] (not jitted: callers jit it)."""
+  return lambda variables, images: probs_of_inputs(model, variables,
+                                                   model_inputs(images, image_size))
+
+
 def make_predict(model, image_size: int, mesh, batch_size: int):
   """predict(variables, images uint8 [N,H,W,C]) -> class probabilities [N,K] (numpy,
   float32 whatever the model's compute dtype)."""
-  @jax.jit
-  def probs(variables, images):
-    x = augment.resize(images.astype(jnp.float32) / 255.0, image_size)
-    logits = model.apply(variables, x, train=False).astype(jnp.float32)
-    return jax.nn.softmax(logits, axis=-1)
-  return batched_apply(probs, mesh, batch_size)
+  return batched_apply(jax.jit(probabilities(model, image_size)), mesh, batch_size)
 
 
 def make_features(model, image_size: int, mesh, batch_size: int, encoder_only: bool = False):
@@ -46,7 +58,7 @@ def make_features(model, image_size: int, mesh, batch_size: int, encoder_only: b
   'features' output (an SSL model). Float32 whatever the model's compute dtype."""
   @jax.jit
   def features(variables, images):
-    x = augment.resize(images.astype(jnp.float32) / 255.0, image_size)
+    x = model_inputs(images, image_size)
     if encoder_only:
       f = model.apply(variables, x, method=lambda m, x: m.encoder(x, train=False))
     else:
