@@ -104,4 +104,12 @@ def get_config(arg=None):
   c.explain.umap = False                    # save each regime's test-split embeddings
                                             # (<workdir>/embeddings/<init>.npz) and draw
                                             # their UMAP in the report (umap-learn extra)
+  c.explain.randomise = ''                  # Grad-CAM randomisation sanity tests, comma-
+                                            # separated: head, full (re-initialised weights)
+  # the images to explain: a data spec like finetune.data; name '' = finetune.data's test
+  # split. Another (masked) dataset measures lung shares of a model trained without masks
+  c.explain.data = ml_collections.ConfigDict(dict(
+      name='', options='', manual_dir='', split='test'))
+  c.explain.masks = 'dataset'               # lung masks: 'dataset' (its own) or
+                                            # 'segmenter:<folder>' (python -m cxr_jax.segment)
   return c

@@ -133,6 +133,7 @@ def get_config(arg=None):
   c.explain.enabled = True                    # Grad-CAM/occlusion attention per fine-tuning job
   c.explain.num_overlays = 2                  # overlay images per class (same images for all)
   c.explain.umap = True                       # embeddings/<init>.npz + the report's UMAP figure
+  c.explain.randomise = 'head,full'           # Grad-CAM randomisation sanity tests
   if a.dataset == 'phantom':
     # dataset fields holding masks: lesion = the opacities. (The confounding marker's
     # region, cxr_jax.explain.analysis.marker_region_masks, is not a stored field.)

@@ -51,6 +51,15 @@ def validate(config: ml_collections.ConfigDict):
   _at_least('config.explain.num_overlays', e.num_overlays, 0)
   if e.stage not in (0, 1, 2, 3, 4):
     raise ValueError(f'config.explain.stage must be 0 (the last) or an encoder stage 1-4 (ResNet stage, DenseNet block), got {e.stage!r}')
+  from cxr_jax.explain import job, sanity
+  for kind in vocab.comma_list(e.randomise):
+    if kind not in sanity.RANDOMISATIONS:
+      raise ValueError(f'config.explain.randomise: {kind!r}; choose from '
+                       f'{sanity.RANDOMISATIONS} (comma-separated)')
+  job.mask_choice(e.masks)
+  if e.data.name and not e.data.split:
+    raise ValueError('config.explain.data.split: empty; name the split of '
+                     f'{e.data.name!r} to explain (e.g. test)')
 
 
 def _at_least(key: str, value, low, kind=int):
@@ -185,6 +194,10 @@ def check_data(config, data_dir: Path):
   builder = pipeline.get_builder(data, data_dir, key='config.finetune.data')
   for split in ('train_split', 'val_split', 'test_split'):
     pipeline.get_source(builder, data[split], f'config.finetune.data.{split}')
+  spec = config.explain.data
+  if config.explain.enabled and spec.name:
+    pipeline.get_source(pipeline.get_builder(spec, data_dir, key='config.explain.data'),
+                        spec.split, 'config.explain.data.split')
 
 
 def inits(config) -> list[str]:
@@ -253,7 +266,9 @@ def read_config_json(path: Path) -> dict:
 
 # keys added to the config after workdirs were written without them: a config.json that
 # lacks one resumes when the run has it at this value (the behaviour before the key)
-ADDED_KEYS = {'explain.umap': False}
+ADDED_KEYS = {'explain.umap': False, 'explain.randomise': '', 'explain.data.name': '',
+              'explain.data.options': '', 'explain.data.manual_dir': '',
+              'explain.data.split': 'test', 'explain.masks': 'dataset'}
 
 
 def check_or_write_config(config: ml_collections.ConfigDict, workdir: Path):

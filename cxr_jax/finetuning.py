@@ -53,6 +53,8 @@ class EvalData:
     self.channels = self.builder.info.features['image'].shape[-1]
     self._image_cache = image_cache
     self._train_images = None
+    self.data_dir = data_dir
+    self.explain_images = None  # cxr_jax.explain.job.ExplainSet, read on first use
 
   def has(self, field: str) -> bool:
     return field in self.builder.info.features
@@ -252,7 +254,7 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
              patient_id=data.test['patient_id'])
     if protocol == 'finetune':  # the selected weights, for cxr_jax.export / predict
       save_weights(directory / BEST_WEIGHTS, best)
-    if protocol == 'finetune' and config.explain.enabled and 'mask' in data.test:
+    if protocol == 'finetune' and config.explain.enabled:
       explain(config, programs.model, best, data, directory)
     writer.write(job_name, config.finetune.steps,
                  {f'test/{k}': v for k, v in test_metrics.items() if np.isfinite(v)})
@@ -313,23 +315,9 @@ def save_npz(path: Path, **arrays):
 
 
 def explain(config, model, variables, data: EvalData, directory: Path):
-  """Grad-CAM attention inside the lung masks of the test images -> attention.npz."""
-  from cxr_jax.explain import analysis
-  extra = {}
-  for name in vocab.comma_list(config.explain.extra_masks):
-    if name == 'marker' and data.has('confounder'):
-      # the phantom's burned-in marker: the region where it can sit, per image
-      corner = pipeline.read_all(data.test_source, ('confounder',))['confounder']
-      extra[name] = analysis.marker_region_masks(corner, data.test['image'].shape[1])
-    elif data.has(name) or data.has(f'{name}_mask'):  # 'device' names device_mask
-      field = name if data.has(name) else f'{name}_mask'
-      extra[name] = pipeline.read_all(data.test_source, (field,))[field]
-    else:
-      raise ValueError(f'config.explain.extra_masks: the dataset has no field {name!r} '
-                       f'(nor {name}_mask); it has {sorted(data.builder.info.features)}')
-  result = analysis.attention_analysis(
-      model, jax.device_get(variables), data.test['image'], data.test['mask'],
-      data.test['label'], config.finetune.image_size, extra_masks=extra or None,
-      batch_size=config.eval_batch_size, overlay_per_class=config.explain.num_overlays,
-      patient_id=data.test['patient_id'], stage=config.explain.stage or None)
-  save_npz(directory / 'attention.npz', **result)
+  """Grad-CAM attention inside the lung masks of the images config.explain names (the
+  test split by default) -> attention.npz; `cxr_jax.explain.job` does the work."""
+  from cxr_jax.explain import job
+  if data.explain_images is None:  # read (and segmented) once per run
+    data.explain_images = job.explain_set(config, data, data.data_dir)
+  job.explain_cell(config, model, variables, data.explain_images, directory)

@@ -9,7 +9,11 @@ inside the lungs? It computes, per test image,
     all outside), and the same for any other masks given (tubes, lines, a burned-in
     marker region, lesions);
   * occlusion sensitivity (gradient-free) on the first `occlusion_count` images, and its
-    lung share, to cross-check Grad-CAM;
+    lung share, to cross-check Grad-CAM; and, per image, the Spearman correlation of the
+    two maps (`sanity.map_spearman`);
+  * optionally the randomisation sanity test (`cxr_jax.explain.sanity`, Adebayo et al.
+    2018): the Spearman correlation of each image's Grad-CAM with the Grad-CAM of the
+    same class by the model with re-initialised weights;
   * the maps of a fixed sample of images (the first `overlay_per_class` of each class,
     the same images for every model evaluated on the same test set), for overlay figures
     that put the regimes side by side.
@@ -34,6 +38,7 @@ from cxr_jax.data import augment
 from cxr_jax.explain import gradcam as gradcam_lib
 from cxr_jax.explain import lung_attention
 from cxr_jax.explain import overlay
+from cxr_jax.explain import sanity
 
 _NAME = re.compile(r'^[a-z][a-z0-9_]*$')
 
@@ -130,7 +135,8 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
                        batch_size: int = 64, occlusion_count: int = 16,
                        overlay_per_class: int = 2, patient_id=None,
                        occlusion_patch: int | None = None,
-                       stage: int | None = None) -> dict[str, np.ndarray]:
+                       stage: int | None = None,
+                       randomised: Mapping[str, dict] | None = None) -> dict[str, np.ndarray]:
   """Grad-CAM (and occlusion) attention shares of one classifier on a labeled set.
 
   Args:
@@ -141,7 +147,9 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
       their dtype's maximum, as in training).
     masks: [N, H, W] or [N, H, W, 1] lung masks (nonzero = lung); an all-zero mask
       (no mask for that image) gives NaN shares.
-    labels: [N] int true classes.
+    labels: [N] int true classes, or None when the images' classes are not the model's
+      (another dataset): the true-class shares are then NaN ('labels' is stored as -1),
+      and the overlays are the first `overlay_per_class` images.
     image_size: the classifier's input side S (config.finetune.image_size).
     extra_masks: optional name -> [N, H', W'(, 1)] masks of other regions (any storage
       size; resized like `masks`), e.g. {'device': ..., 'marker': ...}. Names are
@@ -156,6 +164,8 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
       gives a finer map (2x per stage) where the last one is too coarse, e.g. 2x2 at
       64 px; the model must accept `stage=` in `feature_map` and
       `logits_from_feature_map` (ClassifierModel does).
+    randomised: optional name -> variables of `model` with re-initialised weights
+      (`sanity.randomised_variables`), for the randomisation test.
 
   Returns:
     dict of numpy arrays (K classes, M overlay images, O = min(occlusion_count, N)):
@@ -168,6 +178,11 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
       '<name>_share_pred', '<name>_share_true', '<name>_area' [N] per extra mask,
       'occlusion_lung_share' [O] float64 for the predicted class, and
       'occlusion_index' [O] int64 (= arange(O)),
+      'gradcam_occlusion_map_spearman' [O] float64: per image, the Spearman correlation
+        of the Grad-CAM (predicted class) and occlusion maps,
+      'randomised_<name>_spearman' [N] float64 per entry of `randomised`: Spearman
+        correlation of the trained model's Grad-CAM (predicted class) with the
+        randomised model's Grad-CAM of the same class,
       'overlay_index' [M] int64, 'overlay_image' [M, S, S] uint8 (the eval view, first
         channel), 'overlay_mask' [M, S, S] uint8, 'overlay_cam_pred',
         'overlay_cam_true' [M, S, S] float32 (Grad-CAM upsampled to S, unnormalised),
@@ -176,8 +191,10 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
         when given.
   """
   images = np.asarray(images)
-  labels = np.asarray(labels).astype(np.int64).reshape(-1)
   n = len(images)
+  known = labels is not None
+  labels = (np.asarray(labels).astype(np.int64).reshape(-1) if known
+            else np.full((n,), -1, np.int64))
   if images.ndim != 4:
     raise ValueError(f'images must be [N, H, W, C], got {images.shape}')
   if labels.shape != (n,):
@@ -218,9 +235,14 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
   bs = max(1, min(batch_size, n))
   probs, preds = [], []
   shares = {f'{r}_share_{c}': [] for r in regions for c in ('pred', 'true')}
+  o = min(max(0, occlusion_count), n)
+  # without true classes (labels -1: a zero one-hot, an all-zero 'true' map) the overlays
+  # are the first images, still the same for every model
   keep = overlay_indices(labels, overlay_per_class)
   keep_set = {int(i): k for k, i in enumerate(keep)}
   ov = {key: [None] * len(keep) for key in ('image', 'cam_pred', 'cam_true')}
+  random_rho = {name: [] for name in (randomised or {})}
+  cams_for_occlusion = []
   for start, stop in _batches(n, bs):
     p, pr, cp, ct, view = jax.device_get(explain(
         variables, _pad(images[start:stop], bs), _pad(labels[start:stop], bs)))
@@ -230,7 +252,16 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
     preds.append(pr)
     for r, m in regions.items():
       shares[f'{r}_share_pred'].append(lung_attention.attention_share(cp, m[start:stop]))
-      shares[f'{r}_share_true'].append(lung_attention.attention_share(ct, m[start:stop]))
+      true = (lung_attention.attention_share(ct, m[start:stop]) if known
+              else np.full((count,), np.nan))
+      shares[f'{r}_share_true'].append(true)
+    for name, v in (randomised or {}).items():
+      # the randomised model explains the class the trained model predicted
+      random_cam = np.asarray(jax.device_get(explain(
+          v, _pad(images[start:stop], bs), _pad(pr, bs))[3]))[:count]
+      random_rho[name].append(sanity.map_spearman(cp, random_cam))
+    if start < o:
+      cams_for_occlusion.append(cp[:o - start])
     for j in range(count):
       k = keep_set.get(start + j)
       if k is not None:
@@ -248,6 +279,8 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
          'cam_resolution': np.asarray(fmap.shape[1:3], np.int64)}
   for key, values in shares.items():
     out[key] = np.concatenate(values)
+  for name, values in random_rho.items():
+    out[f'randomised_{name}_spearman'] = np.concatenate(values)
   for r, m in regions.items():
     out[f'{r}_area'] = m.reshape(n, -1).mean(axis=1).astype(np.float64)
   out['overlay_index'] = keep
@@ -263,9 +296,9 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
     if out['patient_id'].shape != (n,):
       raise ValueError(f'patient_id must be [N={n}], got {out["patient_id"].shape}')
 
-  o = min(max(0, occlusion_count), n)
   out['occlusion_index'] = np.arange(o, dtype=np.int64)
   out['occlusion_lung_share'] = np.zeros((0,), np.float64)
+  out['gradcam_occlusion_map_spearman'] = np.zeros((0,), np.float64)
   if o:
     patch = occlusion_patch or max(1, s // 8)
 
@@ -280,6 +313,8 @@ def attention_analysis(model, variables, images, masks, labels, image_size: int,
                            _pad(out['pred'][a:b], min(bs, o))))[:b - a]
         for a, b in _batches(o, min(bs, o))])
     out['occlusion_lung_share'] = lung_attention.attention_share(maps, lung[:o])
+    out['gradcam_occlusion_map_spearman'] = sanity.map_spearman(
+        np.concatenate(cams_for_occlusion), maps)
   return out
 
 

@@ -1,0 +1,137 @@
+"""The attention analysis of one fine-tuning cell: which images, which lung masks.
+
+config.explain chooses:
+  data   a data spec (name, options, manual_dir, split) of the images to explain; an empty
+         name means the fine-tuning set's test split. Another dataset lets a model trained
+         on a set without masks be measured on one with masks. When that set's class names
+         are not the fine-tuning set's, its labels mean nothing to the model: only the
+         predicted class is explained (true-class shares NaN, no per-class overlays).
+  masks  'dataset': the set's own 'mask' field; 'segmenter:<folder>': lung masks predicted
+         by a trained U-Net (`python -m cxr_jax.segment`), for sets without masks.
+  randomise  the Grad-CAM randomisation sanity tests to run (`cxr_jax.explain.sanity`).
+
+With no lung masks at all (masks='dataset' on a set without them) nothing is written and
+the report says so. `<cell>/attention.npz` holds `analysis.attention_analysis`'s arrays
+plus 'mask_source' and 'explain_data' (strings) for the report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from cxr_jax import vocab
+
+log = logging.getLogger('cxr_jax')
+
+SEGMENTER_PREFIX = 'segmenter:'
+
+
+def mask_choice(masks: str) -> tuple[str, str]:
+  """('dataset', '') or ('segmenter', folder) from config.explain.masks; ValueError else."""
+  if masks == 'dataset':
+    return 'dataset', ''
+  if masks.startswith(SEGMENTER_PREFIX) and masks[len(SEGMENTER_PREFIX):].strip():
+    return 'segmenter', masks[len(SEGMENTER_PREFIX):].strip()
+  raise ValueError(f"config.explain.masks={masks!r}: 'dataset' (the set's own lung masks) "
+                   "or 'segmenter:<folder written by python -m cxr_jax.segment>'")
+
+
+@dataclasses.dataclass
+class ExplainSet:
+  """The images one run's cells are explained on (read once per run)."""
+  name: str                  # '<dataset>:<split>'
+  images: np.ndarray         # [N, H, W, C]
+  labels: np.ndarray | None  # [N], or None when the classes are not the model's
+  patient_id: np.ndarray     # [N]
+  masks: np.ndarray | None   # [N, H, W(, 1)] lung masks, or None: none available
+  mask_source: str           # 'dataset' | 'segmenter:<folder>' | 'none'
+  extra: dict                # name -> [N, H, W(, 1)] (config.explain.extra_masks)
+
+
+def _extra_masks(config, builder, source, size: int) -> dict:
+  from cxr_jax.data import pipeline
+  from cxr_jax.explain import analysis
+  has = lambda f: f in builder.info.features
+  extra = {}
+  for name in vocab.comma_list(config.explain.extra_masks):
+    if name == 'marker' and has('confounder'):
+      # the phantom's burned-in marker: the region where it can sit, per image
+      corner = pipeline.read_all(source, ('confounder',))['confounder']
+      extra[name] = analysis.marker_region_masks(corner, size)
+    elif has(name) or has(f'{name}_mask'):  # 'device' names device_mask
+      field = name if has(name) else f'{name}_mask'
+      extra[name] = pipeline.read_all(source, (field,))[field]
+    else:
+      raise ValueError(f'config.explain.extra_masks: the dataset {builder.name!r} has no '
+                       f'field {name!r} (nor {name}_mask); it has '
+                       f'{sorted(builder.info.features)}')
+  return extra
+
+
+def explain_set(config, data, data_dir: Path) -> ExplainSet:
+  """The images, labels and lung masks to explain (module docstring), from `data`
+  (a `finetuning.EvalData`) or config.explain.data."""
+  from cxr_jax.data import pipeline
+  from cxr_jax.data import schema
+  spec = config.explain.data
+  if not spec.name:
+    builder, source = data.builder, data.test_source
+    name = f'{data.builder.name}:{config.finetune.data.test_split}'
+    images, labels, patient_id = data.test['image'], data.test['label'], data.test['patient_id']
+  else:
+    key = 'config.explain.data'
+    builder = pipeline.get_builder(spec, data_dir, key=key)
+    source = pipeline.get_source(builder, spec.split, f'{key}.split')
+    name = f'{builder.name}:{spec.split}'
+    got = pipeline.read_all(source, ('image', 'label', 'patient_id'))
+    images, patient_id = got['image'], got['patient_id']
+    same_classes = tuple(schema.class_names(builder)) == tuple(data.class_names)
+    labels = got['label'] if same_classes else None
+    if images.shape[-1] != data.channels:
+      raise ValueError(f'{key}: {name} has {images.shape[-1]}-channel images; the model '
+                       f'was fine-tuned on {data.channels}-channel images')
+  kind, folder = mask_choice(config.explain.masks)
+  if kind == 'segmenter':
+    from cxr_jax import segment
+    masks = segment.load(folder).predict_masks(images, batch_size=config.eval_batch_size)
+  elif 'mask' in builder.info.features:
+    masks = (data.test['mask'] if not spec.name and 'mask' in data.test
+             else pipeline.read_all(source, ('mask',))['mask'])
+  else:
+    masks = None
+  source_name = config.explain.masks if masks is not None else 'none'
+  extra = _extra_masks(config, builder, source, images.shape[1]) if masks is not None else {}
+  return ExplainSet(name=name, images=images, labels=labels, patient_id=patient_id,
+                    masks=masks, mask_source=source_name, extra=extra)
+
+
+def explain_cell(config, model, variables, images: ExplainSet, directory: Path) -> bool:
+  """Grad-CAM attention (and the sanity tests) of one fine-tuned classifier on `images`
+  -> <directory>/attention.npz. False (nothing written) when there are no lung masks."""
+  from cxr_jax import finetuning
+  from cxr_jax.explain import analysis
+  from cxr_jax.explain import sanity
+  if images.masks is None:
+    log.info('%s: no lung masks for %s (config.explain.masks=%r); no attention analysis',
+             directory, images.name, config.explain.masks)
+    return False
+  variables = jax.device_get(variables)
+  input_shape = (1, config.finetune.image_size, config.finetune.image_size,
+                 images.images.shape[-1])
+  randomised = {kind: sanity.randomised_variables(model, variables, kind, 1_000 + i,
+                                                  input_shape)
+                for i, kind in enumerate(vocab.comma_list(config.explain.randomise))}
+  result = analysis.attention_analysis(
+      model, variables, images.images, images.masks, images.labels,
+      config.finetune.image_size, extra_masks=images.extra or None,
+      batch_size=config.eval_batch_size, overlay_per_class=config.explain.num_overlays,
+      patient_id=images.patient_id, stage=config.explain.stage or None,
+      randomised=randomised or None)
+  result['mask_source'] = np.asarray(images.mask_source)
+  result['explain_data'] = np.asarray(images.name)
+  finetuning.save_npz(directory / 'attention.npz', **result)
+  return True
