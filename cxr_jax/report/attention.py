@@ -33,14 +33,31 @@ def _mean_ci(per_image: np.ndarray, groups, n_boot: int, seed: int) -> tuple:
 
 
 def attention_summary(att: dict, n_boot: int, seed: int = 0) -> dict[str, tuple]:
-  """{key: (mean, lo, hi, n_images)} of each share over images (seed-mean per image), and
-  'gradcam_occlusion_spearman': (rho, nan, nan, n_images) where it is defined."""
+  """{key: (mean, lo, hi, n_images)} of each share over images (seed-mean per image), of
+  the per-image Spearman correlations 'randomised_<kind>_spearman' and
+  'gradcam_occlusion_map_spearman' where the files have them, and
+  'gradcam_occlusion_spearman': (rho, nan, nan, n_images) (of the lung shares) where it
+  is defined."""
   out = {}
   keys = share_keys(att) + [k.replace('_pred', '_true') for k in share_keys(att)]
   for key in keys:
     if key in att['arrays'][0]:
       per_image = seed_mean_per_image([a[key] for a in att['arrays']])
       out[key] = _mean_ci(per_image, att['groups'], n_boot, seed)
+  # randomisation sanity test and map-level Grad-CAM vs occlusion agreement: per-image
+  # Spearman correlations, seed-mean per image, then mean over images with a patient CI
+  for key in sorted({k for a in att['arrays'] for k in a
+                     if k.startswith('randomised_') and k.endswith('_spearman')}):
+    if all(key in a for a in att['arrays']):
+      out[key] = _mean_ci(seed_mean_per_image([a[key] for a in att['arrays']]),
+                          att['groups'], n_boot, seed)
+  maps = [a['gradcam_occlusion_map_spearman'] for a in att['arrays']
+          if a.get('gradcam_occlusion_map_spearman') is not None and
+          a['gradcam_occlusion_map_spearman'].size]
+  if maps:
+    o = min(len(x) for x in maps)
+    out['gradcam_occlusion_map_spearman'] = _mean_ci(
+        seed_mean_per_image([x[:o] for x in maps]), att['groups'][:o], n_boot, seed)
   occ = [a['occlusion_lung_share'] for a in att['arrays'] if 'occlusion_lung_share' in a and
          a['occlusion_lung_share'].size]
   if occ:

@@ -218,3 +218,14 @@ def load_embeddings(workdir: Path) -> dict[str, dict]:
     e['class_names'] = [str(c) for c in e.get('class_names', [])]
     out[path.stem] = e
   return out
+
+
+def explain_enabled(workdir: Path) -> bool:
+  """config.explain.enabled of the run (False when config.json is absent or unreadable)."""
+  path = workdir / 'config.json'
+  if not path.exists():
+    return False
+  try:
+    return bool(read_json(path)['explain']['enabled'])
+  except (KeyError, TypeError, ValueError, OSError):
+    return False

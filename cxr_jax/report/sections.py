@@ -251,6 +251,12 @@ def _cam_resolutions(run: Run) -> tuple[list[str], list[str]]:
 def attention_shares(run: Run) -> list[str]:
   """Grad-CAM (and occlusion) shares inside the lungs and other regions, per group."""
   if not run.atts:
+    if loading.explain_enabled(run.workdir):
+      return ['## Attention: Grad-CAM share inside the lungs', '',
+              'No lung masks were available for the explained images (a dataset without '
+              "masks, config.explain.masks='dataset'), so no attention was measured; use "
+              'config.explain.data (a masked set) or config.explain.masks='
+              "'segmenter:<folder>' (python -m cxr_jax.segment).", '']
     return []
   regions = sorted({k.rsplit('_share_pred', 1)[0] for a in run.atts.values()
                     for k in attention.share_keys(a)}, key=lambda r: (r != 'lung', r))
@@ -261,7 +267,63 @@ def attention_shares(run: Run) -> list[str]:
                  ['occlusion lung share', 'Grad-CAM vs occlusion ρ',
                   'Δ lung share vs scratch (p)'], first='protocol | init | label fraction | seeds')
   lines += [_attention_row(run, key, extra) for key in run.atts]
-  return lines + _attention_notes(*_cam_resolutions(run))
+  return lines + _attention_notes(*_cam_resolutions(run)) + _mask_sources(run)
+
+
+def _mask_sources(run: Run) -> list[str]:
+  """Which images were explained and where their lung masks came from."""
+  seen = sorted({(str(a.get('explain_data', '')), str(a.get('mask_source', 'dataset')))
+                 for att in run.atts.values() for a in att['arrays']})
+  if not seen or seen == [('', 'dataset')]:
+    return []
+  return ['Explained images and lung masks: ' + '; '.join(
+      f'{d or "the test split"} with masks from '
+      f'{"the dataset" if m == "dataset" else m}' for d, m in seen) + '.', '']
+
+
+def attention_sanity(run: Run) -> list[str]:
+  """The Grad-CAM randomisation test (Adebayo et al. 2018) and map-level Grad-CAM vs
+  occlusion agreement, per group."""
+  from cxr_jax.explain import sanity
+  kinds = sorted({k[len('randomised_'):-len('_spearman')] for s in run.summaries.values()
+                  for k in s if k.startswith('randomised_')},
+                 key=lambda k: (k not in sanity.RANDOMISATIONS,
+                                sanity.RANDOMISATIONS.index(k)
+                                if k in sanity.RANDOMISATIONS else 0, k))
+  has_maps = any('gradcam_occlusion_map_spearman' in s for s in run.summaries.values())
+  if not kinds and not has_maps:
+    return []
+  limit = sanity.MAX_RANDOMISED_SPEARMAN
+  lines = ['## Attention sanity: randomisation test and Grad-CAM vs occlusion', '']
+  lines += _head([f'ρ(trained, {k} randomised)' for k in kinds] +
+                 ['ρ(Grad-CAM, occlusion map)', 'randomisation test'],
+                 first='protocol | init | label fraction | seeds')
+  failed = []
+  for key, s in run.summaries.items():
+    cell = lambda name: (f'{_fmt(s[name][0], 2)} [{_fmt(s[name][1], 2)}, '
+                         f'{_fmt(s[name][2], 2)}] (n={s[name][3]})' if name in s else '–')
+    # passes when every randomisation's CI lies below the limit; NaN bounds fail too
+    checks = [s[f'randomised_{k}_spearman'] for k in kinds if f'randomised_{k}_spearman' in s]
+    ok = bool(checks) and all(np.isfinite(c[2]) and c[2] < limit for c in checks)
+    verdict = '–' if not checks else ('passes' if ok else '**FAILS**')
+    if checks and not ok:
+      failed.append(f'{key[1]} {key[2]:g}')
+    lines.append(f'| {key[0]} | {key[1]} | {key[2]:g} | {len(run.atts[key]["seeds"])} | ' +
+                 ''.join(f'{cell(f"randomised_{k}_spearman")} | ' for k in kinds) +
+                 f'{cell("gradcam_occlusion_map_spearman")} | {verdict} |')
+  lines += ['', 'ρ: per-image Spearman rank correlation of two maps of the same image '
+            '(mean over images of the seed-mean, 95% patient-bootstrap CI, n images with '
+            'both maps non-constant). Randomisation test (Adebayo et al., NeurIPS 2018): '
+            'Grad-CAM of the predicted class by the trained model against the same class by '
+            "the model with its head ('head') or all its weights ('full') re-initialised; it "
+            f'passes when every CI lies below {limit:g}, i.e. the maps depend on what the '
+            'model learned. Grad-CAM vs occlusion: the two maps of the first test images.',
+            '']
+  if failed:
+    lines += [f'**Warning**: the Grad-CAM maps of {", ".join(failed)} barely change when '
+              'the weights are randomised: their lung shares describe the image and the '
+              'architecture more than the trained model.', '']
+  return lines
 
 
 def _attention_notes(resolutions: list[str], coarse: list[str]) -> list[str]:
@@ -416,5 +478,6 @@ def per_seed(run: Run) -> list[str]:
 
 
 # the sections after the header, in report order
-SECTIONS = (all_results, paired_comparisons, attention_shares, confounder_study,
+SECTIONS = (all_results, paired_comparisons, attention_shares, attention_sanity,
+            confounder_study,
             figure_section, statistics_note, per_seed)
