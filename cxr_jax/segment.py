@@ -2,7 +2,7 @@
 
     python -m cxr_jax.segment --workdir=W --train=cxr_collection:DIR[:OPTIONS] \
         [--train=covid_qu_ex:DIR:config=lung] [--external=covid_qu_ex:DIR:config=infection] \
-        [--size=128] [--steps=600] [--batch_size=16]
+        [--size=64] [--steps=300] [--batch_size=16]
 
 --train (repeatable) names prepared-on-first-use datasets as BUILDER:MANUAL_DIR[:OPTIONS]
 (OPTIONS: builder options joined by '+', e.g. config=infection+size=128; size defaults to
@@ -281,11 +281,11 @@ def main(argv=None):
                       help='BUILDER:MANUAL_DIR[:OPTIONS] evaluated whole, repeatable')
   parser.add_argument('--holdout', default='val,test',
                       help="splits of the --train sets whose patients are held out ('' = none)")
-  parser.add_argument('--size', type=int, default=128, help='input side (pixels)')
-  parser.add_argument('--features', default='16,32,64,128', help='U-Net channels per level')
-  parser.add_argument('--steps', type=int, default=600)
+  parser.add_argument('--size', type=int, default=64, help='input side (pixels)')
+  parser.add_argument('--features', default='8,16,32,64', help='U-Net channels per level')
+  parser.add_argument('--steps', type=int, default=300)
   parser.add_argument('--batch_size', type=int, default=16)
-  parser.add_argument('--lr', type=float, default=1e-3)
+  parser.add_argument('--lr', type=float, default=3e-3)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--data_dir', default='', help="TFDS data_dir ('' = <workdir>/tfds)")
   args = parser.parse_args(argv)
