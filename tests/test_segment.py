@@ -78,3 +78,23 @@ def test_parse_spec():
   assert segment.parse_spec('x:/d:size=32+config=a', 64).options == 'size=32,config=a'
   with pytest.raises(ValueError, match='BUILDER:MANUAL_DIR'):
     segment.parse_spec('covid_qu_ex', 64)
+
+
+def test_explain_set_takes_lung_masks_from_a_segmenter(tmp_path, tiny_data_dir):
+  """config.explain.masks='segmenter:<folder>': the explained images' masks are the
+  segmenter's predictions at the images' size, and the source is recorded."""
+  from cxr_jax import finetuning
+  from cxr_jax.explain import job
+  from tests.test_experiment import tiny_config
+  config = tiny_config(tiny_data_dir)
+  model = UNet(features=(8, 16))
+  variables = jax.device_get(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1))))
+  segment.save(tmp_path, variables, (8, 16), 16, {})
+  config.explain.masks = f'segmenter:{tmp_path}'
+  data = finetuning.EvalData(config.finetune.data, tiny_data_dir, image_cache=False)
+  images = job.explain_set(config, data, tiny_data_dir)
+  expected = segment.load(tmp_path).predict_masks(data.test['image'])
+  np.testing.assert_array_equal(images.masks, expected)
+  assert images.masks.shape == data.test['image'].shape[:3]
+  assert images.mask_source == f'segmenter:{tmp_path}'
+  np.testing.assert_array_equal(images.labels, data.test['label'])  # the model's own classes
