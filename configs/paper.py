@@ -16,6 +16,10 @@ Phantom study (default; synthetic radiographs with a confounding marker in train
   Expected result: ssl and curricular above scratch in fine-tuned test macro AUROC; every
   regime drops ~0.2 AUROC from the confounded val split to test (README.md has the table).
   Smoke test (seconds to a minute, every code path): `...:runlocal=true`.
+  Attention at 8x8 Grad-CAM (128 px phantom, stage 3), trimmed to fit a 2-core CPU:
+    python launch.py --config=configs/paper.py:size=128,protocols=finetune,fractions=1.0,inits=scratch+curricular \
+      --workdir=runs/paper_phantom128
+  Expected runtime: about 45 minutes on a 2-core CPU shared with other jobs (README.md).
 
 Real data (meant for one GPU; prepare the data first, see docs/datasets.md):
 
@@ -50,7 +54,8 @@ arguments):
   stage1_dir   manual_dir of cxr_collection when stage1=cxr_collection
   data_dir     TFDS data_dir of prepared datasets ('' = <workdir>/tfds)
   size         input side in pixels (0 = configs/default.py's 64 on the phantom, 224 on
-               real data)
+               real data); on the phantom also the side it is rendered at, and the last
+               pretraining stage's size. size=128 gives 8x8 Grad-CAM maps (stage 3)
   stem         phantom only: imagenet | small ('' = configs/default.py's). Grad-CAM sees the
                last stage's map: 2x2 at 64 px with the imagenet stem, so the phantom study
                takes stage 3's 4x4 map there (config.explain.stage=3); 8x8 at the last
@@ -156,10 +161,13 @@ def _phantom(c, a):
   if a.size:
     c.pretrain.stages[-1].image_size = schedule('constant', a.size)
     c.finetune.image_size = a.size
+    # rendered at that size (not a 64 px phantom upsampled), the marker and lesions with it
+    c.phantom = PHANTOM.replace('size=64,', f'size={a.size},')
   c.finetune.label_fractions = (0.25, 1.0)
   # The last stage's map is 2x2 at 64 px with the imagenet stem: too coarse for Grad-CAM to
-  # tell lungs from borders. Stage 3's 4x4 map (16 px cells) can, at no training cost.
-  c.explain.stage = 3 if (c.model.stem == 'imagenet' and c.finetune.image_size <= 64) else 0
+  # tell lungs from borders. Stage 3's map (4x4 at 64 px, 8x8 at 128 px) can, at no
+  # training cost.
+  c.explain.stage = 3 if (c.model.stem == 'imagenet' and c.finetune.image_size <= 128) else 0
 
 
 def _real(c, a):

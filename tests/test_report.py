@@ -305,3 +305,47 @@ def test_without_umap_learn_the_report_says_so_in_one_sentence(tmp_path, monkeyp
   for path in (tmp_path / 'embeddings').iterdir():  # without embeddings: no word of UMAP
     path.unlink()
   assert 'UMAP' not in report.write_report(tmp_path, n_boot=0).read_text()
+
+
+def _add_sanity(root, n):
+  """Adds the randomisation test's arrays to every attention.npz: scratch's maps survive
+  randomisation (rho ~0.9: fails), the other regimes' do not (rho ~0.05)."""
+  rng = np.random.default_rng(3)
+  means = {}
+  for path in sorted(root.glob('finetune/*/*/seed*/attention.npz')):
+    init = path.parts[-4]
+    with np.load(path) as f:
+      arrays = dict(f)
+    rho = rng.normal(0.9 if init == 'scratch' else 0.05, 0.02, n)
+    arrays['randomised_full_spearman'] = rho
+    arrays['gradcam_occlusion_map_spearman'] = rng.normal(0.3, 0.05, 8)
+    means.setdefault((init, path.parts[-3]), []).append(rho)
+    np.savez_compressed(path, **arrays)
+  return {k: float(np.mean(np.mean(v, axis=0))) for k, v in means.items()}
+
+
+def test_randomisation_test_section_flags_maps_that_survive(tmp_path):
+  from cxr_jax.report import write_report
+  workdir = _make_workdir(tmp_path / 'run', seeds=2)
+  expected = _add_sanity(workdir, 120)
+  text = write_report(workdir, n_boot=200).read_text()
+  rows = _rows(text, '| protocol | init | label fraction | seeds | ρ(trained, full')
+  assert len(rows) == 6
+  for row in rows:
+    mean = float(row[4].split(' [')[0])
+    assert mean == pytest.approx(expected[(row[1], row[2])], abs=0.006)  # 2 decimals
+    assert row[-1] == ('**FAILS**' if row[1] == 'scratch' else 'passes')
+    assert row[5].endswith('(n=8)')
+  assert 'Warning**: the Grad-CAM maps of scratch 0.25, scratch 1 barely change' in text
+
+
+def test_no_masks_at_all_is_one_sentence(tmp_path):
+  from cxr_jax.report import write_report
+  workdir = _make_workdir(tmp_path / 'run', seeds=1)
+  for path in workdir.glob('finetune/*/*/seed*/attention.npz'):
+    path.unlink()
+  config = json.loads((workdir / 'config.json').read_text())
+  (workdir / 'config.json').write_text(json.dumps(dict(config, explain={'enabled': True})))
+  text = write_report(workdir, n_boot=0).read_text()
+  assert 'No lung masks were available for the explained images' in text
+  assert 'lung share (pred) | lung share (true)' not in text and 'nan' not in text.lower()
