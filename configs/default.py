@@ -81,7 +81,10 @@ def get_config(arg=None):
   c.finetune = ml_collections.ConfigDict()
   c.finetune.data = ml_collections.ConfigDict(dict(
       name='phantom', options=phantom, manual_dir='',
-      train_split='train', val_split='val', test_split='test'))
+      train_split='train', val_split='val', test_split='test',
+      # '' = the single `label` (softmax); 'all' or comma-separated names of the builder's
+      # findings = multi-label on `targets` (one sigmoid each, NaN targets masked out)
+      findings=''))
   c.finetune.inits = 'scratch,curricular'  # comma-separated: scratch, imagenet, ssl, curricular
   c.finetune.protocols = 'finetune'         # comma-separated: finetune, linear, knn
   c.finetune.imagenet_checkpoint = ''       # a converted .msgpack (python -m cxr_jax.models.convert)

@@ -166,6 +166,11 @@ def _finetune(config, stage_names):
   if ft.strength > 1:
     raise ValueError(f'config.finetune.strength must be in [0, 1], got {ft.strength!r}')
   _optimizer('config.finetune.optimizer', ft.optimizer)
+  findings = ft.data.get('findings', '')
+  if not isinstance(findings, str):
+    raise ValueError("config.finetune.data.findings must be a string: '' (the single "
+                     "label), 'all' or comma-separated finding names, got "
+                     f'{findings!r}')
 
 
 def check_data(config, data_dir: Path):
@@ -185,6 +190,9 @@ def check_data(config, data_dir: Path):
   builder = pipeline.get_builder(data, data_dir, key='config.finetune.data')
   for split in ('train_split', 'val_split', 'test_split'):
     pipeline.get_source(builder, data[split], f'config.finetune.data.{split}')
+  if data.get('findings', ''):  # names against the builder's list of findings
+    from cxr_jax.data import schema
+    schema.select_findings(builder, data.findings, 'config.finetune.data.findings')
 
 
 def inits(config) -> list[str]:

@@ -37,19 +37,34 @@ log = logging.getLogger('cxr_jax')
 
 class EvalData:
   """The labeled splits of a fine-tuning data spec (config.finetune.data), read once per
-  run (label fractions are index subsets of `train`)."""
+  run (label fractions are index subsets of `train`).
+
+  The task: the single `label` (class_names = the builder's classes, softmax), or, when
+  the spec's `findings` is set, the selected columns of `targets` (class_names = those
+  findings, one sigmoid each; `label` arrays are then float [N, F] with NaN = not
+  observed)."""
 
   def __init__(self, data_spec, data_dir: Path, image_cache: bool):
     key = 'config.finetune.data'
     self.builder = pipeline.get_builder(data_spec, data_dir, key=key)
-    self.class_names = schema.class_names(self.builder)
+    findings = data_spec.get('findings', '')
+    self.multilabel = bool(findings)
+    if self.multilabel:
+      self.class_names, columns = schema.select_findings(self.builder, findings,
+                                                         f'{key}.findings')
+    else:
+      self.class_names = schema.class_names(self.builder)
+    target = 'targets' if self.multilabel else 'label'
     get = lambda split, name: pipeline.get_source(self.builder, split, f'{key}.{name}')
     self.train_source = get(data_spec.train_split, 'train_split')
     self.test_source = get(data_spec.test_split, 'test_split')
-    self.train_meta = pipeline.read_all(self.train_source, ('label', 'patient_id'))
-    self.val = pipeline.read_all(get(data_spec.val_split, 'val_split'), ('image', 'label'))
-    fields = ('image', 'label', 'patient_id') + (('mask',) if self.has('mask') else ())
+    self.train_meta = pipeline.read_all(self.train_source, (target, 'patient_id'))
+    self.val = pipeline.read_all(get(data_spec.val_split, 'val_split'), ('image', target))
+    fields = ('image', target, 'patient_id') + (('mask',) if self.has('mask') else ())
     self.test = pipeline.read_all(self.test_source, fields)
+    if self.multilabel:  # the selected findings, under the name every consumer reads
+      for split in (self.train_meta, self.val, self.test):
+        split['label'] = np.asarray(split.pop('targets')[:, columns], np.float32)
     self.channels = self.builder.info.features['image'].shape[-1]
     self._image_cache = image_cache
     self._train_images = None
@@ -63,20 +78,38 @@ class EvalData:
     Opened on the first call and shared by every fine-tuning job."""
     if self._train_images is None:
       cache = pipeline.image_cache(self.train_source) if self._image_cache else None
-      self._train_images = (cache.with_columns(label=self.train_meta['label'])
-                            if cache is not None else self.train_source)
+      name = self.target_field
+      if cache is not None:
+        self._train_images = cache.with_columns(**{name: self.train_meta['label']})
+      elif self.multilabel:  # the selected findings as a column beside the records
+        self._train_images = pipeline.WithColumns(self.train_source,
+                                                  {name: self.train_meta['label']})
+      else:
+        self._train_images = self.train_source
     return self._train_images
 
+  @property
+  def target_field(self) -> str:
+    """The field the fine-tuning loader yields: 'label' (int) or 'targets' (the selected
+    findings, float [F])."""
+    return 'targets' if self.multilabel else 'label'
+
   def train_indices(self, fraction: float, seed: int) -> np.ndarray:
+    from cxr_jax.data import splits
+    if self.multilabel:  # every finding keeps a positive patient where it has one
+      return np.asarray(splits.finding_fraction_subset(
+          self.train_meta['label'], self.train_meta['patient_id'], min(fraction, 1.0), seed))
     if fraction >= 1.0:
       return np.arange(len(self.train_source))
-    from cxr_jax.data import splits
     return np.asarray(splits.label_fraction_subset(
         self.train_meta['label'], self.train_meta['patient_id'], fraction, seed))
 
 
-def make_step(model, tx, image_size: int, strength: float):
-  """The fine-tuning step: augmented views, softmax cross-entropy, one optimizer update."""
+def make_step(model, tx, image_size: int, strength: float, multilabel: bool = False):
+  """The fine-tuning step: augmented views, softmax cross-entropy (multilabel: the masked
+  binary cross-entropy of each finding, `probes.masked_sigmoid_bce`), one optimizer
+  update."""
+  from cxr_jax.eval import probes
   def step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     images = batch['image'].astype(jnp.float32) / 255.0
@@ -85,7 +118,10 @@ def make_step(model, tx, image_size: int, strength: float):
     def loss_of(params):
       logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
                                     views, train=True, mutable=['batch_stats'])
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      if multilabel:
+        loss = probes.masked_sigmoid_bce(logits, batch['targets'])
+      else:
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
       return loss, updates['batch_stats']
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
@@ -102,14 +138,16 @@ class Programs:
   close over (model and fine-tuning config, number of classes, eval batch size, mesh)."""
 
   def __init__(self, model_config, finetune_config, num_classes: int, eval_batch_size: int,
-               mesh):
+               mesh, multilabel: bool = False):
     ft = finetune_config
+    self.multilabel = multilabel
     self.model = heads.ClassifierModel(encoder=state_lib.encoder_from_config(model_config),
                                        num_classes=num_classes)
     self.tx, _ = optim.make_optimizer(ft.optimizer, ft.steps, ft.batch_size)
-    self.step = jax.jit(make_step(self.model, self.tx, ft.image_size, ft.strength),
+    self.step = jax.jit(make_step(self.model, self.tx, ft.image_size, ft.strength, multilabel),
                         donate_argnums=0, out_shardings=sharding.replicated(mesh))
-    self.predict = inference.make_predict(self.model, ft.image_size, mesh, eval_batch_size)
+    self.predict = inference.make_predict(self.model, ft.image_size, mesh, eval_batch_size,
+                                          multilabel=multilabel)
     self.features = inference.make_features(self.model, ft.image_size, mesh, eval_batch_size,
                                             encoder_only=True)
 
@@ -131,6 +169,13 @@ def selection_score(metrics: dict) -> float:
 
 def eval_metrics(labels, probs, class_names) -> dict:
   out = M.classification_metrics(labels, probs, class_names)
+  if M.is_multilabel(labels):  # mean binary cross-entropy over the observed targets
+    observed = ~np.isnan(labels)
+    y = np.where(observed, labels, 0.0)
+    p = np.clip(np.asarray(probs, np.float64), 1e-12, 1.0 - 1e-7)
+    bce = -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+    out['loss'] = float(bce[observed].mean()) if observed.any() else float('nan')
+    return out
   p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
   out['loss'] = float(-np.mean(np.log(p)))
   return out
@@ -160,11 +205,14 @@ def frozen_probe(protocol: str, programs: Programs, variables, data: EvalData, i
   out = []
   for images in (data.val['image'], data.test['image']):
     f = programs.features(variables, images)
-    if protocol == 'knn':
+    if protocol == 'knn' and data.multilabel:  # neighbour-averaged targets
+      out.append(np.asarray(probes.knn_predict_multilabel(bank, train_labels, f, k=20,
+                                                          temperature=0.07)))
+    elif protocol == 'knn':
       out.append(np.asarray(probes.knn_predict(bank, train_labels, f, k, k=20, temperature=0.07)))
-    else:
+    else:  # multi-label: one logistic head per finding
       probe = probes.linear_probe_fit(bank, train_labels, k)
-      out.append(np.asarray(probes.linear_probe_predict(probe, f)))
+      out.append(np.asarray(probes.linear_probe_predict(probe, f, multilabel=data.multilabel)))
   return out
 
 
@@ -202,7 +250,8 @@ def _train(config, programs: Programs, job_name: str, directory: Path, seed: int
   train = pipeline.Subset(data.train_images(), indices)
   batch_size = pipeline.per_host_batch(ft.batch_size, 'config.finetune.batch_size')
   loader = pipeline.make_loader(train, batch_size=min(batch_size, len(train)), seed=seed,
-                                fields=('image', 'label'), worker_count=config.worker_count,
+                                fields=('image', data.target_field),
+                                worker_count=config.worker_count,
                                 read_threads=config.read_threads)
   job = loop.Job(name=job_name, directory=directory, num_steps=ft.steps,
                  init_state=init_state, train_step=programs.step, loader=loader, mesh=mesh,
@@ -229,6 +278,8 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
       log.warning('%s: %s cannot be read; evaluating the cell again', job_name, result_path)
   directory.mkdir(parents=True, exist_ok=True)
   indices = data.train_indices(fraction, seed)
+  if data.multilabel:
+    warn_missing_positives(job_name, data, indices)
   params, batch_stats = classifier_variables(programs.model, config.seed, seed, data.channels,
                                              encoder_vars, init)
   if protocol == 'finetune':
@@ -252,12 +303,31 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
              patient_id=data.test['patient_id'])
     if protocol == 'finetune':  # the selected weights, for cxr_jax.export / predict
       save_weights(directory / BEST_WEIGHTS, best)
-    if protocol == 'finetune' and config.explain.enabled and 'mask' in data.test:
+    if (protocol == 'finetune' and config.explain.enabled and 'mask' in data.test
+        and not data.multilabel):  # Grad-CAM explains one class of a single-label task
       explain(config, programs.model, best, data, directory)
     writer.write(job_name, config.finetune.steps,
                  {f'test/{k}': v for k, v in test_metrics.items() if np.isfinite(v)})
     workdir_lib.write_text(result_path, json.dumps(result, indent=2))  # the cell is done
   return result
+
+
+def warn_missing_positives(job_name: str, data: EvalData, indices) -> list[str]:
+  """Logs (and returns) the findings without a positive in the cell's train subset or in
+  test: such a finding's classifier only learns "absent", and without a test positive its
+  AUROC and AP are NaN and left out of the means (the report lists them)."""
+  missing = []
+  for where, targets in (('train subset', data.train_meta['label'][indices]),
+                         ('test split', data.test['label'])):
+    positive = np.nan_to_num(targets, nan=0.0) >= 0.5
+    for f, name in enumerate(data.class_names):
+      if not positive[:, f].any():
+        missing.append(f'{name} ({where})')
+  if missing:
+    log.warning('%s: no positive example of %s; their AUROC / AP are NaN where the test '
+                'split has none, and the means are over the other findings', job_name,
+                ', '.join(missing))
+  return missing
 
 
 BEST_WEIGHTS = 'best.msgpack'  # a finetune cell's selected {'params', 'batch_stats'}
