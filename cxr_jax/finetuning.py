@@ -294,6 +294,7 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
 
   test_metrics = eval_metrics(data.test['label'], probs, data.class_names)
   result = {'protocol': protocol, 'init': init, 'label_fraction': fraction, 'seed': seed,
+            'task': 'findings' if data.multilabel else 'label',
             'num_train': int(len(indices)), 'best_step': best_step, 'val_score': val_score,
             'class_names': list(data.class_names),
             'image_shape': [int(d) for d in data.test['image'].shape[1:]],  # stored [S, S, C]
