@@ -361,6 +361,9 @@ def save_embeddings(config, programs: Programs, init: str, encoder_vars, data: E
   path = workdir / 'embeddings' / f'{init}.npz'
   if path.exists():
     return path
+  if data.multilabel:  # the UMAP colours one class per image: not defined for findings
+    log.warning('config.explain.umap: no embeddings for a multi-label findings task')
+    return path
   params, batch_stats = classifier_variables(programs.model, config.seed, 0, data.channels,
                                              encoder_vars, init)
   embeddings = programs.features({'params': params, 'batch_stats': batch_stats},

@@ -115,8 +115,11 @@ def run(model, files, output: Path, gradcam: Path | None = None, progress: bool 
     w = csv.writer(f)
     w.writerow(['path'] + [f'prob_{c}' for c in model.class_names] + ['predicted', 'model'])
     for path, p in zip(good, probs):
-      w.writerow([str(path)] + [f'{v:.8g}' for v in p]
-                 + [model.class_names[int(np.argmax(p))], model.job])
+      # multi-label: every finding at p >= 0.5 ('|'-separated, '' for none)
+      predicted = ('|'.join(c for c, v in zip(model.class_names, p) if v >= 0.5)
+                   if getattr(model, 'multilabel', False) else
+                   model.class_names[int(np.argmax(p))])
+      w.writerow([str(path)] + [f'{v:.8g}' for v in p] + [predicted, model.job])
   errors = Path(str(output) + '.errors.csv')
   if bad:
     with open(errors, 'w', newline='') as f:
