@@ -2,6 +2,7 @@
 fixtures written here (runlocal sizes, 32 px, one compiled shape for both), the report's
 per-finding tables with CIs; any registered builder as `dataset=`; finding names checked
 against the builder's list."""
+import json
 import types
 
 import numpy as np
@@ -80,6 +81,16 @@ def test_paper_config_runs_multilabel_and_reports_per_finding_cis(tmp_path, data
   row = next(line for line in report.splitlines() if line.startswith('| scratch | 1 |')
              and line.count('[') == 5)  # a CI for every finding
   assert row
+  if dataset == 'nih_cxr14':  # export / load_model carry the task: a sigmoid per finding
+    from cxr_jax import export, exported
+    from cxr_jax.data import pipeline
+    out = export.export(workdir, tmp_path / 'model', n_boot=20)
+    model = exported.load_model(out, batch_size=16)
+    assert model.multilabel and model.class_names == list(findings)
+    assert json.loads((out / 'model.json').read_text())['task'] == 'findings'
+    builder = pipeline.get_builder(config.finetune.data, config.data_dir)
+    images = pipeline.read_all(pipeline.get_source(builder, 'test'), ('image',))['image']
+    np.testing.assert_allclose(model.predict(images), preds['probs'], atol=1e-6, rtol=0)
 
 
 def test_any_registered_builder_is_a_paper_dataset_with_its_metadata(tmp_path):
