@@ -114,6 +114,9 @@ def get_config(arg=None):
   c.explain.extra_masks = ''                # comma-separated extra mask fields of the dataset
   c.explain.num_overlays = 2                # overlay examples per class in the report
   c.explain.stage = 0                       # encoder stage (ResNet stage / DenseNet block) Grad-CAM looks at (0 = the last)
+  c.explain.finding = ''                    # multi-label tasks: the finding Grad-CAM explains
+                                            # (absent vs present; '' = the first of
+                                            # config.finetune.data.findings)
   c.explain.umap = False                    # save each regime's test-split embeddings
                                             # (<workdir>/embeddings/<init>.npz) and draw
                                             # their UMAP in the report (umap-learn extra)

@@ -299,13 +299,17 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
             'class_names': list(data.class_names),
             'image_shape': [int(d) for d in data.test['image'].shape[1:]],  # stored [S, S, C]
             'test': test_metrics}
+  if data.multilabel and config.explain.enabled and 'mask' in data.test:
+    name = data.class_names[explained_finding(config, data)]
+    # the classes of attention.npz: absent / present of the explained finding
+    result['explained_finding'] = name
+    result['attention_class_names'] = [f'no {name}', name]
   if jax.process_index() == 0:
     save_npz(directory / 'test_predictions.npz', probs=probs, labels=data.test['label'],
              patient_id=data.test['patient_id'])
     if protocol == 'finetune':  # the selected weights, for cxr_jax.export / predict
       save_weights(directory / BEST_WEIGHTS, best)
-    if (protocol == 'finetune' and config.explain.enabled and 'mask' in data.test
-        and not data.multilabel):  # Grad-CAM explains one class of a single-label task
+    if protocol == 'finetune' and config.explain.enabled and 'mask' in data.test:
       explain(config, programs.model, best, data, directory)
     writer.write(job_name, config.finetune.steps,
                  {f'test/{k}': v for k, v in test_metrics.items() if np.isfinite(v)})
@@ -386,9 +390,31 @@ def save_npz(path: Path, **arrays):
                               for k, v in arrays.items()})
 
 
+def explained_finding(config, data: EvalData) -> int:
+  """The index (in data.class_names) of the finding a multi-label task's Grad-CAM
+  explains: config.explain.finding, '' = the first."""
+  name = config.explain.get('finding', '')
+  if not name:
+    return 0
+  if name not in data.class_names:
+    raise ValueError(f'config.explain.finding={name!r} is not one of the fine-tuned '
+                     f'findings {list(data.class_names)}')
+  return list(data.class_names).index(name)
+
+
 def explain(config, model, variables, data: EvalData, directory: Path):
-  """Grad-CAM attention inside the lung masks of the test images -> attention.npz."""
+  """Grad-CAM attention inside the lung masks of the test images -> attention.npz.
+
+  A multi-label task explains one finding (`explained_finding`) as a two-class
+  classifier (`heads.FindingView`: class 1 = present); its unobserved targets count as
+  absent here."""
   from cxr_jax.explain import analysis
+  labels = data.test['label']
+  if data.multilabel:
+    finding = explained_finding(config, data)
+    model = heads.FindingView(classifier=model, finding=finding)
+    variables = {k: {'classifier': v} for k, v in variables.items()}
+    labels = (np.nan_to_num(labels[:, finding], nan=0.0) >= 0.5).astype(np.int64)
   extra = {}
   for name in vocab.comma_list(config.explain.extra_masks):
     if name == 'marker' and data.has('confounder'):
@@ -403,7 +429,7 @@ def explain(config, model, variables, data: EvalData, directory: Path):
                        f'(nor {name}_mask); it has {sorted(data.builder.info.features)}')
   result = analysis.attention_analysis(
       model, jax.device_get(variables), data.test['image'], data.test['mask'],
-      data.test['label'], config.finetune.image_size, extra_masks=extra or None,
+      labels, config.finetune.image_size, extra_masks=extra or None,
       batch_size=config.eval_batch_size, overlay_per_class=config.explain.num_overlays,
       patient_id=data.test['patient_id'], stage=config.explain.stage or None)
   save_npz(directory / 'attention.npz', **result)

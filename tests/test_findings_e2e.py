@@ -63,6 +63,9 @@ def test_paper_config_runs_multilabel_and_reports_per_finding_cis(tmp_path, data
       f'dataset={dataset},data_root={root},findings={"+".join(findings)},runlocal=true,'
       f'backbone=resnet18,stage1=none,inits=scratch,protocols=finetune+knn,'
       f'fractions=1.0,options=size=32,data_dir={tmp_path / "tfds"}')
+  # Grad-CAM of one chosen finding (absent / present) on NIH; CheXpert without it (time)
+  config.explain.enabled = dataset == 'nih_cxr14'
+  config.explain.finding = 'Edema'
   workdir = tmp_path / 'run'
   results = experiment.run(config, workdir)
   assert {r['task'] for r in results} == {'findings'}
@@ -81,6 +84,12 @@ def test_paper_config_runs_multilabel_and_reports_per_finding_cis(tmp_path, data
   row = next(line for line in report.splitlines() if line.startswith('| scratch | 1 |')
              and line.count('[') == 5)  # a CI for every finding
   assert row
+  if dataset == 'nih_cxr14':
+    attention = np.load(workdir / 'finetune/scratch/1/seed0/attention.npz')
+    np.testing.assert_array_equal(attention['labels'], preds['labels'][:, 3] >= 0.5)
+    np.testing.assert_allclose(attention['probs'][:, 1], preds['probs'][:, 3], atol=1e-5)
+    assert results[0]['attention_class_names'] == ['no Edema', 'Edema']
+    assert '## Attention: Grad-CAM share inside the lungs' in report
   if dataset == 'nih_cxr14':  # export / load_model carry the task: a sigmoid per finding
     from cxr_jax import export, exported
     from cxr_jax.data import pipeline

@@ -420,7 +420,8 @@ def _overlay_figures(run: Run, folder: Path) -> list[str]:
                                    key=lambda k: (vocab.protocol_order(k[0]), k[1])):
     keys = sorted((k for k in run.atts if (k[0], k[2]) == (protocol, fraction)),
                   key=lambda k: vocab.regime_order(k[1]))
-    class_names = run.groups[keys[0]][0].get('class_names', [])
+    first = run.groups[keys[0]][0]  # findings: the explained finding's absent / present
+    class_names = first.get('attention_class_names') or first.get('class_names', [])
     name = f'overlays_{protocol}_{fraction:g}.png'
     if figures.figure_overlays(folder / name, {k[1]: run.atts[k] for k in keys}, class_names):
       lines.append(f'![Overlays, {protocol}, label fraction {fraction:g}](figures/{name})')
