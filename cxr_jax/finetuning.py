@@ -299,6 +299,10 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
             'class_names': list(data.class_names),
             'image_shape': [int(d) for d in data.test['image'].shape[1:]],  # stored [S, S, C]
             'test': test_metrics}
+  if data.multilabel:  # what the label fraction left of each finding (the report notes 0s)
+    train = np.nan_to_num(data.train_meta['label'][indices], nan=0.0) >= 0.5
+    result['train_positives'] = {n: int(train[:, f].sum())
+                                 for f, n in enumerate(data.class_names)}
   if data.multilabel and config.explain.enabled and 'mask' in data.test:
     name = data.class_names[explained_finding(config, data)]
     # the classes of attention.npz: absent / present of the explained finding

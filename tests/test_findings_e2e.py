@@ -70,6 +70,7 @@ def test_paper_config_runs_multilabel_and_reports_per_finding_cis(tmp_path, data
   results = experiment.run(config, workdir)
   assert {r['task'] for r in results} == {'findings'}
   assert all(r['class_names'] == list(findings) for r in results)
+  assert all(sorted(r['train_positives']) == sorted(findings) for r in results)
   preds = np.load(workdir / 'finetune/scratch/1/seed0/test_predictions.npz')
   assert preds['probs'].shape == preds['labels'].shape == (16, 5)
   assert np.all((preds['probs'] > 0) & (preds['probs'] < 1))

@@ -328,6 +328,7 @@ def _findings_workdir(root, patients=40):
       (d / 'result.json').write_text(json.dumps({
           'init': init, 'label_fraction': 1.0, 'seed': seed, 'task': 'findings',
           'class_names': FINDINGS, 'val_score': 0.8, 'best_step': 2,
+          'train_positives': {'edema': 5, 'effusion': 7, 'hernia': 0},
           'test': M.classification_metrics(targets, probs, FINDINGS)}))
   return root
 
@@ -337,6 +338,8 @@ def test_findings_report_per_finding_cis_and_mean_auroc_comparison(tmp_path):
   text = report.write_report(workdir, n_boot=100, seed=3).read_text()
   assert '| init | label fraction | seeds | auroc | map | ece |' in text  # no accuracy
   assert 'hernia (0 positive' in text.split('Left out of the means')[1].split('\n')[0]
+  no_train = text.split('No positive training example')[1].split('\n')[0]
+  assert 'hernia (scratch 1); hernia (curricular 1).' in no_train
   rows = {r[0]: r for r in _rows(text, '| init | label fraction | seeds | edema')}
   preds = [np.load(workdir / 'finetune/curricular/1' / f'seed{s}' / 'test_predictions.npz')
            for s in range(2)]

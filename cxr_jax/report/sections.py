@@ -196,6 +196,15 @@ def _findings_notes(run: Run, keys) -> list[str]:
   if undefined:
     lines += ['', 'Left out of the means (AUROC and AP undefined on this test set): '
               + '; '.join(undefined) + '.']
+  no_positive = sorted({(k[1], k[2], name) for k in keys for r in run.groups[k]
+                        for name, count in r.get('train_positives', {}).items() if count == 0},
+                       key=lambda t: (vocab.regime_order(t[0]), t[1], t[2]))
+  if no_positive:
+    lines += ['', 'No positive training example (the label fraction and the train split '
+              'hold none; the head learns "absent" only, so its test AUROC shows what the '
+              'encoder gives without that label): '
+              + '; '.join(f'{name} ({init} {fraction:g})' for init, fraction, name
+                          in no_positive) + '.']
   return lines
 
 
