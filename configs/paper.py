@@ -87,7 +87,6 @@ PHANTOM_LOCAL = ('size=32,num_unlabeled=64,num_train=16,num_val=16,num_test=32,'
                  'confounder_strength=0.8,seed=0')
 
 
-
 def real_builder(name: str):
   """The registered builder class `name` (not the phantom), or an error listing them.
   Its SSL_SPLIT and EXTRA_MASKS (cxr_jax/data/schema.py) replace a table here."""
@@ -114,6 +113,9 @@ def get_config(arg=None):
   if a.method not in METHODS:
     raise ValueError(f'configs/paper.py: method={a.method!r}; choose from {METHODS}')
   builder = real_builder(a.dataset) if a.dataset != 'phantom' else None
+  if a.options and a.dataset == 'phantom':
+    raise ValueError('configs/paper.py: options= sets a real dataset\'s builder options; the '
+                     "phantom's are --config.phantom='size=64,...' (cxr_jax/data/builders/phantom.py)")
   if a.stage1_init not in ('scratch', 'imagenet'):
     raise ValueError(f'configs/paper.py: stage1_init={a.stage1_init!r}; scratch or imagenet')
   if a.stage1_init == 'imagenet' and not a.imagenet:

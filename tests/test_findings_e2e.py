@@ -112,6 +112,8 @@ def test_any_registered_builder_is_a_paper_dataset_with_its_metadata(tmp_path):
   assert c.explain.extra_masks == 'device,opacity'
   with pytest.raises(ValueError, match="dataset='nope'.*nih_cxr14"):
     paper.get_config('dataset=nope')
+  with pytest.raises(ValueError, match="options= sets a real dataset's builder options"):
+    paper.get_config('options=size=32')
   # kermany on a tiny fixture: the config's data specs all open (check_data)
   for split in ('train', 'val', 'test'):
     for k, cls in enumerate(('NORMAL', 'PNEUMONIA')):
