@@ -139,3 +139,19 @@ def test_finding_names_are_checked_against_the_builders_list():
   plain = types.SimpleNamespace(name='plain', info=types.SimpleNamespace(features={}))
   with pytest.raises(ValueError, match="dataset 'plain' has no multi-label findings"):
     schema.select_findings(plain, 'all')
+
+
+def test_bad_findings_config_is_named_before_any_training(tmp_path):
+  from configs import default
+  from tests.conftest import TINY_PHANTOM
+  c = default.get_config('task=findings')
+  c.phantom = TINY_PHANTOM  # without findings=True: no targets
+  c.finetune.inits = 'scratch'
+  with pytest.raises(ValueError, match="findings='all': dataset 'phantom' has no multi-label"):
+    configuration.check_data(c, tmp_path)
+  c.phantom = TINY_PHANTOM + ',findings=True'
+  c.finetune.data.findings = 'opacity,device'
+  c.explain.finding = 'effusion'
+  with pytest.raises(ValueError, match=r"config.explain.finding='effusion' is not one of the "
+                     r"fine-tuned findings \['opacity', 'device'\]"):
+    configuration.check_data(c, tmp_path)
