@@ -10,7 +10,8 @@ column (relative to the CSV's folder, or absolute). Every file goes through the
 preprocessing preparation uses (`cxr_jax.data.imageio.load_for_model`).
 
 The output CSV has one row per image: path, one probability column per class, the
-predicted class and the model's job. A file that cannot be read is listed with its reason
+predicted class and the model's job (a multi-label findings model: one sigmoid
+probability per finding, and `predicted` lists the findings at p >= 0.5, '|'-separated). A file that cannot be read is listed with its reason
 on stderr and in <output>.errors.csv; the others are still predicted; the exit code is 1
 when any failed (0 otherwise). --gradcam=DIR writes one overlay PNG per image.
 """
