@@ -101,6 +101,14 @@ def test_paper_config_runs_multilabel_and_reports_per_finding_cis(tmp_path, data
     builder = pipeline.get_builder(config.finetune.data, config.data_dir)
     images = pipeline.read_all(pipeline.get_source(builder, 'test'), ('image',))['image']
     np.testing.assert_allclose(model.predict(images), preds['probs'], atol=1e-6, rtol=0)
+    from cxr_jax import predict
+    import csv
+    files = sorted((root / 'images').glob('*.png'))[:4]
+    assert predict.run(model, files, tmp_path / 'pred.csv', progress=False) == []
+    rows = list(csv.DictReader(open(tmp_path / 'pred.csv')))
+    for row in rows:  # the findings at p >= 0.5, '|'-separated
+      want = [f for f in findings if float(row[f'prob_{f}']) >= 0.5]
+      assert row['predicted'] == '|'.join(want)
 
 
 def test_any_registered_builder_is_a_paper_dataset_with_its_metadata(tmp_path):
