@@ -5,6 +5,9 @@ fine-tuning from scratch and from the curriculum's encoder on few labels.
 
 Expected (2-core CPU, jax 0.10.2): about 4-5 minutes; <workdir>/report.md shows curricular
 SSL ahead of scratch in test macro AUROC over 3 seeds (numbers in README.md).
+Multi-label variant: `configs/default.py:task=findings` builds the phantom with its four
+findings (opacity, effusion, cardiomegaly, device; docs/phantom.md) and fine-tunes one
+sigmoid per finding; the report then shows per-finding AUROC and the mean AUROC with CIs.
 Knobs worth trying: --config.pretrain.stages[1].steps=400, --config.finetune.num_seeds=5,
 --config.phantom='size=64,num_train=200,...' (all phantom options: cxr_jax/data/builders/phantom.py).
 """
@@ -16,8 +19,13 @@ from cxr_jax.curriculum import schedule
 from cxr_jax import ssl
 
 
+TASKS = ('label', 'findings')
+
+
 def get_config(arg=None):
-  del arg
+  a = common.parse_arg(arg, task='label')
+  if a.task not in TASKS:
+    raise ValueError(f'configs/default.py: task={a.task!r}; choose from {TASKS}')
   c = ml_collections.ConfigDict()
   c.seed = 0                  # root of every random key of the run
   c.data_dir = ''             # TFDS data_dir; '' -> <workdir>/tfds
@@ -38,6 +46,8 @@ def get_config(arg=None):
   # the phantom's builder options, shared by every data spec below (one dataset, several splits)
   c.phantom = ('size=64,num_unlabeled=2048,num_train=64,num_val=128,num_test=512,'
                'confounder_strength=0.8,seed=0')
+  if a.task == 'findings':  # the phantom's independent findings, in `targets`
+    c.phantom += ',findings=True'
   phantom = c.get_ref('phantom')
 
   c.model = ml_collections.ConfigDict(dict(
@@ -81,7 +91,10 @@ def get_config(arg=None):
   c.finetune = ml_collections.ConfigDict()
   c.finetune.data = ml_collections.ConfigDict(dict(
       name='phantom', options=phantom, manual_dir='',
-      train_split='train', val_split='val', test_split='test'))
+      train_split='train', val_split='val', test_split='test',
+      # '' = the single `label` (softmax); 'all' or comma-separated names of the builder's
+      # findings = multi-label on `targets` (one sigmoid each, NaN targets masked out)
+      findings='all' if a.task == 'findings' else ''))
   c.finetune.inits = 'scratch,curricular'  # comma-separated: scratch, imagenet, ssl, curricular
   c.finetune.protocols = 'finetune'         # comma-separated: finetune, linear, knn
   c.finetune.imagenet_checkpoint = ''       # a converted .msgpack (python -m cxr_jax.models.convert)
@@ -101,6 +114,9 @@ def get_config(arg=None):
   c.explain.extra_masks = ''                # comma-separated extra mask fields of the dataset
   c.explain.num_overlays = 2                # overlay examples per class in the report
   c.explain.stage = 0                       # encoder stage (ResNet stage / DenseNet block) Grad-CAM looks at (0 = the last)
+  c.explain.finding = ''                    # multi-label tasks: the finding Grad-CAM explains
+                                            # (absent vs present; '' = the first of
+                                            # config.finetune.data.findings)
   c.explain.umap = False                    # save each regime's test-split embeddings
                                             # (<workdir>/embeddings/<init>.npz) and draw
                                             # their UMAP in the report (umap-learn extra)

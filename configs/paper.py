@@ -36,9 +36,25 @@ Real data (meant for one GPU; prepare the data first, see docs/datasets.md):
   from it. Label fractions 0.01, 0.1, 1.0; 3 seeds.
   Expected runtime: not yet measured (on one H100: not yet measured).
 
+Multi-label findings (CheXpert's 5 competition findings, NIH's 14; docs/datasets.md):
+
+    python launch.py --workdir=runs/chexpert5 --config="configs/paper.py:dataset=chexpert_cxr,\
+data_root=/data/CheXpert-v1.0-small,findings=Atelectasis+Cardiomegaly+Consolidation+Edema+Pleural Effusion"
+    python launch.py --config=configs/paper.py:dataset=nih_cxr14,data_root=/data/nih,findings=all \
+        --workdir=runs/nih14
+
 Arguments (`--config=configs/paper.py:k=v,k=v`; lists use '+' because ',' separates
 arguments):
-  dataset      phantom | siim_covid19 | covid_qu_ex | covid19_radiography | cxr_collection
+  dataset      phantom, or any registered builder (cxr_jax/data/builders/): siim_covid19,
+               covid_qu_ex, covid19_radiography, cxr_collection, kermany_pneumonia,
+               rsna_pneumonia, nih_cxr14, chexpert_cxr, covidx, image_folder. The SSL
+               stage reads the builder's SSL_SPLIT ('unlabeled' where it has one, else
+               'train') and the attention analysis its EXTRA_MASKS (cxr_jax/data/schema.py)
+  findings     '' = the single label; 'all' or '+'-separated names of the builder's
+               findings (`targets`) = multi-label fine-tuning, one sigmoid per finding
+               (the phantom: its four findings, opacity+effusion+cardiomegaly+device)
+  options      builder options of the target dataset, '+'-separated, e.g.
+               uncertainty=zeros+size=320 (CheXpert's U-Zeros policy; real data only)
   method       simclr | moco | byol | barlow_twins | vicreg
   backbone     resnet18 | resnet34 | resnet50 ('' = resnet18 on the phantom, else resnet50)
   fractions    label fractions, e.g. 0.01+0.1+1.0 ('' = the dataset's default)
@@ -75,14 +91,18 @@ PHANTOM = ('size=64,num_unlabeled=2048,num_train=128,num_val=128,num_test=512,'
 PHANTOM_LOCAL = ('size=32,num_unlabeled=64,num_train=16,num_val=16,num_test=32,'
                  'confounder_strength=0.8,seed=0')
 
-# Per real dataset: the split holding its unlabeled (or label-free usable) images for
-# the SSL stage, and the extra masks its records carry (feature '<name>_mask').
-REAL = {
-    'siim_covid19': dict(ssl_split='unlabeled', extra_masks=''),
-    'covid_qu_ex': dict(ssl_split='train', extra_masks=''),
-    'covid19_radiography': dict(ssl_split='train', extra_masks=''),
-    'cxr_collection': dict(ssl_split='unlabeled', extra_masks='device,opacity'),
-}
+
+def real_builder(name: str):
+  """The registered builder class `name` (not the phantom), or an error listing them.
+  Its SSL_SPLIT and EXTRA_MASKS (cxr_jax/data/schema.py) replace a table here."""
+  from cxr_jax.data import pipeline
+  import cxr_jax.data.builders  # noqa: F401  (registers them)
+  import tensorflow_datasets as tfds
+  known = sorted(n for n in pipeline._our_builders() if n != 'phantom')  # pylint: disable=protected-access
+  if name not in known:
+    raise ValueError(f'configs/paper.py: dataset={name!r}; choose from '
+                     f"{['phantom'] + known}")
+  return tfds.builder_cls(name)
 
 
 def _list(text: str, sep: str = '+') -> list[str]:
@@ -94,12 +114,13 @@ def get_config(arg=None):
       arg, dataset='phantom', method='simclr', backbone='', fractions='', seeds=3, inits='',
       protocols='finetune+linear+knn', imagenet='', stage1_init='scratch',
       stage1='image_folder', data_root='', natural_dir='', stage1_dir='', data_dir='',
-      size=0, stem='', runlocal=False)
+      size=0, stem='', findings='', options='', runlocal=False)
   if a.method not in METHODS:
     raise ValueError(f'configs/paper.py: method={a.method!r}; choose from {METHODS}')
-  if a.dataset != 'phantom' and a.dataset not in REAL:
-    raise ValueError(f'configs/paper.py: dataset={a.dataset!r}; choose from '
-                     f"{['phantom'] + sorted(REAL)}")
+  builder = real_builder(a.dataset) if a.dataset != 'phantom' else None
+  if a.options and a.dataset == 'phantom':
+    raise ValueError('configs/paper.py: options= sets a real dataset\'s builder options; the '
+                     "phantom's are --config.phantom='size=64,...' (cxr_jax/data/builders/phantom.py)")
   if a.stage1_init not in ('scratch', 'imagenet'):
     raise ValueError(f'configs/paper.py: stage1_init={a.stage1_init!r}; scratch or imagenet')
   if a.stage1_init == 'imagenet' and not a.imagenet:
@@ -113,7 +134,7 @@ def get_config(arg=None):
   if a.dataset == 'phantom':
     _phantom(c, a)
   else:
-    _real(c, a)
+    _real(c, a, builder)
 
   # -- the study: regimes x label fractions x seeds x protocols
   inits = _list(a.inits) or ['scratch', 'ssl', 'curricular']
@@ -144,10 +165,15 @@ def get_config(arg=None):
     # region, cxr_jax.explain.analysis.marker_region_masks, is not a stored field.)
     c.explain.extra_masks = 'lesion,marker'
   else:
-    c.explain.extra_masks = REAL[a.dataset]['extra_masks']
+    from cxr_jax.data import schema
+    c.explain.extra_masks = schema.extra_masks(builder)
 
   if a.runlocal:
     _shrink(c, a)
+  if a.findings:  # multi-label: one sigmoid per finding of the builder's `targets`
+    c.finetune.data.findings = a.findings.replace('+', ',')
+    if a.dataset == 'phantom':
+      c.phantom = c.phantom + ',findings=True'
   return c
 
 
@@ -170,10 +196,11 @@ def _phantom(c, a):
   c.explain.stage = 3 if (c.model.stem == 'imagenet' and c.finetune.image_size <= 128) else 0
 
 
-def _real(c, a):
+def _real(c, a, builder):
   """A two-stage curriculum on real chest X-rays at 224 px, ResNet-50: for a GPU."""
-  spec = REAL[a.dataset]
+  from cxr_jax.data import schema
   size = a.size or 224
+  options = ','.join(_list(a.options))
   c.model.update(dict(name=a.backbone or 'resnet50', width=1.0, stem='imagenet',
                       dtype='float32'))
   c.checkpoint_every = 1000
@@ -184,7 +211,7 @@ def _real(c, a):
   c.pretrain.optimizer = common.optimizer_config(
       'lars', lr=0.3, base_batch_size=256, lr_scaling='linear', warmup_steps=1000,
       weight_decay=1e-6)
-  target = common.data(a.dataset, spec['ssl_split'], '', a.data_root)
+  target = common.data(a.dataset, schema.ssl_split(builder), options, a.data_root)
   stages = []
   if a.stage1 == 'image_folder':
     stages.append(common.stage('natural', common.data('image_folder', 'train', '',
@@ -204,8 +231,8 @@ def _real(c, a):
                              strength=schedule('linear', 0.5, 1.0), temperature=0.2))
   c.pretrain.stages = stages
   c.finetune.data = ml_collections.ConfigDict(dict(
-      name=a.dataset, options='', manual_dir=a.data_root,
-      train_split='train', val_split='val', test_split='test'))
+      name=a.dataset, options=options, manual_dir=a.data_root,
+      train_split='train', val_split='val', test_split='test', findings=''))
   c.finetune.label_fractions = (0.01, 0.1, 1.0)
   c.finetune.steps = 5000
   c.finetune.batch_size = 64

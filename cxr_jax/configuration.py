@@ -175,6 +175,14 @@ def _finetune(config, stage_names):
   if ft.strength > 1:
     raise ValueError(f'config.finetune.strength must be in [0, 1], got {ft.strength!r}')
   _optimizer('config.finetune.optimizer', ft.optimizer)
+  if not isinstance(config.explain.get('finding', ''), str):
+    raise ValueError('config.explain.finding must be a finding name (a string), got '
+                     f'{config.explain.finding!r}')
+  findings = ft.data.get('findings', '')
+  if not isinstance(findings, str):
+    raise ValueError("config.finetune.data.findings must be a string: '' (the single "
+                     "label), 'all' or comma-separated finding names, got "
+                     f'{findings!r}')
 
 
 def check_data(config, data_dir: Path):
@@ -198,6 +206,13 @@ def check_data(config, data_dir: Path):
   if config.explain.enabled and spec.name:
     pipeline.get_source(pipeline.get_builder(spec, data_dir, key='config.explain.data'),
                         spec.split, 'config.explain.data.split')
+  if data.get('findings', ''):  # names against the builder's list of findings
+    from cxr_jax.data import schema
+    names, _ = schema.select_findings(builder, data.findings, 'config.finetune.data.findings')
+    finding = config.explain.get('finding', '')
+    if finding and finding not in names:
+      raise ValueError(f'config.explain.finding={finding!r} is not one of the fine-tuned '
+                       f'findings {list(names)} (config.finetune.data.findings)')
 
 
 def inits(config) -> list[str]:

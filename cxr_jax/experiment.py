@@ -54,7 +54,7 @@ def _run(config, workdir: Path) -> list[dict]:
     encoders = pretrained_encoders(config, inits, mesh, writer, workdir, data_dir)
     data = finetuning.EvalData(config.finetune.data, data_dir, config.image_cache)
     programs = finetuning.Programs(config.model, config.finetune, len(data.class_names),
-                                   config.eval_batch_size, mesh)
+                                   config.eval_batch_size, mesh, multilabel=data.multilabel)
     if config.explain.umap:  # the regimes' test embeddings, for the report's UMAP figure
       for init in inits:
         finetuning.save_embeddings(config, programs, init, encoders[init], data, workdir)

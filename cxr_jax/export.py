@@ -108,7 +108,10 @@ def load_job(workdir, job: str | None = None) -> tuple[dict, dict, dict]:
       'channels': shape[-1],
       'input': 'uint8 [N, storage_size, storage_size, channels] from preprocess(path)',
       'preprocessing': exported.PREPROCESSING,
-      'output': 'softmax probabilities [N, num_classes], columns in class_names order',
+      'task': result.get('task', 'label'),  # 'findings': multi-label, one sigmoid each
+      'output': ('sigmoid probabilities [N, num_classes], one per finding, columns in '
+                 'class_names order' if result.get('task') == 'findings' else
+                 'softmax probabilities [N, num_classes], columns in class_names order'),
       'training': {k: result.get(k) for k in ('protocol', 'init', 'label_fraction', 'seed',
                                               'num_train', 'best_step', 'val_score')},
       'data': dict(config['finetune']['data']),
@@ -130,7 +133,9 @@ def test_cis(result: dict, n_boot: int = N_BOOT) -> dict | None:
   if p is None:
     return None
   probs = np.asarray(p['probs'], np.float64)[:, None, :]  # one "seed"
-  return bootstrap.seed_mean_cis(np.asarray(p['labels']).astype(np.int64), probs,
+  labels = np.asarray(p['labels'])  # multi-label targets [N, F] stay float (NaN)
+  labels = labels.astype(np.float64) if labels.ndim == 2 else labels.astype(np.int64)
+  return bootstrap.seed_mean_cis(labels, probs,
                                  np.asarray(p['patient_id']), n_boot, seed=0)
 
 

@@ -32,7 +32,9 @@ class Model:
   """A classifier (a `cxr_jax.models.ClassifierModel`) with its weights and metadata.
 
   Attributes:
-    class_names: the K class names, in the order of the probability columns.
+    class_names: the K class names, in the order of the probability columns (multi-label:
+      the findings, one sigmoid probability each).
+    multilabel: the model predicts findings (meta 'task' == 'findings').
     image_size: the side the network sees (config.finetune.image_size).
     storage_size: the side images are stored/preprocessed at (the prepared dataset's).
     channels: input channels.
@@ -52,6 +54,7 @@ class Model:
 
     self.meta = meta
     self.class_names = list(meta['class_names'])
+    self.multilabel = meta.get('task') == 'findings'
     self.image_size = int(meta['image_size'])
     self.storage_size = int(meta['storage_size'])
     self.channels = int(meta['channels'])
@@ -72,7 +75,7 @@ class Model:
 
     batched = lambda fn: inference.batched_apply(jax.jit(fn), mesh, self.batch_size)
     self._inputs = batched(lambda variables, images: inference.model_inputs(images, size))
-    self._predict = batched(inference.probabilities(model, size))
+    self._predict = batched(inference.probabilities(model, size, self.multilabel))
     self._gradcam = batched(cams)
 
   # -- preprocessing ------------------------------------------------------------------
@@ -122,8 +125,8 @@ class Model:
     """f(x float32 [B, image_size, image_size, C] in [0, 1]) -> probs [B, K], the weights
     closed over: preprocessing-free (what --onnx exports)."""
     from cxr_jax.train import inference
-    model, variables = self.module, self.variables
-    return lambda x: inference.probs_of_inputs(model, variables, x)
+    model, variables, multilabel = self.module, self.variables, self.multilabel
+    return lambda x: inference.probs_of_inputs(model, variables, x, multilabel)
 
 
 def load_model(directory, batch_size: int = 32) -> Model:

@@ -37,19 +37,34 @@ log = logging.getLogger('cxr_jax')
 
 class EvalData:
   """The labeled splits of a fine-tuning data spec (config.finetune.data), read once per
-  run (label fractions are index subsets of `train`)."""
+  run (label fractions are index subsets of `train`).
+
+  The task: the single `label` (class_names = the builder's classes, softmax), or, when
+  the spec's `findings` is set, the selected columns of `targets` (class_names = those
+  findings, one sigmoid each; `label` arrays are then float [N, F] with NaN = not
+  observed)."""
 
   def __init__(self, data_spec, data_dir: Path, image_cache: bool):
     key = 'config.finetune.data'
     self.builder = pipeline.get_builder(data_spec, data_dir, key=key)
-    self.class_names = schema.class_names(self.builder)
+    findings = data_spec.get('findings', '')
+    self.multilabel = bool(findings)
+    if self.multilabel:
+      self.class_names, columns = schema.select_findings(self.builder, findings,
+                                                         f'{key}.findings')
+    else:
+      self.class_names = schema.class_names(self.builder)
+    target = 'targets' if self.multilabel else 'label'
     get = lambda split, name: pipeline.get_source(self.builder, split, f'{key}.{name}')
     self.train_source = get(data_spec.train_split, 'train_split')
     self.test_source = get(data_spec.test_split, 'test_split')
-    self.train_meta = pipeline.read_all(self.train_source, ('label', 'patient_id'))
-    self.val = pipeline.read_all(get(data_spec.val_split, 'val_split'), ('image', 'label'))
-    fields = ('image', 'label', 'patient_id') + (('mask',) if self.has('mask') else ())
+    self.train_meta = pipeline.read_all(self.train_source, (target, 'patient_id'))
+    self.val = pipeline.read_all(get(data_spec.val_split, 'val_split'), ('image', target))
+    fields = ('image', target, 'patient_id') + (('mask',) if self.has('mask') else ())
     self.test = pipeline.read_all(self.test_source, fields)
+    if self.multilabel:  # the selected findings, under the name every consumer reads
+      for split in (self.train_meta, self.val, self.test):
+        split['label'] = np.asarray(split.pop('targets')[:, columns], np.float32)
     self.channels = self.builder.info.features['image'].shape[-1]
     self._image_cache = image_cache
     self._train_images = None
@@ -65,20 +80,38 @@ class EvalData:
     Opened on the first call and shared by every fine-tuning job."""
     if self._train_images is None:
       cache = pipeline.image_cache(self.train_source) if self._image_cache else None
-      self._train_images = (cache.with_columns(label=self.train_meta['label'])
-                            if cache is not None else self.train_source)
+      name = self.target_field
+      if cache is not None:
+        self._train_images = cache.with_columns(**{name: self.train_meta['label']})
+      elif self.multilabel:  # the selected findings as a column beside the records
+        self._train_images = pipeline.WithColumns(self.train_source,
+                                                  {name: self.train_meta['label']})
+      else:
+        self._train_images = self.train_source
     return self._train_images
 
+  @property
+  def target_field(self) -> str:
+    """The field the fine-tuning loader yields: 'label' (int) or 'targets' (the selected
+    findings, float [F])."""
+    return 'targets' if self.multilabel else 'label'
+
   def train_indices(self, fraction: float, seed: int) -> np.ndarray:
+    from cxr_jax.data import splits
+    if self.multilabel:  # every finding keeps a positive patient where it has one
+      return np.asarray(splits.finding_fraction_subset(
+          self.train_meta['label'], self.train_meta['patient_id'], min(fraction, 1.0), seed))
     if fraction >= 1.0:
       return np.arange(len(self.train_source))
-    from cxr_jax.data import splits
     return np.asarray(splits.label_fraction_subset(
         self.train_meta['label'], self.train_meta['patient_id'], fraction, seed))
 
 
-def make_step(model, tx, image_size: int, strength: float):
-  """The fine-tuning step: augmented views, softmax cross-entropy, one optimizer update."""
+def make_step(model, tx, image_size: int, strength: float, multilabel: bool = False):
+  """The fine-tuning step: augmented views, softmax cross-entropy (multilabel: the masked
+  binary cross-entropy of each finding, `probes.masked_sigmoid_bce`), one optimizer
+  update."""
+  from cxr_jax.eval import probes
   def step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     images = batch['image'].astype(jnp.float32) / 255.0
@@ -87,7 +120,10 @@ def make_step(model, tx, image_size: int, strength: float):
     def loss_of(params):
       logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
                                     views, train=True, mutable=['batch_stats'])
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      if multilabel:
+        loss = probes.masked_sigmoid_bce(logits, batch['targets'])
+      else:
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
       return loss, updates['batch_stats']
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
@@ -104,14 +140,16 @@ class Programs:
   close over (model and fine-tuning config, number of classes, eval batch size, mesh)."""
 
   def __init__(self, model_config, finetune_config, num_classes: int, eval_batch_size: int,
-               mesh):
+               mesh, multilabel: bool = False):
     ft = finetune_config
+    self.multilabel = multilabel
     self.model = heads.ClassifierModel(encoder=state_lib.encoder_from_config(model_config),
                                        num_classes=num_classes)
     self.tx, _ = optim.make_optimizer(ft.optimizer, ft.steps, ft.batch_size)
-    self.step = jax.jit(make_step(self.model, self.tx, ft.image_size, ft.strength),
+    self.step = jax.jit(make_step(self.model, self.tx, ft.image_size, ft.strength, multilabel),
                         donate_argnums=0, out_shardings=sharding.replicated(mesh))
-    self.predict = inference.make_predict(self.model, ft.image_size, mesh, eval_batch_size)
+    self.predict = inference.make_predict(self.model, ft.image_size, mesh, eval_batch_size,
+                                          multilabel=multilabel)
     self.features = inference.make_features(self.model, ft.image_size, mesh, eval_batch_size,
                                             encoder_only=True)
 
@@ -133,6 +171,13 @@ def selection_score(metrics: dict) -> float:
 
 def eval_metrics(labels, probs, class_names) -> dict:
   out = M.classification_metrics(labels, probs, class_names)
+  if M.is_multilabel(labels):  # mean binary cross-entropy over the observed targets
+    observed = ~np.isnan(labels)
+    y = np.where(observed, labels, 0.0)
+    p = np.clip(np.asarray(probs, np.float64), 1e-12, 1.0 - 1e-7)
+    bce = -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+    out['loss'] = float(bce[observed].mean()) if observed.any() else float('nan')
+    return out
   p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
   out['loss'] = float(-np.mean(np.log(p)))
   return out
@@ -162,11 +207,14 @@ def frozen_probe(protocol: str, programs: Programs, variables, data: EvalData, i
   out = []
   for images in (data.val['image'], data.test['image']):
     f = programs.features(variables, images)
-    if protocol == 'knn':
+    if protocol == 'knn' and data.multilabel:  # neighbour-averaged targets
+      out.append(np.asarray(probes.knn_predict_multilabel(bank, train_labels, f, k=20,
+                                                          temperature=0.07)))
+    elif protocol == 'knn':
       out.append(np.asarray(probes.knn_predict(bank, train_labels, f, k, k=20, temperature=0.07)))
-    else:
+    else:  # multi-label: one logistic head per finding
       probe = probes.linear_probe_fit(bank, train_labels, k)
-      out.append(np.asarray(probes.linear_probe_predict(probe, f)))
+      out.append(np.asarray(probes.linear_probe_predict(probe, f, multilabel=data.multilabel)))
   return out
 
 
@@ -204,7 +252,8 @@ def _train(config, programs: Programs, job_name: str, directory: Path, seed: int
   train = pipeline.Subset(data.train_images(), indices)
   batch_size = pipeline.per_host_batch(ft.batch_size, 'config.finetune.batch_size')
   loader = pipeline.make_loader(train, batch_size=min(batch_size, len(train)), seed=seed,
-                                fields=('image', 'label'), worker_count=config.worker_count,
+                                fields=('image', data.target_field),
+                                worker_count=config.worker_count,
                                 read_threads=config.read_threads)
   job = loop.Job(name=job_name, directory=directory, num_steps=ft.steps,
                  init_state=init_state, train_step=programs.step, loader=loader, mesh=mesh,
@@ -231,6 +280,8 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
       log.warning('%s: %s cannot be read; evaluating the cell again', job_name, result_path)
   directory.mkdir(parents=True, exist_ok=True)
   indices = data.train_indices(fraction, seed)
+  if data.multilabel:
+    warn_missing_positives(job_name, data, indices)
   params, batch_stats = classifier_variables(programs.model, config.seed, seed, data.channels,
                                              encoder_vars, init)
   if protocol == 'finetune':
@@ -245,10 +296,20 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
 
   test_metrics = eval_metrics(data.test['label'], probs, data.class_names)
   result = {'protocol': protocol, 'init': init, 'label_fraction': fraction, 'seed': seed,
+            'task': 'findings' if data.multilabel else 'label',
             'num_train': int(len(indices)), 'best_step': best_step, 'val_score': val_score,
             'class_names': list(data.class_names),
             'image_shape': [int(d) for d in data.test['image'].shape[1:]],  # stored [S, S, C]
             'test': test_metrics}
+  if data.multilabel:  # what the label fraction left of each finding (the report notes 0s)
+    train = np.nan_to_num(data.train_meta['label'][indices], nan=0.0) >= 0.5
+    result['train_positives'] = {n: int(train[:, f].sum())
+                                 for f, n in enumerate(data.class_names)}
+  if data.multilabel and config.explain.enabled and 'mask' in data.test:
+    name = data.class_names[explained_finding(config, data)]
+    # the classes of attention.npz: absent / present of the explained finding
+    result['explained_finding'] = name
+    result['attention_class_names'] = [f'no {name}', name]
   if jax.process_index() == 0:
     save_npz(directory / 'test_predictions.npz', probs=probs, labels=data.test['label'],
              patient_id=data.test['patient_id'])
@@ -260,6 +321,24 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
                  {f'test/{k}': v for k, v in test_metrics.items() if np.isfinite(v)})
     workdir_lib.write_text(result_path, json.dumps(result, indent=2))  # the cell is done
   return result
+
+
+def warn_missing_positives(job_name: str, data: EvalData, indices) -> list[str]:
+  """Logs (and returns) the findings without a positive in the cell's train subset or in
+  test: such a finding's classifier only learns "absent", and without a test positive its
+  AUROC and AP are NaN and left out of the means (the report lists them)."""
+  missing = []
+  for where, targets in (('train subset', data.train_meta['label'][indices]),
+                         ('test split', data.test['label'])):
+    positive = np.nan_to_num(targets, nan=0.0) >= 0.5
+    for f, name in enumerate(data.class_names):
+      if not positive[:, f].any():
+        missing.append(f'{name} ({where})')
+  if missing:
+    log.warning('%s: no positive example of %s; their AUROC / AP are NaN where the test '
+                'split has none, and the means are over the other findings', job_name,
+                ', '.join(missing))
+  return missing
 
 
 BEST_WEIGHTS = 'best.msgpack'  # a finetune cell's selected {'params', 'batch_stats'}
@@ -292,6 +371,9 @@ def save_embeddings(config, programs: Programs, init: str, encoder_vars, data: E
   path = workdir / 'embeddings' / f'{init}.npz'
   if path.exists():
     return path
+  if data.multilabel:  # the UMAP colours one class per image: not defined for findings
+    log.warning('config.explain.umap: no embeddings for a multi-label findings task')
+    return path
   params, batch_stats = classifier_variables(programs.model, config.seed, 0, data.channels,
                                              encoder_vars, init)
   embeddings = programs.features({'params': params, 'batch_stats': batch_stats},
@@ -314,10 +396,35 @@ def save_npz(path: Path, **arrays):
                               for k, v in arrays.items()})
 
 
+def explained_finding(config, data: EvalData) -> int:
+  """The index (in data.class_names) of the finding a multi-label task's Grad-CAM
+  explains: config.explain.finding, '' = the first."""
+  name = config.explain.get('finding', '')
+  if not name:
+    return 0
+  if name not in data.class_names:
+    raise ValueError(f'config.explain.finding={name!r} is not one of the fine-tuned '
+                     f'findings {list(data.class_names)}')
+  return list(data.class_names).index(name)
+
+
 def explain(config, model, variables, data: EvalData, directory: Path):
   """Grad-CAM attention inside the lung masks of the images config.explain names (the
-  test split by default) -> attention.npz; `cxr_jax.explain.job` does the work."""
+  test split by default) -> attention.npz; `cxr_jax.explain.job` does the work.
+
+  A multi-label task explains one finding (`explained_finding`) as a two-class
+  classifier (`heads.FindingView`: class 1 = present); its unobserved targets count as
+  absent here."""
+  import dataclasses
   from cxr_jax.explain import job
   if data.explain_images is None:  # read (and segmented) once per run
     data.explain_images = job.explain_set(config, data, data.data_dir)
-  job.explain_cell(config, model, variables, data.explain_images, directory)
+  images = data.explain_images
+  if data.multilabel:
+    finding = explained_finding(config, data)
+    model = heads.FindingView(classifier=model, finding=finding)
+    variables = {k: {'classifier': v} for k, v in variables.items()}
+    if images.labels is not None:  # the test split's targets: present / absent
+      images = dataclasses.replace(images, labels=(
+          np.nan_to_num(images.labels[:, finding], nan=0.0) >= 0.5).astype(np.int64))
+  job.explain_cell(config, model, variables, images, directory)

@@ -10,7 +10,8 @@ column (relative to the CSV's folder, or absolute). Every file goes through the
 preprocessing preparation uses (`cxr_jax.data.imageio.load_for_model`).
 
 The output CSV has one row per image: path, one probability column per class, the
-predicted class and the model's job. A file that cannot be read is listed with its reason
+predicted class and the model's job (a multi-label findings model: one sigmoid
+probability per finding, and `predicted` lists the findings at p >= 0.5, '|'-separated). A file that cannot be read is listed with its reason
 on stderr and in <output>.errors.csv; the others are still predicted; the exit code is 1
 when any failed (0 otherwise). --gradcam=DIR writes one overlay PNG per image.
 """
@@ -115,8 +116,11 @@ def run(model, files, output: Path, gradcam: Path | None = None, progress: bool 
     w = csv.writer(f)
     w.writerow(['path'] + [f'prob_{c}' for c in model.class_names] + ['predicted', 'model'])
     for path, p in zip(good, probs):
-      w.writerow([str(path)] + [f'{v:.8g}' for v in p]
-                 + [model.class_names[int(np.argmax(p))], model.job])
+      # multi-label: every finding at p >= 0.5 ('|'-separated, '' for none)
+      predicted = ('|'.join(c for c, v in zip(model.class_names, p) if v >= 0.5)
+                   if getattr(model, 'multilabel', False) else
+                   model.class_names[int(np.argmax(p))])
+      w.writerow([str(path)] + [f'{v:.8g}' for v in p] + [predicted, model.job])
   errors = Path(str(output) + '.errors.csv')
   if bad:
     with open(errors, 'w', newline='') as f:

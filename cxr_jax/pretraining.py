@@ -175,10 +175,26 @@ def make_monitor(config, model, image_size: int, mesh, data_dir: Path):
   from cxr_jax.eval import probes
   ft = config.finetune
   builder = pipeline.get_builder(ft.data, data_dir, key='config.finetune.data')
-  names = schema.class_names(builder)
-  bank = pipeline.read_all(pipeline.get_source(builder, ft.data.train_split), ('image', 'label'))
-  query = pipeline.read_all(pipeline.get_source(builder, ft.data.val_split), ('image', 'label'))
+  findings = ft.data.get('findings', '')
+  field = 'targets' if findings else 'label'
+  bank = pipeline.read_all(pipeline.get_source(builder, ft.data.train_split), ('image', field))
+  query = pipeline.read_all(pipeline.get_source(builder, ft.data.val_split), ('image', field))
   extract = inference.make_features(model, image_size, mesh, config.eval_batch_size)
+  if findings:  # multi-label: kNN of neighbour-averaged targets, one logistic head each
+    names, columns = schema.select_findings(builder, findings)
+    bank_t, query_t = bank['targets'][:, columns], query['targets'][:, columns]
+
+    def evaluate_findings(state):
+      variables = {'params': state.params, 'batch_stats': state.batch_stats}
+      fb, fq = extract(variables, bank['image']), extract(variables, query['image'])
+      knn = np.asarray(probes.knn_predict_multilabel(fb, bank_t, fq, k=20, temperature=0.07))
+      probe = probes.linear_probe_fit(fb, bank_t, len(names))
+      linear = np.asarray(probes.linear_probe_predict(probe, fq, multilabel=True))
+      return state, {'monitor/knn_auroc': M.multilabel_metrics(query_t, knn, names)['auroc'],
+                     'monitor/linear_auroc':
+                         M.multilabel_metrics(query_t, linear, names)['auroc']}
+    return evaluate_findings
+  names = schema.class_names(builder)
 
   def evaluate(state):
     variables = {'params': state.params, 'batch_stats': state.batch_stats}

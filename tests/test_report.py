@@ -349,3 +349,57 @@ def test_no_masks_at_all_is_one_sentence(tmp_path):
   text = write_report(workdir, n_boot=0).read_text()
   assert 'No lung masks were available for the explained images' in text
   assert 'lung share (pred) | lung share (true)' not in text and 'nan' not in text.lower()
+
+
+FINDINGS = ['edema', 'effusion', 'hernia']  # hernia: no positive on this test set
+
+
+def _findings_workdir(root, patients=40):
+  """Two regimes x two seeds of multi-label predictions; targets with NaN (not observed)."""
+  rng = np.random.default_rng(11)
+  n = 2 * patients
+  pid = np.repeat([f'p{i}' for i in range(patients)], 2)
+  targets = (rng.random((n, 3)) < [0.4, 0.5, 0.0]).astype(np.float64)
+  targets[rng.random((n, 3)) < 0.2] = np.nan
+  for init, signal in (('scratch', 0.3), ('curricular', 2.0)):
+    for seed in range(2):
+      d = root / 'finetune' / init / '1' / f'seed{seed}'
+      d.mkdir(parents=True)
+      logits = signal * np.nan_to_num(targets, nan=0.5) + rng.normal(size=(n, 3))
+      probs = 1 / (1 + np.exp(-logits))
+      np.savez_compressed(d / 'test_predictions.npz', probs=probs, labels=targets,
+                          patient_id=pid)
+      (d / 'result.json').write_text(json.dumps({
+          'init': init, 'label_fraction': 1.0, 'seed': seed, 'task': 'findings',
+          'class_names': FINDINGS, 'val_score': 0.8, 'best_step': 2,
+          'train_positives': {'edema': 5, 'effusion': 7, 'hernia': 0},
+          'test': M.classification_metrics(targets, probs, FINDINGS)}))
+  return root
+
+
+def test_findings_report_per_finding_cis_and_mean_auroc_comparison(tmp_path):
+  workdir = _findings_workdir(tmp_path / 'run')
+  text = report.write_report(workdir, n_boot=100, seed=3).read_text()
+  assert '| init | label fraction | seeds | auroc | map | ece |' in text  # no accuracy
+  assert 'hernia (0 positive' in text.split('Left out of the means')[1].split('\n')[0]
+  no_train = text.split('No positive training example')[1].split('\n')[0]
+  assert 'hernia (scratch 1); hernia (curricular 1).' in no_train
+  rows = {r[0]: r for r in _rows(text, '| init | label fraction | seeds | edema')}
+  preds = [np.load(workdir / 'finetune/curricular/1' / f'seed{s}' / 'test_predictions.npz')
+           for s in range(2)]
+  y, groups = preds[0]['labels'], preds[0]['patient_id']
+  probs = np.stack([p['probs'] for p in preds], axis=1)
+  for f, name in enumerate(FINDINGS[:2]):  # the oracle: resample, re-score every seed
+    seed_mean = lambda t, p, name=name: np.mean(
+        [M.classification_metrics(t, p[:, s], FINDINGS)[f'auroc/{name}'] for s in range(2)])
+    ref = stats.bootstrap_ci(seed_mean, y, probs, groups=groups, n_boot=100, seed=3)
+    assert _ci(rows['curricular'][3 + f]) == (round(ref.point, 3), round(ref.lo, 3),
+                                              round(ref.hi, 3))
+  assert rows['curricular'][5] == '–'  # hernia: undefined
+  [comp] = _rows(text, '| protocol | label fraction | regime A')
+  mean_auroc = lambda init: np.mean([json.loads((
+      workdir / 'finetune' / init / '1' / f'seed{s}' / 'result.json').read_text())['test']
+      ['auroc'] for s in range(2)])
+  assert float(comp[5]) == pytest.approx(mean_auroc('curricular') - mean_auroc('scratch'),
+                                         abs=1e-3)
+  assert '## Paired comparisons: test mean AUROC over findings' in text

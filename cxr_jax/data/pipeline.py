@@ -275,6 +275,26 @@ class Subset:
     return Subset(decoding(self._source, fields), self._indices)
 
 
+class WithColumns:
+  """`source`'s records, each also carrying its row of `columns` (small per-example arrays
+  held in memory, e.g. the selected findings of a multi-label task)."""
+
+  def __init__(self, source, columns: dict[str, np.ndarray]):
+    self._source, self._columns = source, columns
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, i):
+    record = dict(self._source[i])
+    record.update({name: column[i] for name, column in self._columns.items()})
+    return record
+
+  def decoding(self, fields: Sequence[str]):
+    return WithColumns(decoding(self._source, [f for f in fields if f not in self._columns]),
+                       self._columns)
+
+
 class SelectFields(grain.transforms.Map):
   """Keeps the fields the step needs, with fixed dtypes (uint8 images, int32 labels)."""
 

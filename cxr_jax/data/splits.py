@@ -15,6 +15,9 @@ disease, so every split here is made per patient:
                                       -> indices of a 1% / 10% / ... labelled subset,
                                          drawn per patient and stratified by class; the
                                          subsets are nested (1% inside 10%) for one seed.
+  finding_fraction_subset(targets, patients, fraction, seed)
+                                      -> the same for multi-label targets: every finding
+                                         with a positive patient keeps one.
 """
 from __future__ import annotations
 
@@ -141,3 +144,48 @@ def label_fraction_subset(labels: Sequence[int],
     for p in ranked[:k]:
       chosen.extend(by_patient[p])
   return np.asarray(sorted(chosen), np.int64)
+
+
+def finding_fraction_subset(targets, patients: Sequence[str], fraction: float,
+                            seed: int = 0) -> np.ndarray:
+  """Indices of a labelled subset of about `fraction` of the patients, for multi-label
+  targets, keeping a positive of every finding where the data has one.
+
+  Patients with at least one observed target are ranked by a seeded hash and the first
+  round(fraction * P) (at least one) are taken; then, for each finding that has a
+  positive patient but none among those taken, the first-ranked patient with a positive
+  for it is added. Subsets stay nested for one seed (that patient is in every longer
+  prefix that holds any positive of the finding). A finding without a positive in the
+  whole split stays without one: its classifier learns "absent", and the report shows
+  what that gives on test. Rows whose targets are all NaN are never selected.
+
+  Args:
+    targets: [N, F] float, 1 / 0 / NaN (not observed).
+    patients: patient id per example.
+    fraction: in (0, 1]; 1 returns every example with an observed target.
+    seed: selects which patients.
+
+  Returns:
+    sorted int64 indices into `targets`.
+  """
+  targets = np.asarray(targets, np.float64)
+  if targets.ndim != 2 or targets.shape[0] != len(patients):
+    raise ValueError(f'targets {targets.shape} must be [N, F] with N = {len(patients)} '
+                     'patient ids')
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f'label fraction must be in (0, 1], got {fraction}')
+  by_patient = defaultdict(list)
+  for i, p in enumerate(patients):
+    if not np.all(np.isnan(targets[i])):
+      by_patient[str(p)].append(i)
+  ranked = sorted(by_patient, key=lambda p: (_unit_hash(p, seed), p))
+  k = max(1, int(round(fraction * len(ranked)))) if ranked else 0
+  chosen = set(ranked[:k])
+  positive = {p: np.nan_to_num(targets[idx], nan=0.0).max(axis=0) >= 0.5
+              for p, idx in by_patient.items()}
+  for f in range(targets.shape[1]):
+    if not any(positive[p][f] for p in chosen):
+      first = next((p for p in ranked if positive[p][f]), None)
+      if first is not None:
+        chosen.add(first)
+  return np.asarray(sorted(i for p in chosen for i in by_patient[p]), np.int64)

@@ -129,6 +129,22 @@ def seed_mean_cis(labels, probs, groups, n_boot: int, seed: int = 0,
   return {m: percentile_ci(v, alpha) for m, v in dist.items()}
 
 
+def seed_mean_class_cis(labels, probs, groups, n_boot: int, seed: int = 0,
+                        alpha: float = 0.05, metric: str = 'auroc'
+                        ) -> list[tuple[float, float]]:
+  """[(lo, hi)] per class (per finding, for multi-label targets [N, F]): the percentile
+  CI of the seed-mean of its one-vs-rest `metric` ('auroc', 'map' -> AP, or 'ece' for
+  findings), on the same resamples as `seed_mean_cis` with the same seed."""
+  key = {'auroc': 'auroc/', 'map': 'ap/', 'ece': 'ece/'}[metric]
+  dist = []
+  for w in bootstrap_weights(groups, n_boot, seed):
+    per_seed = [M.weighted_metrics(labels, probs[:, s], w, (key,))[key]
+                for s in range(probs.shape[1])]
+    dist.append(np.mean(np.stack(per_seed), axis=0))  # [b, K]
+  dist = np.concatenate(dist) if dist else np.zeros((0, probs.shape[-1]))
+  return [percentile_ci(dist[:, k], alpha) for k in range(probs.shape[-1])]
+
+
 def paired_comparison(labels, probs_a, probs_b, groups, n_boot: int, seed: int = 0,
                       alpha: float = 0.05, metric: str = 'auroc') -> dict[str, float]:
   """Paired bootstrap of seed-mean metric(a) - seed-mean metric(b) on the same patients.

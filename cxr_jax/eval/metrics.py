@@ -25,6 +25,19 @@ Definitions (K classes, N examples; with weights, "mean" and "count" are weighte
   ece                expected calibration error (Guo et al. 2017) with ECE_BINS equal-width
                      bins over the confidence max_k probs[:, k]
 
+Multi-label tasks (findings): `labels` is then a float [N, F] array of targets (1
+present, 0 absent, NaN not observed, e.g. CheXpert's uncertain labels under U-Ignore) and
+`probs` [N, F] the per-finding sigmoid probabilities. Each finding is scored on its
+observed examples only (NaN targets have weight 0):
+  auroc/<name>, ap/<name>  the finding's AUROC and AP; NaN when it has no observed
+                           positive or no observed negative
+  ece/<name>               the finding's binary calibration error: ECE_BINS equal-width
+                           bins over its probability p, sum_b |sum y - sum p| / N_observed
+  auroc, map, ece          the means over the findings where they are defined (the
+                           headline: mean AUROC)
+Accuracy, balanced accuracy and macro F1 are not defined for them (NaN in the weighted
+forms, absent from `classification_metrics`).
+
 Unit weights reproduce the former unweighted formulas exactly for accuracy, balanced
 accuracy, macro F1 and AUROC (every intermediate is an integer or half-integer, so the
 same quotient is rounded once); AP and ECE sum the same terms in another order and agree
@@ -39,6 +52,13 @@ import numpy as np
 ECE_BINS = 15
 # the metrics `weighted_metrics` computes (and the report's columns, in this order)
 HEADLINE = ('auroc', 'map', 'balanced_accuracy', 'macro_f1', 'accuracy', 'ece')
+# those defined for a multi-label (findings) task
+MULTILABEL_HEADLINE = ('auroc', 'map', 'ece')
+
+
+def is_multilabel(labels) -> bool:
+  """Whether `labels` are multi-label targets [N, F] (else class indices [N])."""
+  return np.ndim(labels) == 2
 
 
 def _check(labels, probs, num_classes: int | None = None):
@@ -219,10 +239,10 @@ def _weighted_all(labels, probs, w, metrics: Sequence[str]) -> dict[str, np.ndar
   if 'balanced_accuracy' in metrics or 'macro_f1' in metrics:
     recall, f1 = _recall_f1(labels, pred, k, w)
     out['balanced_accuracy'], out['macro_f1'] = nanmean_rows(recall), nanmean_rows(f1)
-  if 'auroc' in metrics:
+  if 'auroc' in metrics or 'auroc/' in metrics:
     out['auroc/'] = _one_vs_rest(weighted_auroc, labels, probs, w)
     out['auroc'] = nanmean_rows(out['auroc/'])
-  if 'map' in metrics:
+  if 'map' in metrics or 'ap/' in metrics:
     out['ap/'] = _one_vs_rest(weighted_average_precision, labels, probs, w)
     out['map'] = nanmean_rows(out['ap/'])
   if 'ece' in metrics:
@@ -242,13 +262,57 @@ def weighted_metrics(labels, probs, w, metrics: Sequence[str] = HEADLINE
     labels: [N] int in [0, K).
     probs: [N, K] probabilities.
     w: [B, N] non-negative weights.
-    metrics: which of HEADLINE to compute (the rest are skipped, not just dropped).
+    metrics: which of HEADLINE to compute (the rest are skipped, not just dropped);
+      'auroc/', 'ap/' (and 'ece/' for findings) give the per-class values [B, K].
+
+  Multi-label targets [N, F] (see the module docstring) are scored per finding.
 
   Returns:
     {metric: [B]} for the requested metrics.
   """
-  out = _weighted_all(labels, probs, w, metrics)
+  if is_multilabel(labels):
+    out = _weighted_multilabel(labels, probs, w, metrics)
+  else:
+    out = _weighted_all(labels, probs, w, metrics)
   return {m: out[m] for m in metrics}
+
+
+def weighted_binary_ece(positive, p, w, num_bins: int = ECE_BINS) -> np.ndarray:
+  """Calibration error of a binary probability p [N] of `positive` [N] under weights
+  w [B, N]: sum_b |sum_{i in b} w_i (y_i - p_i)| / sum_i w_i over ECE_BINS equal-width,
+  right-closed bins of p (the reliability diagram of p). [B]; NaN where sum w is 0."""
+  y = np.asarray(positive, np.float64)
+  p = np.asarray(p, np.float64)
+  bins = np.clip(np.ceil(p * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+  onehot = np.eye(num_bins)[bins]  # [N, M]
+  gap = np.abs(w @ (onehot * (y - p)[:, None])).sum(axis=1)
+  total = w.sum(axis=1)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(total > 0, gap / np.where(total > 0, total, 1.0), np.nan)
+
+
+def _weighted_multilabel(targets, probs, w, metrics: Sequence[str]) -> dict[str, np.ndarray]:
+  """`_weighted_all` for targets [N, F] with NaN = not observed: per finding [B, F]
+  under 'auroc/', 'ap/', 'ece/', their means [B] under 'auroc', 'map', 'ece'; the
+  single-label metrics as NaN [B]."""
+  targets = np.asarray(targets, np.float64)
+  probs = np.asarray(probs, np.float64)
+  observed = ~np.isnan(targets)
+  positive = np.where(observed, targets, 0.0) >= 0.5
+  per_finding = lambda fn: np.stack(
+      [fn(positive[:, f], probs[:, f], w * observed[:, f]) for f in range(targets.shape[1])],
+      axis=1)
+  out = {m: np.full(w.shape[0], np.nan) for m in metrics if m not in MULTILABEL_HEADLINE}
+  if 'auroc' in metrics or 'auroc/' in metrics:
+    out['auroc/'] = per_finding(weighted_auroc)
+    out['auroc'] = nanmean_rows(out['auroc/'])
+  if 'map' in metrics or 'ap/' in metrics:
+    out['ap/'] = per_finding(weighted_average_precision)
+    out['map'] = nanmean_rows(out['ap/'])
+  if 'ece' in metrics or 'ece/' in metrics:
+    out['ece/'] = per_finding(weighted_binary_ece)
+    out['ece'] = nanmean_rows(out['ece/'])
+  return out
 
 
 # ----------------------------------------------------------------------------- plain
@@ -312,6 +376,8 @@ def classification_metrics(labels, probs, class_names: Sequence[str]) -> dict[st
     docstring); the function does not raise on degenerate inputs.
   """
   class_names = list(class_names)
+  if is_multilabel(labels):
+    return multilabel_metrics(labels, probs, class_names)
   labels, probs = _check(labels, probs, len(class_names))
   got = _weighted_all(labels, probs, _unit(len(labels)), HEADLINE)
   out = {m: float(got[m][0]) for m in ('accuracy', 'balanced_accuracy', 'macro_f1', 'auroc',
@@ -319,4 +385,49 @@ def classification_metrics(labels, probs, class_names: Sequence[str]) -> dict[st
   for c, name in enumerate(class_names):
     out[f'auroc/{name}'] = float(got['auroc/'][0, c])
     out[f'ap/{name}'] = float(got['ap/'][0, c])
+  return out
+
+
+def check_multilabel(targets, probs, num_findings: int | None = None):
+  """Validates and returns (targets [N, F] float64 in {0, 1, NaN}, probs [N, F] float64)."""
+  targets = np.asarray(targets, np.float64)
+  probs = np.asarray(probs, np.float64)
+  if targets.ndim != 2 or probs.shape != targets.shape:
+    raise ValueError(f'expected targets [N, F] and probs [N, F], got targets '
+                     f'{targets.shape} and probs {probs.shape}')
+  if targets.shape[0] == 0:
+    raise ValueError('cannot compute metrics on an empty set (N = 0)')
+  if num_findings is not None and targets.shape[1] != num_findings:
+    raise ValueError(f'targets have {targets.shape[1]} columns but {num_findings} finding '
+                     'names were given')
+  bad = ~np.isnan(targets) & (targets != 0) & (targets != 1)
+  if np.any(bad):
+    i, f = map(int, np.argwhere(bad)[0])
+    raise ValueError(f'target {targets[i, f]} at row {i}, finding {f} is not 0, 1 or NaN')
+  if not np.all(np.isfinite(probs)):
+    i = int(np.flatnonzero(~np.all(np.isfinite(probs), axis=1))[0])
+    raise ValueError(f'probs has a non-finite value at row {i}: {probs[i]}')
+  return targets, probs
+
+
+def multilabel_metrics(targets, probs, finding_names: Sequence[str]) -> dict[str, float]:
+  """The test metrics of a multi-label task (`weighted_metrics` with unit weights).
+
+  Args:
+    targets: [N, F] 1 / 0 / NaN (not observed: left out of that finding's metrics).
+    probs: [N, F] per-finding probabilities (sigmoid outputs).
+    finding_names: F names, for the keys 'auroc/<name>', 'ap/<name>', 'ece/<name>'.
+
+  Returns:
+    floats 'auroc', 'map', 'ece' (means over the findings where defined) and the
+    per-finding values; a finding without an observed positive or negative has NaN
+    AUROC and AP and is left out of the means.
+  """
+  finding_names = list(finding_names)
+  targets, probs = check_multilabel(targets, probs, len(finding_names))
+  got = _weighted_multilabel(targets, probs, _unit(len(targets)), MULTILABEL_HEADLINE)
+  out = {m: float(got[m][0]) for m in MULTILABEL_HEADLINE}
+  for f, name in enumerate(finding_names):
+    for key, m in (('auroc/', 'auroc'), ('ap/', 'ap'), ('ece/', 'ece')):
+      out[f'{m}/{name}'] = float(got[key][0, f])
   return out

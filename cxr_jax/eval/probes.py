@@ -14,6 +14,26 @@ import jax.numpy as jnp
 import optax
 
 
+def masked_sigmoid_bce(logits, targets):
+  """Mean binary cross-entropy over the observed entries of multi-label targets.
+
+  Each finding is its own sigmoid (optax.sigmoid_binary_cross_entropy); NaN targets (not
+  observed, e.g. CheXpert's uncertain labels under U-Ignore) contribute nothing, and the
+  mean is over the observed entries only (0 when there is none).
+
+  Args:
+    logits: [B, F].
+    targets: [B, F] in {0, 1} or NaN.
+
+  Returns:
+    The scalar loss.
+  """
+  observed = ~jnp.isnan(targets)
+  per_entry = optax.sigmoid_binary_cross_entropy(
+      logits.astype(jnp.float32), jnp.where(observed, targets, 0.0))
+  return jnp.sum(jnp.where(observed, per_entry, 0.0)) / jnp.maximum(jnp.sum(observed), 1)
+
+
 def _l2_normalize(x, eps=1e-12):
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
@@ -55,6 +75,37 @@ def knn_predict(train_feats, train_labels, query_feats, num_classes: int, k: int
   return jax.lax.map(one_query, query_feats, batch_size=chunk_size)
 
 
+@functools.partial(jax.jit, static_argnames=('k', 'chunk_size'))
+def knn_predict_multilabel(train_feats, train_targets, query_feats, k: int = 20,
+                           temperature: float = 0.07, chunk_size: int = 256):
+  """Per-finding probabilities as neighbour-averaged targets (the multi-label `knn_predict`).
+
+  The k most cosine-similar training examples weigh exp(sim / T) as in `knn_predict`; a
+  finding's probability is the weighted mean of their observed targets for it (NaN
+  targets are left out of that finding's mean; 0.5 when none of the k observed it).
+
+  Args:
+    train_feats: [N, D]; train_targets: [N, F] in {0, 1} or NaN; query_feats: [M, D].
+
+  Returns:
+    probs: [M, F] float32.
+  """
+  k = min(k, train_feats.shape[0])
+  bank = _l2_normalize(train_feats.astype(jnp.float32))
+  targets = train_targets.astype(jnp.float32)
+  observed = (~jnp.isnan(targets)).astype(jnp.float32)
+  targets = jnp.where(observed > 0, targets, 0.0)
+
+  def one_query(q):
+    sim = bank @ _l2_normalize(q.astype(jnp.float32))
+    top_sim, top_idx = jax.lax.top_k(sim, k)
+    w = jnp.exp((top_sim - top_sim[0]) / temperature)
+    num, den = w @ targets[top_idx], w @ observed[top_idx]  # [F]
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.5)
+
+  return jax.lax.map(one_query, query_feats, batch_size=chunk_size)
+
+
 class LinearProbe(NamedTuple):
   """A fitted logistic-regression probe (a pytree).
 
@@ -74,6 +125,11 @@ class LinearProbe(NamedTuple):
 def linear_probe_fit(train_feats, train_labels, num_classes: int, l2: float = 1e-4,
                      steps: int = 200, tol: float = 1e-6) -> LinearProbe:
   """Fits a multinomial logistic regression on frozen, standardised features.
+
+  Multi-label targets: train_labels float [N, F] (1 / 0 / NaN) fit one logistic head per
+  finding instead (num_classes = F; the mean of `masked_sigmoid_bce` replaces the
+  cross-entropy, NaN targets left out); apply it with `linear_probe_predict(...,
+  multilabel=True)`.
 
   Minimises mean_i CE(softmax(W^T x_i + b), y_i) + (l2 / 2) ||W||^2 over the full batch
   with L-BFGS (optax, zoom line search); the bias is not penalised. This is the objective
@@ -95,11 +151,15 @@ def linear_probe_fit(train_feats, train_labels, num_classes: int, l2: float = 1e
   std = jnp.std(x, axis=0)
   scale = jnp.where(std > 1e-6, std, 1.0)  # a constant feature carries no information
   x = (x - mean) / scale
-  onehot = jax.nn.one_hot(train_labels, num_classes, dtype=jnp.float32)
+  multilabel = train_labels.ndim == 2  # static: the shape is known when tracing
 
   def loss(params):
     logits = x @ params['w'] + params['b']
-    ce = -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1))
+    if multilabel:
+      ce = masked_sigmoid_bce(logits, train_labels)
+    else:
+      onehot = jax.nn.one_hot(train_labels, num_classes, dtype=jnp.float32)
+      ce = -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1))
     return ce + 0.5 * l2 * jnp.sum(params['w'] ** 2)
 
   params = {'w': jnp.zeros((x.shape[1], num_classes)), 'b': jnp.zeros((num_classes,))}
@@ -126,16 +186,18 @@ def linear_probe_fit(train_feats, train_labels, num_classes: int, l2: float = 1e
   return LinearProbe(mean=mean, scale=scale, w=params['w'], b=params['b'])
 
 
-@jax.jit
-def linear_probe_predict(probe: LinearProbe, feats):
-  """Class probabilities of a fitted probe.
+@functools.partial(jax.jit, static_argnames=('multilabel',))
+def linear_probe_predict(probe: LinearProbe, feats, multilabel: bool = False):
+  """Class probabilities of a fitted probe (per-finding sigmoids with `multilabel`).
 
   Args:
     probe: from `linear_probe_fit`.
     feats: [M, D] features.
+    multilabel: the probe was fit on multi-label targets.
 
   Returns:
     probs: [M, K].
   """
   x = (feats.astype(jnp.float32) - probe.mean) / probe.scale
-  return jax.nn.softmax(x @ probe.w + probe.b, axis=-1)
+  logits = x @ probe.w + probe.b
+  return jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)

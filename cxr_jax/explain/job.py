@@ -89,7 +89,9 @@ def explain_set(config, data, data_dir: Path) -> ExplainSet:
     name = f'{builder.name}:{spec.split}'
     got = pipeline.read_all(source, ('image', 'label', 'patient_id'))
     images, patient_id = got['image'], got['patient_id']
-    same_classes = tuple(schema.class_names(builder)) == tuple(data.class_names)
+    # a findings model's classes are findings: another set's single labels are not them
+    same_classes = (not getattr(data, 'multilabel', False) and
+                    tuple(schema.class_names(builder)) == tuple(data.class_names))
     labels = got['label'] if same_classes else None
     if images.shape[-1] != data.channels:
       raise ValueError(f'{key}: {name} has {images.shape[-1]}-channel images; the model '

@@ -71,9 +71,16 @@ def randomised_variables(model, variables, kind: str, seed: int, input_shape) ->
   fresh = jax.device_get(fresh)
   if kind == 'full':
     return {k: fresh[k] for k in variables}
-  params = dict(variables['params'])
-  if 'head' not in params:
-    raise ValueError(f"randomisation 'head': the model's params have no 'head' subtree "
-                     f'(it has {sorted(params)})')
-  params['head'] = fresh['params']['head']
-  return {**variables, 'params': params}
+  return {**variables, 'params': _with_head(variables['params'], fresh['params'])}
+
+
+def _with_head(params, fresh):
+  """`params` with its 'head' subtree taken from `fresh`: at the top, or one wrapper
+  level down (a `heads.FindingView` keeps the classifier under 'classifier')."""
+  if 'head' in params:
+    return {**params, 'head': fresh['head']}
+  for key, sub in params.items():
+    if isinstance(sub, dict) and 'head' in sub:
+      return {**params, key: {**sub, 'head': fresh[key]['head']}}
+  raise ValueError(f"randomisation 'head': the model's params have no 'head' subtree "
+                   f'(it has {sorted(params)})')

@@ -156,3 +156,30 @@ class ClassifierModel(nn.Module):
     if stage is not None and stage < len(self.encoder.stage_sizes):
       fmap = self.encoder.feature_map(fmap, False, first_stage=stage + 1)
     return self.head(self.encoder.pool(fmap))
+
+
+class FindingView(nn.Module):
+  """One finding of a multi-label `ClassifierModel` seen as a two-class classifier, for
+  Grad-CAM and the attention analysis: logits [-z/2, z/2] of the finding's logit z, whose
+  softmax is [1 - sigmoid(z), sigmoid(z)] (class 1 = present, class 0 = absent; the
+  Grad-CAM of class 0 is the evidence against the finding).
+
+  Its variables are the classifier's under 'classifier':
+  {'params': {'classifier': params}, 'batch_stats': {'classifier': batch_stats}}.
+  """
+  classifier: ClassifierModel
+  finding: int
+
+  def _two_class(self, logits: jax.Array) -> jax.Array:
+    z = logits[:, self.finding:self.finding + 1]
+    return jnp.concatenate([-0.5 * z, 0.5 * z], axis=-1)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return self._two_class(self.classifier(x, train=train))
+
+  def feature_map(self, x: jax.Array, train: bool = False,
+                  stage: int | None = None) -> jax.Array:
+    return self.classifier.feature_map(x, train, stage=stage)
+
+  def logits_from_feature_map(self, fmap: jax.Array, stage: int | None = None) -> jax.Array:
+    return self._two_class(self.classifier.logits_from_feature_map(fmap, stage=stage))

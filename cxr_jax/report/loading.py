@@ -106,9 +106,14 @@ class Stack:
     self.seeds, self.labels, self.probs = list(seeds), labels, probs
     self.groups, self.class_names = groups, list(class_names)
 
+  @property
+  def multilabel(self) -> bool:
+    """Multi-label findings: labels are float targets [N, F] (NaN = not observed)."""
+    return self.labels.ndim == 2
+
   def same_test_set(self, other: 'Stack') -> bool:
     return (self.labels.shape == other.labels.shape and
-            np.array_equal(self.labels, other.labels) and
+            same_labels(self.labels, other.labels) and
             np.array_equal(self.groups, other.groups))
 
   def seeds_subset(self, seeds) -> np.ndarray:
@@ -127,14 +132,27 @@ def stack_predictions(rs: list[dict]) -> tuple[Stack | None, str]:
   first = preds[0]
   for r, p in zip(rs[1:], preds[1:]):
     if (p['labels'].shape != first['labels'].shape or
-        not np.array_equal(p['labels'], first['labels']) or
+        not same_labels(p['labels'], first['labels']) or
         not np.array_equal(p['patient_id'], first['patient_id'])):
       return None, f'seed {r["seed"]} was tested on other images than seed {rs[0]["seed"]}'
   probs = np.stack([np.asarray(p['probs'], np.float64) for p in preds], axis=1)
-  labels = np.asarray(first['labels']).astype(np.int64)
+  labels = np.asarray(first['labels'])
+  # class indices [N], or multi-label targets [N, F] kept as floats (NaN = not observed)
+  labels = labels.astype(np.float64) if labels.ndim == 2 else labels.astype(np.int64)
   groups = np.asarray(first['patient_id'])
   names = rs[0].get('class_names') or [str(k) for k in range(probs.shape[-1])]
   return Stack([r['seed'] for r in rs], labels, probs, groups, names), ''
+
+
+def same_labels(a, b) -> bool:
+  """Equal label arrays, NaN (an unobserved multi-label target) equal to NaN."""
+  a, b = np.asarray(a), np.asarray(b)
+  return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == 'f')
+
+
+def is_findings(results: list[dict]) -> bool:
+  """Whether these results are of a multi-label findings task."""
+  return any(r.get('task') == 'findings' for r in results)
 
 
 def pretrain_jobs(workdir: Path) -> dict[str, dict]:

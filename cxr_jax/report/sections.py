@@ -31,6 +31,8 @@ class Run:
     cis: {key: {metric: (lo, hi)}} for the stacked groups (none when n_boot is 0).
     atts: {key: `loading.load_attention` dict}, the groups with attention files only.
     summaries: {key: `attention.attention_summary`} of those.
+    class_cis: {key: {'auroc' | 'map' | 'ece': [(lo, hi)] per finding}}, multi-label
+      groups only.
   """
   workdir: Path
   groups: dict
@@ -41,6 +43,7 @@ class Run:
   cis: dict
   atts: dict
   summaries: dict
+  class_cis: dict = dataclasses.field(default_factory=dict)
 
   @property
   def protocols(self) -> list[str]:
@@ -58,11 +61,15 @@ def prepare(workdir: Path, groups: dict, n_boot: int, seed: int) -> Run:
     if stacks[key] is not None and n_boot > 0:
       s = stacks[key]
       cis[key] = bootstrap.seed_mean_cis(s.labels, s.probs, s.groups, n_boot, seed)
+  class_cis = {key: {m: bootstrap.seed_mean_class_cis(s.labels, s.probs, s.groups, n_boot,
+                                                      seed, metric=m)
+                     for m in ('auroc', 'map', 'ece')}
+               for key, s in stacks.items() if s is not None and s.multilabel and n_boot > 0}
   atts = {key: loading.load_attention(rs, stacks[key].groups if stacks[key] is not None
                                       else None) for key, rs in groups.items()}
   atts = {k: v for k, v in atts.items() if v is not None}
   summaries = {k: attention.attention_summary(a, n_boot, seed) for k, a in atts.items()}
-  return Run(workdir, groups, n_boot, seed, stacks, why, cis, atts, summaries)
+  return Run(workdir, groups, n_boot, seed, stacks, why, cis, atts, summaries, class_cis)
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -136,22 +143,96 @@ def _per_class_table(run: Run, keys, title: str) -> list[str]:
   return lines
 
 
+def _findings(run: Run, keys) -> bool:
+  """Whether these groups hold a multi-label findings task (result.json's 'task', or
+  targets [N, F] in the predictions)."""
+  return (loading.is_findings([r for k in keys for r in run.groups[k]]) or
+          any(run.stacks.get(k) is not None and run.stacks[k].multilabel for k in keys))
+
+
+def _per_finding_table(run: Run, keys, title: str, metric: str, label: str) -> list[str]:
+  """Per-finding `metric` ('auroc', 'ap' or 'ece'): mean ± std over seeds [95% CI]."""
+  names = next((r['class_names'] for k in keys for r in run.groups[k]
+                if r.get('class_names')), [])
+  if not names:
+    return []
+  lines = ['', f'### {title}: per-finding {label} (mean ± std over seeds [95% CI])', '']
+  lines += _head(list(names))
+  for key in keys:
+    cis = run.class_cis.get(key, {}).get('map' if metric == 'ap' else metric, [])
+    cells = []
+    for f, name in enumerate(names):
+      cell = _mean_std_cell([r['test'].get(f'{metric}/{name}') for r in run.groups[key]])
+      lo, hi = cis[f] if f < len(cis) else NAN2
+      cells.append(cell + (f' [{_fmt(lo)}, {_fmt(hi)}]' if np.isfinite(lo) else ''))
+    lines.append(_group_row(key, run.groups[key], cells))
+  return lines
+
+
+def _undefined_findings(run: Run, keys) -> list[str]:
+  """The findings without an observed positive or negative on test (AUROC undefined)."""
+  stack = next((run.stacks[k] for k in keys if run.stacks[k] is not None), None)
+  names = next((r['class_names'] for k in keys for r in run.groups[k]
+                if r.get('class_names')), [])
+  if stack is None or not stack.multilabel or len(names) != stack.labels.shape[1]:
+    return []
+  observed = ~np.isnan(stack.labels)
+  pos = (np.where(observed, stack.labels, 0) >= 0.5).sum(axis=0)
+  neg = (observed & (stack.labels < 0.5)).sum(axis=0)
+  return [f'{n} ({int(p)} positive, {int(q)} negative)'
+          for n, p, q in zip(names, pos, neg) if p == 0 or q == 0]
+
+
+def _findings_notes(run: Run, keys) -> list[str]:
+  lines = ['', 'Multi-label findings, one sigmoid each. auroc: the mean over findings of '
+           'the per-finding AUROC (the headline); map: mean per-finding average precision; '
+           f'ece: mean per-finding calibration error ({M.ECE_BINS} bins of the predicted '
+           'probability). Targets that are not observed (NaN, e.g. uncertain labels under '
+           'U-Ignore) are left out of each finding\'s metrics. Model selection on val '
+           f'(mean AUROC) only. Brackets: 95% percentile bootstrap CI over test patients '
+           f'({run.n_boot} resamples) of the mean over seeds; the per-finding CIs use the '
+           'same resamples.']
+  undefined = _undefined_findings(run, keys)
+  if undefined:
+    lines += ['', 'Left out of the means (AUROC and AP undefined on this test set): '
+              + '; '.join(undefined) + '.']
+  no_positive = sorted({(k[1], k[2], name) for k in keys for r in run.groups[k]
+                        for name, count in r.get('train_positives', {}).items() if count == 0},
+                       key=lambda t: (vocab.regime_order(t[0]), t[1], t[2]))
+  if no_positive:
+    lines += ['', 'No positive training example (the label fraction and the train split '
+              'hold none; the head learns "absent" only, so its test AUROC shows what the '
+              'encoder gives without that label): '
+              + '; '.join(f'{name} ({init} {fraction:g})' for init, fraction, name
+                          in no_positive) + '.']
+  return lines
+
+
 def results(run: Run, protocol: str) -> list[str]:
-  """One protocol's table of headline metrics (mean ± std [CI]), then per-class AUROC."""
+  """One protocol's table of headline metrics (mean ± std [CI]), then per-class AUROC
+  (multi-label findings: per-finding AUROC and AP with CIs)."""
   keys = run.keys(protocol)
   title = vocab.PROTOCOL_TITLES.get(protocol, protocol)
   metrics = _metrics(run, keys)
+  findings = _findings(run, keys)
   lines = [f'## {title}: test metrics (mean ± std over seeds [95% CI])', '']
   lines += _head(metrics)
   lines += [_group_row(k, run.groups[k], [_metric_cell(run, k, m) for m in metrics])
             for k in keys]
-  lines += ['', 'auroc: macro one-vs-rest AUROC; map: macro average precision; '
-            f'ece: expected calibration error ({M.ECE_BINS} bins). Model selection on val '
-            f'only. Brackets: 95% percentile bootstrap CI over test patients ({run.n_boot} '
-            'resamples) of the mean over seeds (see the note on statistics below).']
+  if findings:
+    lines += _findings_notes(run, keys)
+  else:
+    lines += ['', 'auroc: macro one-vs-rest AUROC; map: macro average precision; '
+              f'ece: expected calibration error ({M.ECE_BINS} bins). Model selection on val '
+              f'only. Brackets: 95% percentile bootstrap CI over test patients ({run.n_boot} '
+              'resamples) of the mean over seeds (see the note on statistics below).']
   missing = [f'{k[1]} {k[2]:g}: {run.why[k]}' for k in keys if run.stacks[k] is None]
   if missing:
     lines += ['', 'No CI for ' + '; '.join(missing) + '.']
+  if findings:
+    return (lines + _per_finding_table(run, keys, title, 'auroc', 'AUROC')
+            + _per_finding_table(run, keys, title, 'ap', 'AP')
+            + _per_finding_table(run, keys, title, 'ece', 'calibration error (ECE)') + [''])
   return lines + _per_class_table(run, keys, title) + ['']
 
 
@@ -197,7 +278,8 @@ def paired_comparisons(run: Run) -> list[str]:
   if not comps:
     return []
   n_boot = run.n_boot
-  lines = ['## Paired comparisons: test macro AUROC', '']
+  what = 'mean AUROC over findings' if _findings(run, list(run.groups)) else 'macro AUROC'
+  lines = [f'## Paired comparisons: test {what}', '']
   lines += _head(['regime A', 'regime B', 'seeds', 'Δ AUROC (A − B)', '95% CI', 'p',
                   'p (Holm)'], first='protocol | label fraction')
   for c, p_adj in zip(comps, bootstrap.holm([c['p_value'] for c in comps])):
@@ -207,7 +289,7 @@ def paired_comparisons(run: Run) -> list[str]:
   return lines + [
       '', f'Paired cluster bootstrap over the {comps[0]["patients"]} test '
       f'patients ({n_boot} resamples): both regimes are scored on the same resampled '
-      'patients, the difference is of the seed-mean macro AUROC, and p is the '
+      f'patients, the difference is of the seed-mean {what}, and p is the '
       'two-sided bootstrap p-value of no difference (the smallest p that '
       f'{n_boot} resamples can give is {2 / (n_boot + 1):.3f}). p (Holm): adjusted '
       f'for all {len(comps)} comparisons in this table.', '']
@@ -409,7 +491,8 @@ def _overlay_figures(run: Run, folder: Path) -> list[str]:
                                    key=lambda k: (vocab.protocol_order(k[0]), k[1])):
     keys = sorted((k for k in run.atts if (k[0], k[2]) == (protocol, fraction)),
                   key=lambda k: vocab.regime_order(k[1]))
-    class_names = run.groups[keys[0]][0].get('class_names', [])
+    first = run.groups[keys[0]][0]  # findings: the explained finding's absent / present
+    class_names = first.get('attention_class_names') or first.get('class_names', [])
     name = f'overlays_{protocol}_{fraction:g}.png'
     if figures.figure_overlays(folder / name, {k[1]: run.atts[k] for k in keys}, class_names):
       lines.append(f'![Overlays, {protocol}, label fraction {fraction:g}](figures/{name})')

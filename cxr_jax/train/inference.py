@@ -33,22 +33,25 @@ def model_inputs(images, image_size: int):
   return augment.resize(images.astype(jnp.float32) / 255.0, image_size)
 
 
-def probs_of_inputs(model, variables, x):
+def probs_of_inputs(model, variables, x, multilabel: bool = False):
   """Softmax of a classifier on float inputs already at its size, in [0, 1]: [B, K]
-  float32 whatever the model's compute dtype."""
-  return jax.nn.softmax(model.apply(variables, x, train=False).astype(jnp.float32), axis=-1)
+  float32 whatever the model's compute dtype (multilabel: one sigmoid per finding)."""
+  logits = model.apply(variables, x, train=False).astype(jnp.float32)
+  return jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)
 
 
-def probabilities(model, image_size: int):
+def probabilities(model, image_size: int, multilabel: bool = False):
   """probs(variables, images uint8 [B,H,W,C]) -> [B,K] (not jitted: callers jit it)."""
   return lambda variables, images: probs_of_inputs(model, variables,
-                                                   model_inputs(images, image_size))
+                                                   model_inputs(images, image_size),
+                                                   multilabel)
 
 
-def make_predict(model, image_size: int, mesh, batch_size: int):
+def make_predict(model, image_size: int, mesh, batch_size: int, multilabel: bool = False):
   """predict(variables, images uint8 [N,H,W,C]) -> class probabilities [N,K] (numpy,
-  float32 whatever the model's compute dtype)."""
-  return batched_apply(jax.jit(probabilities(model, image_size)), mesh, batch_size)
+  float32 whatever the model's compute dtype; per-finding sigmoids with multilabel)."""
+  return batched_apply(jax.jit(probabilities(model, image_size, multilabel)), mesh,
+                       batch_size)
 
 
 def make_features(model, image_size: int, mesh, batch_size: int, encoder_only: bool = False):

@@ -277,3 +277,28 @@ def test_build_deterministic_and_seeded(tmp_path):
     for key in a[split]:
       np.testing.assert_array_equal(a[split][key], b[split][key], err_msg=key)
     assert not np.array_equal(a[split]['image'], c[split]['image'])
+
+
+def test_findings_option_adds_independent_visible_findings(confounded, tmp_path):
+  # the default build has no targets; findings=True keeps everything else of each image
+  # (own random stream) and draws the findings it records
+  assert 'targets' not in confounded['train']
+  with_findings = _build(tmp_path, size=_SIZE, confounder_strength=1.0, findings=True,
+                         **_COUNTS)
+  assert make_config(findings=True).name.endswith('_findings')
+  with pytest.raises(ValueError, match='findings must be True or False'):
+    make_config(findings='yes')
+  targets = []
+  for split in phantom.SPLITS:
+    plain, got = confounded[split], with_findings[split]
+    for field in ('label', 'true_label', 'confounder', 'mask', 'lesion', 'severity'):
+      np.testing.assert_array_equal(got[field], plain[field])
+    t = got['targets']
+    assert t.shape == (len(plain['label']), len(phantom.FINDINGS)) and t.dtype == np.float32
+    np.testing.assert_array_equal(t[:, 0], plain['true_label'] != phantom.NEGATIVE)
+    drawn = t[:, 1:].any(axis=1)
+    changed = (got['image'] != plain['image']).reshape(len(t), -1).any(axis=1)
+    np.testing.assert_array_equal(changed, drawn)  # drawn exactly where recorded
+    targets.append(t)
+  rate = np.concatenate(targets)[:, 1:].mean(axis=0)
+  assert np.all(np.abs(rate - phantom.FINDING_PREVALENCE) < 0.15), rate

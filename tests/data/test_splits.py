@@ -69,3 +69,29 @@ def test_label_fraction_per_patient_stratified_and_nested():
   assert len(full) == int((labels >= 0).sum())
   with pytest.raises(ValueError, match='fraction'):
     splits.label_fraction_subset(labels, patients, 0.0)
+
+
+def test_finding_fraction_keeps_a_positive_of_each_finding_and_is_nested():
+  rng = np.random.default_rng(0)
+  n = 200
+  patients = [f'p{i // 2}' for i in range(n)]  # two images per patient
+  targets = (rng.random((n, 3)) < [0.5, 0.0, 0.0]).astype(np.float32)
+  targets[17, 1] = 1.0  # one rare finding: a single positive image
+  targets[rng.random((n, 3)) < 0.1] = np.nan
+  targets[40:42] = np.nan  # patient p20: nothing observed, never selected
+  previous = set()
+  for fraction in (0.01, 0.1, 0.5, 1.0):
+    idx = splits.finding_fraction_subset(targets, patients, fraction, seed=3)
+    chosen = {patients[i] for i in idx}
+    # whole patients, about `fraction` of them plus at most one per finding
+    assert all(patients[i] in chosen for i in range(n) if patients[i] in chosen
+               and not np.all(np.isnan(targets[i]))) and 'p20' not in chosen
+    assert len(chosen) <= max(1, round(fraction * 99)) + 3
+    assert 17 in idx  # the rare finding keeps its only positive
+    # a finding without any positive stays without one (documented: its AUROC is
+    # undefined on a test set without positives, and left out of the mean)
+    assert not np.nan_to_num(targets[idx, 2]).any()
+    assert previous <= chosen  # nested
+    previous = chosen
+  with pytest.raises(ValueError, match='label fraction'):
+    splits.finding_fraction_subset(targets, patients, 0.0)

@@ -67,6 +67,7 @@ class ChexpertCxr(_common.CxrBuilder):
   ]
   CLASS_NAMES = CLASS_NAMES
   OBSERVATIONS = OBSERVATIONS
+  FINDING_NAMES = OBSERVATIONS  # `targets` order (schema.finding_names)
   DESCRIPTION = ('CheXpert (Irvin et al. 2019): 224,316 chest radiographs of 65,240 '
                  'patients, 14 observations with uncertainty labels.')
   HOMEPAGE = 'https://stanfordmlgroup.github.io/competitions/chexpert/'

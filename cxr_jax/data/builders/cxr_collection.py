@@ -68,6 +68,8 @@ class CxrCollection(_common.CxrBuilder):
 
   BUILDER_CONFIGS = [CxrCollectionConfig(name='default')]
   CLASS_NAMES = CLASS_NAMES
+  SSL_SPLIT = 'unlabeled'  # images without a usable label (schema.ssl_split)
+  EXTRA_MASKS = 'device,opacity'  # device_mask, opacity_mask (schema.extra_masks)
   DESCRIPTION = ('COVID-19 image data collection (ieee8023 metadata.csv format; also the '
                  'Actualmed, Figure1 and GeneralBlockchain segmentation sets).')
   HOMEPAGE = 'https://github.com/ieee8023/covid-chestxray-dataset'

@@ -48,6 +48,7 @@ class NihCxr14(_common.CxrBuilder):
 
   CLASS_NAMES = CLASS_NAMES
   FINDINGS = FINDINGS
+  FINDING_NAMES = FINDINGS  # `targets` order (schema.finding_names)
   DESCRIPTION = ('NIH ChestX-ray14 (Wang et al. 2017): 112,120 frontal chest X-rays of '
                  '30,805 patients, 14 text-mined findings.')
   HOMEPAGE = 'https://nihcc.app.box.com/v/ChestXray-NIHCC'

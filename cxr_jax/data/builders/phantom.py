@@ -13,6 +13,14 @@ Classes, in the spirit of SIIM-FISABIO-RSNA COVID-19 (see `CLASS_NAMES`):
   indeterminate  unilateral, central (perihilar) opacities, often subtle
   atypical       one dense lobar consolidation in a lower zone, or a pleural effusion
 
+Multi-label findings (option `findings=True`, off by default): `targets` float32 [4] in
+`FINDINGS` order, drawn independently of each other from a separate random stream (the
+default phantom's images and labels do not change):
+  opacity       1 for any non-negative class (the class's opacities above)
+  effusion      fluid filling the base of one lung (prevalence FINDING_PREVALENCE)
+  cardiomegaly  an enlarged heart shadow overlapping the medial lower lungs
+  device        a bright line (a tube or catheter) running down from the neck
+
 Build it (no TensorFlow needed; writes ArrayRecord):
 
   b = Phantom(config=make_config(size=64), data_dir=d, file_format='array_record')
@@ -38,6 +46,10 @@ from cxr_jax.data.schema import UNLABELED, core_features
 
 CLASS_NAMES = ('negative', 'typical', 'indeterminate', 'atypical')
 NEGATIVE, TYPICAL, INDETERMINATE, ATYPICAL = range(4)
+
+FINDINGS = ('opacity', 'effusion', 'cardiomegaly', 'device')
+FINDING_PREVALENCE = 0.3  # of effusion, cardiomegaly and device, each on its own
+_FINDINGS_STREAM = 1  # appended to an example's seed: the findings' own random stream
 
 # Split order fixes the per-split random streams: changing it would change every image.
 SPLITS = ('unlabeled', 'train', 'val', 'test')
@@ -313,6 +325,53 @@ def render(rng: np.random.Generator, label: int, size: int = 64,
               marker=as_u8(marker), severity=severity)
 
 
+def add_findings(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray,
+                 label: int) -> tuple[np.ndarray, np.ndarray]:
+  """Draws the independent multi-label findings onto a rendered phantom.
+
+  Args:
+    rng: the findings' generator (consumed).
+    image: [S, S, 1] uint8 from `render`.
+    mask: [S, S, 1] uint8 lung mask from `render`.
+    label: the image's class (opacity = label != negative).
+
+  Returns:
+    (image [S, S, 1] uint8 with the findings drawn, targets [4] float32 in FINDINGS order).
+  """
+  size = image.shape[0]
+  img = image[..., 0].astype(np.float32) / 255.0
+  lung = mask[..., 0] > 0
+  grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
+  x, y = grid[None, :], grid[:, None]
+  present = rng.uniform(size=3) < FINDING_PREVALENCE
+  effusion, cardiomegaly, device = (bool(v) for v in present)
+  if effusion:  # one lung's base fills with fluid: its lowest 25-40% of rows
+    half = lung & ((x < 0) if rng.integers(2) else (x >= 0))
+    rows = np.nonzero(half.any(axis=1))[0]
+    if rows.size:
+      level = rows.max() - rng.uniform(0.25, 0.4) * (rows.max() - rows.min())
+      fill = half & (np.arange(size)[:, None] >= level)
+      img = np.where(fill, np.maximum(img, rng.uniform(0.6, 0.75)), img)
+  if cardiomegaly:  # the heart shadow widens into both lower lungs
+    heart = (((x - rng.uniform(0.05, 0.1)) / rng.uniform(0.42, 0.5)) ** 2 +
+             ((y - rng.uniform(0.25, 0.32)) / rng.uniform(0.28, 0.33)) ** 2) < 1.0
+    img = np.where(heart & lung, np.maximum(img, rng.uniform(0.55, 0.7)), img)
+  if device:  # a tube from the neck into the chest, gently curved
+    t = np.linspace(0.0, 1.0, 4 * size)
+    x0, x1 = rng.uniform(-0.15, 0.15), rng.uniform(-0.35, 0.35)
+    px = x0 + (x1 - x0) * t + rng.uniform(-0.1, 0.1) * np.sin(np.pi * t)
+    py = -0.95 + rng.uniform(1.0, 1.5) * t
+    cols = np.clip(((px + 1) / 2 * size).astype(int), 0, size - 1)
+    rows = np.clip(((py + 1) / 2 * size).astype(int), 0, size - 1)
+    line = np.zeros((size, size), bool)
+    width = max(1, size // 64)
+    for dr in range(width):
+      line[np.clip(rows + dr, 0, size - 1), cols] = True
+    img = np.where(line, rng.uniform(0.85, 1.0), img)
+  targets = np.array([label != NEGATIVE, effusion, cardiomegaly, device], np.float32)
+  return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)[..., None], targets
+
+
 # ----------------------------------------------------------------------------- labels
 
 
@@ -362,6 +421,7 @@ class PhantomConfig(tfds.core.BuilderConfig):
     confounder_strength: probability in [0, 1] that a train/val example's marker
       equals its label; otherwise the marker is uniform over none/0/1/2/3.
     class_probs: class proportions, in `CLASS_NAMES` order (normalised).
+    findings: add the multi-label `targets` (FINDINGS) and draw them (`add_findings`).
   """
   size: int = 64
   num_unlabeled: int = 2000
@@ -371,6 +431,7 @@ class PhantomConfig(tfds.core.BuilderConfig):
   seed: int = 0
   confounder_strength: float = 0.0
   class_probs: tuple[float, ...] = (0.25, 0.25, 0.25, 0.25)
+  findings: bool = False
 
   def __post_init__(self):
     # Fail at construction, naming the option, rather than deep inside generation.
@@ -390,6 +451,8 @@ class PhantomConfig(tfds.core.BuilderConfig):
       raise ValueError(f'phantom: class_probs must be {len(CLASS_NAMES)} non-negative '
                        f'numbers ({CLASS_NAMES}) with a positive sum, got '
                        f'{self.class_probs!r}')
+    if not isinstance(self.findings, (bool, np.bool_)):
+      raise ValueError(f'phantom: findings must be True or False, got {self.findings!r}')
     self.class_probs = tuple(float(v) for v in p / p.sum())
 
 
@@ -422,6 +485,8 @@ def make_config(**overrides) -> PhantomConfig:
           f'_te{cfg.num_test}_seed{cfg.seed}_conf{_fmt(cfg.confounder_strength)}')
   if not np.allclose(cfg.class_probs, 1.0 / len(CLASS_NAMES)):
     name += '_p' + '-'.join(_fmt(round(p, 4)) for p in cfg.class_probs)
+  if cfg.findings:
+    name += '_findings'
   cfg.name = name
   cfg.description = f'Phantom chest radiographs, options {values}.'
   return cfg
@@ -439,9 +504,17 @@ class Phantom(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == '__
                                          description='Default options (see PhantomConfig).')]
   DEFAULT_CONFIG_NAME = 'default'
   CLASS_NAMES = CLASS_NAMES
+  SSL_SPLIT = 'unlabeled'
+  EXTRA_MASKS = 'lesion,marker'
+
+  @property
+  def FINDING_NAMES(self) -> tuple[str, ...]:  # pylint: disable=invalid-name
+    return FINDINGS if self.builder_config.findings else ()
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.size
+    findings = ({'targets': tfds.features.Tensor(shape=(len(FINDINGS),), dtype=np.float32)}
+                if self.builder_config.findings else {})
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
@@ -451,6 +524,7 @@ class Phantom(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == '__
             confounder=tfds.features.Scalar(dtype=np.int64),
             true_label=tfds.features.Scalar(dtype=np.int64),
             severity=tfds.features.Scalar(dtype=np.float32),
+            **findings,
         ),
         # Records stay in index order, so `source[i]` is example i ('phantom-<split>-<i>').
         disable_shuffling=True,
@@ -472,11 +546,16 @@ class Phantom(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == '__
       marker = example_marker(rng, split, true_label, cfg.confounder_strength)
       out = render(rng, true_label, cfg.size, marker)
       key = f'phantom-{split}-{i}'
+      extra = {}
+      if cfg.findings:  # own stream: the class, marker and anatomy above are unchanged
+        out['image'], extra['targets'] = add_findings(
+            np.random.default_rng([cfg.seed, SPLITS.index(split), i, _FINDINGS_STREAM]),
+            out['image'], out['mask'], true_label)
       yield i, dict(
           image=out['image'], mask=out['mask'], lesion=out['lesion'], has_mask=True,
           label=UNLABELED if split == 'unlabeled' else true_label,
           true_label=true_label, confounder=marker, severity=np.float32(out['severity']),
-          patient_id=key, id=key)
+          patient_id=key, id=key, **extra)
 
 
 # ----------------------------------------------------------------------------- figures

@@ -39,6 +39,7 @@ class RsnaPneumonia(_common.CxrBuilder):
 
   BUILDER_CONFIGS = [RsnaConfig(name='default')]
   CLASS_NAMES = CLASS_NAMES
+  SSL_SPLIT = 'unlabeled'  # stage_2_test_images (schema.ssl_split)
   DESCRIPTION = ('RSNA Pneumonia Detection Challenge: 26,684 NIH chest radiographs (DICOM) '
                  'with 3 classes and lung opacity boxes.')
   HOMEPAGE = 'https://www.kaggle.com/c/rsna-pneumonia-detection-challenge'

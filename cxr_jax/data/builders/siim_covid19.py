@@ -58,6 +58,7 @@ class SiimCovid19(_common.CxrBuilder):
 
   BUILDER_CONFIGS = [SiimConfig(name='default')]
   CLASS_NAMES = CLASS_NAMES
+  SSL_SPLIT = 'unlabeled'  # the test/ images, without labels (schema.ssl_split)
   DESCRIPTION = ('SIIM-FISABIO-RSNA COVID-19 Detection: chest radiographs (DICOM) with '
                  'study-level appearance classes and opacity boxes.')
   HOMEPAGE = 'https://www.kaggle.com/c/siim-covid19-detection'
