@@ -35,7 +35,7 @@ def write_layout(root: Path, studies: int, unlabeled: int, size: int) -> np.ndar
     image_rows.append(f'{image}_image,,none 1 0 0 1 1,{study}')
     dicom_files.make_dicom(root / 'train' / study / series / f'{image}.dcm',
                            r['image'][..., 0] if r['image'].ndim == 3 else r['image'])
-    masks.append(r['mask'])
+    masks.append(r['mask'][..., 0])
   for i in range(unlabeled):  # test/ images: the SSL stage's unlabeled split
     r = phantom.render(rng, label=0, size=size, confounder=-1)
     dicom_files.make_dicom(root / 'test' / f't{i:011x}' / f'u{i:011x}' / f'v{i:011x}.dcm',
