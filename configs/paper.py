@@ -111,7 +111,7 @@ def get_config(arg=None):
     _real(c, a)
 
   # -- the study: regimes x label fractions x seeds x protocols
-  inits = _list(a.inits) or ['scratch', 'ssl', 'curricular']
+  inits = _list(a.inits) or ['scratch', 'ssl', 'ssl_matched', 'curricular']
   if a.imagenet and not a.inits:
     inits.insert(1, 'imagenet')
   if 'imagenet' in inits and not a.imagenet:

@@ -5,6 +5,7 @@ what a locked ConfigDict cannot: entries of the stage list, names, choices betwe
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import logging
@@ -138,7 +139,7 @@ def _finetune(config, stage_names):
   for init in inits(config):
     if init not in vocab.REGIMES:
       raise ValueError(f'config.finetune.inits: unknown init {init!r}; choose from {vocab.REGIMES}')
-    if init in ('curricular', 'ssl') and not stage_names:
+    if init in ('curricular', 'ssl', 'ssl_matched') and not stage_names:
       raise ValueError(f'config.finetune.inits has {init!r} but config.pretrain.stages is empty')
     if init == 'imagenet' and not ft.imagenet_checkpoint:
       raise ValueError('config.finetune.inits has "imagenet" but '
@@ -152,7 +153,7 @@ def _finetune(config, stage_names):
     if protocol not in vocab.PROTOCOLS:
       raise ValueError(f'config.finetune.protocols: unknown protocol {protocol!r}; '
                        f'choose from {vocab.PROTOCOLS}')
-  if 'ssl' in inits(config):
+  if {'ssl', 'ssl_matched'} & set(inits(config)):
     ssl_stage_index(config.pretrain)
   fractions = list(ft.label_fractions)
   if not fractions or any(isinstance(f, bool) or not isinstance(f, (int, float)) or
@@ -175,7 +176,7 @@ def check_data(config, data_dir: Path):
   from cxr_jax.data import pipeline
   regimes = inits(config)
   stages = range(len(config.pretrain.stages)) if 'curricular' in regimes else []
-  if 'ssl' in regimes and 'curricular' not in regimes:
+  if {'ssl', 'ssl_matched'} & set(regimes) and 'curricular' not in regimes:
     stages = [ssl_stage_index(config.pretrain)]
   for i in stages:
     key = f'config.pretrain.stages[{i}].data'
@@ -204,6 +205,23 @@ def ssl_stage_index(pretrain: ml_collections.ConfigDict) -> int:
   if name not in names:
     raise ValueError(f'config.pretrain.ssl_stage={name!r} is not a stage; stages: {names}')
   return names.index(name)
+
+
+def matched_steps(pretrain: ml_collections.ConfigDict) -> int:
+  """The 'ssl_matched' regime's steps: the ssl stage alone sees as many images as the
+  whole curriculum, sum over stages of steps * batch_size, at its own batch size
+  (rounded up to whole steps)."""
+  target = pretrain.stages[ssl_stage_index(pretrain)]
+  images = sum(s.steps * s.batch_size for s in pretrain.stages)
+  return -(-images // target.batch_size)
+
+
+def matched_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose ssl stage runs `matched_steps` (its schedules stretch over
+  them, as they do over any stage's steps); the 'ssl_matched' regime runs that stage."""
+  out = copy.deepcopy(config)  # deep: the stage list's entries are ConfigDicts too
+  out.pretrain.stages[ssl_stage_index(out.pretrain)].steps = matched_steps(out.pretrain)
+  return out
 
 
 def _flatten(value, prefix=''):

@@ -294,3 +294,35 @@ def test_a_bfloat16_run_goes_end_to_end_and_saves_float32_arrays(tmp_path, tiny_
   assert 0.0 <= result['test']['auroc'] <= 1.0
   report = (tmp_path / 'report.md').read_text()
   assert '| curricular | 1 | 1 |' in report
+
+
+def test_matched_steps_give_the_single_stage_the_curriculum_images():
+  config = default.get_config()  # 120 x 128 + 150 x 128 images -> 270 steps at 128
+  assert configuration.matched_steps(config.pretrain) == 270
+  config.pretrain.stages[0].batch_size, config.pretrain.stages[1].batch_size = 256, 64
+  assert configuration.matched_steps(config.pretrain) == (120 * 256 + 150 * 64) // 64
+  config.pretrain.ssl_stage = 'low_res'  # the target stage at 256: 40_320 / 256 = 157.5
+  assert configuration.matched_steps(config.pretrain) == 158  # whole steps, at least as many
+  matched = configuration.matched_config(config)
+  assert matched.pretrain.stages[0].steps == 158 and config.pretrain.stages[0].steps == 120
+
+
+def test_the_ssl_matched_regime_runs_its_stage_alone_in_its_own_folder(tmp_path, tiny_data_dir,
+                                                                      monkeypatch):
+  config = tiny_config(tiny_data_dir)
+  config.pretrain.stages[0].steps, config.pretrain.stages[1].steps = 4, 2
+  config.finetune.inits = 'scratch,ssl,ssl_matched'
+  configuration.validate(config)
+  jobs = []
+
+  def plan_only(config, mesh, writer, workdir, data_dir, stage_indices=None, folder='pretrain',
+                imagenet=None):  # the jobs the regime would run, without training them
+    jobs.extend(pretraining.pretrain_job(config, i, None, mesh, workdir, data_dir, folder)
+                for i in stage_indices)
+  monkeypatch.setattr(pretraining, 'run_curriculum', plan_only)
+  experiment.pretrained_encoders(config, ['scratch', 'ssl', 'ssl_matched'], sharding.make_mesh(),
+                                 None, tmp_path, tiny_data_dir)
+  assert [(j.name, j.num_steps) for j in jobs] == [('pretrain_ssl/full_res', 2),
+                                                   ('pretrain_ssl_matched/full_res', 6)]
+  assert jobs[1].directory == tmp_path / 'pretrain_ssl_matched' / 'full_res'
+  assert config.pretrain.stages[1].steps == 2  # the run's own config is unchanged
