@@ -23,7 +23,8 @@ from cxr_jax.train import workdir as workdir_lib
 log = logging.getLogger('cxr_jax')
 
 STAGE_KEYS = ('name', 'data', 'steps', 'batch_size', 'image_size', 'strength', 'temperature',
-              'ema_momentum', 'keep_head', 'keep_optimizer', 'keep_target')
+              'ema_momentum', 'keep_head', 'keep_optimizer', 'keep_target', 'positives')
+POSITIVES = ('image', 'patient')
 AUGMENT_ON = ('device', 'host')
 DTYPES = ('float32', 'bfloat16', 'float16')
 STEMS = ('imagenet', 'small')
@@ -126,6 +127,10 @@ def _stages(config) -> list[str]:
     _schedule_range(f'{key}.image_size', stage.image_size, stage.steps, 8, None)
     _schedule_range(f'{key}.strength', stage.strength, stage.steps, 0.0, 1.0)
     _schedule_range(f'{key}.temperature', stage.temperature, stage.steps, 1e-6, None)
+    _one_of(f'{key}.positives', stage.positives, POSITIVES)
+    if stage.positives == 'patient' and config.curriculum.pacing.kind != 'none':
+      raise ValueError(f"{key}.positives='patient' needs config.curriculum.pacing.kind='none' "
+                       '(the paced sampler brings no second image)')
     if stage.ema_momentum.kind != 'method':
       _schedule_range(f'{key}.ema_momentum', stage.ema_momentum, stage.steps, 0.0, 1.0)
     names.append(stage.name)
@@ -271,7 +276,12 @@ def read_config_json(path: Path) -> dict:
 
 # keys added to the config after workdirs were written without them: a config.json that
 # lacks one resumes when the run has it at this value (the behaviour before the key)
-ADDED_KEYS = {'explain.umap': False}
+# ('[]' stands for any list index)
+ADDED_KEYS = {'explain.umap': False, 'pretrain.stages[].positives': 'image'}
+
+
+def _added(key: str) -> str:
+  return re.sub(r'\[\d+\]', '[]', key)
 
 
 def check_or_write_config(config: ml_collections.ConfigDict, workdir: Path):
@@ -296,7 +306,7 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: Path):
   a, b = _flatten(saved), _flatten(current)
   changes = {k: [a.get(k, '<absent>'), b.get(k, '<absent>')]
              for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-             and not (k not in a and k in ADDED_KEYS and b[k] == ADDED_KEYS[k])}
+             and not (k not in a and _added(k) in ADDED_KEYS and b[k] == ADDED_KEYS[_added(k)])}
   if not changes:  # only keys added since, at the value that keeps the old behaviour
     return
   refused = [k for k in changes if not _allowed(k, allowed)]

@@ -118,11 +118,20 @@ def test_stage_carry_over_keeps_or_resets_the_head(tmp_path, tiny_data_dir):
     (lambda c: setattr(c.curriculum, 'difficulty', 'loss'), 'config.curriculum.difficulty must be one of'),
     (lambda c: setattr(c.curriculum.pacing, 'kind', 'cubic'), 'config.curriculum.pacing'),
     (lambda c: setattr(c.explain, 'stage', 7), 'config.explain.stage must be 0'),
+    (lambda c: setattr(c.pretrain.stages[1], 'positives', 'study'),
+     r"stages\[1\].positives must be one of \('image', 'patient'\)"),
+    (lambda c: (setattr(c.pretrain.stages[0], 'positives', 'patient'),
+                setattr(c.curriculum.pacing, 'kind', 'root')),
+     r"stages\[0\].positives='patient' needs config.curriculum.pacing.kind='none'"),
+    (lambda c: setattr(c.finetune, 'inits', 'ssl_matched'), None),  # accepted
 ])
 def test_validate_names_the_bad_key(change, message):
   config = default.get_config()
   config.finetune.inits = 'scratch,ssl,curricular'
   change(config)
+  if message is None:
+    configuration.validate(config)
+    return
   with pytest.raises(ValueError, match=message):
     configuration.validate(config)
 
@@ -326,3 +335,22 @@ def test_the_ssl_matched_regime_runs_its_stage_alone_in_its_own_folder(tmp_path,
                                                    ('pretrain_ssl_matched/full_res', 6)]
   assert jobs[1].directory == tmp_path / 'pretrain_ssl_matched' / 'full_res'
   assert config.pretrain.stages[1].steps == 2  # the run's own config is unchanged
+
+
+@pytest.mark.parametrize('augment_on', ['device', 'host'])
+def test_patient_positives_on_one_image_patients_give_todays_batches(tiny_data_dir, augment_on):
+  config = tiny_config(tiny_data_dir)  # the tiny phantom: one image per patient
+  config.augment_on = augment_on
+
+  def batches(positives):
+    config.pretrain.stages[0].positives = positives
+    job = pretraining.pretrain_job(config, 0, None, sharding.make_mesh(), tiny_data_dir,
+                                   tiny_data_dir)
+    it = iter(job.loader)
+    return [next(it) for _ in range(3)]
+  for paired, today in zip(batches('patient'), batches('image')):
+    if augment_on == 'device':
+      assert set(paired) == {'image', 'image2'}
+      np.testing.assert_array_equal(paired['image2'], paired['image'])
+    for key in today:
+      np.testing.assert_array_equal(paired[key], today[key])
