@@ -50,7 +50,8 @@ def get_config(arg=None):
 
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.init = 'scratch'             # 'imagenet': stage 1 starts from finetune.imagenet_checkpoint
-  c.pretrain.ssl_stage = ''               # the stage run alone for the 'ssl' init ('' = the last)
+  c.pretrain.ssl_stage = ''               # the stage run alone for the 'ssl' and 'ssl_matched'
+                                          # inits ('' = the last)
   c.pretrain.method = 'simclr'            # simclr | moco | byol | barlow_twins | vicreg
   for name in ssl.METHODS:                # each method's hyperparameters: config.pretrain.<name>
     c.pretrain[name] = ssl.get_method(name).DEFAULTS.copy_and_resolve_references()
@@ -63,7 +64,9 @@ def get_config(arg=None):
   # the curriculum: low resolution and gentle views first, then full resolution, stronger
   # views. Phantoms are alike (pixel correlation 0.9 between different images): at
   # strength 1 two views of one image differ as much as two images, and SimCLR stays at
-  # chance; 0.2-0.5 leaves the instance recognisable.
+  # chance; 0.2-0.5 leaves the instance recognisable. A stage's positives='patient' takes
+  # view 2 from another image of the same patient (the phantom's images_per_patient option
+  # makes patients with follow-ups); default 'image'.
   c.pretrain.stages = [
       common.stage('low_res', common.data('phantom', 'unlabeled', phantom), steps=120,
                    batch_size=128, image_size=48, strength=schedule('linear', 0.2, 0.4),
@@ -82,7 +85,9 @@ def get_config(arg=None):
   c.finetune.data = ml_collections.ConfigDict(dict(
       name='phantom', options=phantom, manual_dir='',
       train_split='train', val_split='val', test_split='test'))
-  c.finetune.inits = 'scratch,curricular'  # comma-separated: scratch, imagenet, ssl, curricular
+  c.finetune.inits = 'scratch,curricular'  # comma-separated: scratch, imagenet, ssl,
+                                            # ssl_matched (the ssl stage alone for as many
+                                            # images as the curriculum), curricular
   c.finetune.protocols = 'finetune'         # comma-separated: finetune, linear, knn
   c.finetune.imagenet_checkpoint = ''       # a converted .msgpack (python -m cxr_jax.models.convert)
   c.finetune.label_fractions = (1.0,)       # fractions of the train split's patients

@@ -9,10 +9,13 @@ Phantom study (default; synthetic radiographs with a confounding marker in train
     python launch.py --config=configs/paper.py:method=byol,seeds=5 --workdir=runs/paper_byol
 
   Tiny ResNet-18 (width 0.25, as configs/default.py) at 64 px; regimes scratch, ssl,
+  ssl_matched (stage 2 alone for as many images as the curriculum: 270 steps),
   curricular; label fractions 0.25 and 1.0 of the 128 training patients; 3 seeds;
   fine-tune, linear and kNN protocols; Grad-CAM lung and lesion shares on the 512
   unconfounded test images.
-  Expected runtime: about 13 minutes on a 2-core CPU (jax 0.10.2).
+  Expected runtime: 13 minutes on a quiet 2-core CPU (jax 0.10.2) measured before
+  ssl_matched joined the default regimes; it adds a 270-step stage and 18 evaluation
+  jobs (about a third more; not re-measured).
   Expected result: ssl and curricular above scratch in fine-tuned test macro AUROC; every
   regime drops ~0.2 AUROC from the confounded val split to test (README.md has the table).
   Smoke test (seconds to a minute, every code path): `...:runlocal=true`.
@@ -39,8 +42,8 @@ arguments):
   backbone     resnet18 | resnet34 | resnet50 ('' = resnet18 on the phantom, else resnet50)
   fractions    label fractions, e.g. 0.01+0.1+1.0 ('' = the dataset's default)
   seeds        seeds per (regime, fraction)
-  inits        regimes, e.g. scratch+ssl+curricular ('' = those, plus imagenet when a
-               checkpoint is given)
+  inits        regimes, e.g. scratch+ssl+curricular ('' = scratch, ssl, ssl_matched,
+               curricular, plus imagenet when a checkpoint is given)
   protocols    finetune+linear+knn (any subset)
   imagenet     path of a converted ImageNet encoder (.msgpack); '' = no imagenet regime
   stage1_init  scratch | imagenet (start the curriculum's first stage from `imagenet`)
@@ -117,7 +120,7 @@ def get_config(arg=None):
   if 'imagenet' in inits and not a.imagenet:
     raise ValueError('configs/paper.py: the imagenet regime needs imagenet=<converted '
                      'checkpoint .msgpack> (nothing can be downloaded at run time)')
-  c.finetune.inits = ','.join(inits)          # comma-separated: scratch, imagenet, ssl, curricular
+  c.finetune.inits = ','.join(inits)          # comma-separated: scratch, imagenet, ssl, ssl_matched, curricular
   if a.fractions:
     c.finetune.label_fractions = tuple(float(f) for f in _list(a.fractions))
   c.finetune.num_seeds = a.seeds
