@@ -29,7 +29,8 @@ Real data (meant for one GPU; prepare the data first, see docs/datasets.md):
   ResNet-50 at 224 px. Curriculum: stage 1 `natural` on a generic natural-image folder
   (`image_folder` at natural_dir; stage1=cxr_collection uses the ieee8023 collection at
   stage1_dir instead; stage1=none drops it), stage 2 `cxr` on the target's unlabeled
-  chest X-rays. Regimes scratch, ssl (stage 2 alone, from scratch), curricular, and
+  chest X-rays. Regimes scratch, ssl (stage 2 alone, from scratch), ssl_matched (stage 2
+  alone for as many images as both stages), curricular, and
   imagenet when `imagenet=` names a converted checkpoint (python -m
   cxr_jax.models.convert, see docs/paper.md); stage1_init=imagenet starts the curriculum
   from it. Label fractions 0.01, 0.1, 1.0; 3 seeds.
@@ -115,6 +116,8 @@ def get_config(arg=None):
 
   # -- the study: regimes x label fractions x seeds x protocols
   inits = _list(a.inits) or ['scratch', 'ssl', 'ssl_matched', 'curricular']
+  if not a.inits and len(c.pretrain.stages) < 2:  # one stage: ssl_matched would be ssl again
+    inits.remove('ssl_matched')
   if a.imagenet and not a.inits:
     inits.insert(1, 'imagenet')
   if 'imagenet' in inits and not a.imagenet:
