@@ -67,7 +67,7 @@ import ml_collections
 from configs import common
 from configs import default
 from cxr_jax.curriculum import schedule
-from cxr_jax.ssl import METHODS
+from cxr_jax.ssl import METHODS, get_method
 
 PHANTOM = ('size=64,num_unlabeled=2048,num_train=128,num_val=128,num_test=512,'
            'confounder_strength=0.8,seed=0')
@@ -178,6 +178,8 @@ def _real(c, a):
   c.eval_batch_size = 256
   c.worker_count = 8
   c.pretrain.monitor_every = 2000
+  for name in METHODS:  # the methods' own defaults: the demo's recipes are for 270 steps
+    c.pretrain[name] = get_method(name).DEFAULTS.copy_and_resolve_references()
   c.pretrain.optimizer = common.optimizer_config(
       'lars', lr=0.3, base_batch_size=256, lr_scaling='linear', warmup_steps=1000,
       weight_decay=1e-6)
