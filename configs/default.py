@@ -59,6 +59,12 @@ def get_config(arg=None):
   # network than BYOL's 0.996 (made for runs of 10^5 steps: its time constant, 250 steps,
   # is the whole run); 0.99 is BYOL's value for shorter runs and small batches
   c.pretrain.byol.ema_base = 0.99
+  # MoCo: v3 (in-batch negatives, symmetric loss, BN projector of 3 layers, predictor, key
+  # encoder rate 0.99 -> 1 along a cosine: the v3 paper's recipe at our widths). v2's
+  # queue learned too little in 270 steps (its loss stayed near ln K) and lost to scratch
+  # even with rate 0.99 and a queue of 1024: loss 6.64 against ln(K+1) = 6.93 (README)
+  c.pretrain.moco.update(dict(variant='v3', proj_layers=3, proj_bn=True, ema_base=0.99,
+                              ema_cosine=True))
   c.pretrain.monitor_every = 50           # steps between kNN / linear-probe monitors (0: off)
   # AdamW: LARS (SimCLR's choice) is built for large batches and long schedules; its
   # trust ratio (1e-3) moves weights too little in a few hundred steps
