@@ -22,6 +22,11 @@ test macro AUROC over seeds and, for every regime but scratch, the paired differ
 from scratch with its 95% patient-bootstrap CI and p (the report's statistics,
 `cxr_jax.eval.bootstrap`); each point's own report.md has the rest.
 `python -m cxr_jax.sweep --workdir=W --table_only` rewrites the table from what is there.
+
+Cost: a point costs its run. Demo-sized points (configs/default.py, 3 seeds) took 2.5-12
+minutes each on a 2-core CPU VM shared with other jobs (jax 0.10.2, 2026-12-01; the
+first point of a sweep the longest: it prepares the data and trains the scratch cells);
+the demo alone takes about 4 minutes on the same VM when quiet.
 """
 from __future__ import annotations
 
