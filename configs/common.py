@@ -25,7 +25,7 @@ def data(name: str, split: str = 'train', options: str = '', manual_dir: str = '
 
 def stage(name: str, data_spec, steps: int, batch_size: int, image_size=64,
           strength=1.0, temperature=0.2, ema_momentum=None, keep_head: bool = True,
-          keep_optimizer: bool = False, keep_target: bool = True):
+          keep_optimizer: bool = False, keep_target: bool = True, positives: str = 'image'):
   """One pretraining stage; schedulable entries take a number or a `schedule(...)`.
 
   image_size: view size in px; a schedule gives progressive resizing (rounded to multiples
@@ -34,6 +34,8 @@ def stage(name: str, data_spec, steps: int, batch_size: int, image_size=64,
   keep_optimizer: carry the previous stage's optimizer state (momenta) over.
   keep_target: carry the previous stage's EMA target network (BYOL, MoCo) over; else the
     target restarts as a copy of the carried-over online network.
+  positives: 'image' (two views of one image) or 'patient' (view 2 from another image of
+    the same patient when it has one, else from the same image; MICLe, Azizi et al. 2021).
 
   ema_momentum=None keeps the method's own rule for its target network (kind 'method'),
   e.g. BYOL's cosine increase from its ema_base to 1.
@@ -45,4 +47,4 @@ def stage(name: str, data_spec, steps: int, batch_size: int, image_size=64,
       image_size=as_schedule(float(image_size) if not isinstance(image_size, ml_collections.ConfigDict) else image_size),
       strength=as_schedule(strength), temperature=as_schedule(temperature),
       ema_momentum=as_schedule(ema_momentum), keep_head=keep_head,
-      keep_optimizer=keep_optimizer, keep_target=keep_target))
+      keep_optimizer=keep_optimizer, keep_target=keep_target, positives=positives))

@@ -60,10 +60,21 @@ def get_config(arg=None):
 
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.init = 'scratch'             # 'imagenet': stage 1 starts from finetune.imagenet_checkpoint
-  c.pretrain.ssl_stage = ''               # the stage run alone for the 'ssl' init ('' = the last)
+  c.pretrain.ssl_stage = ''               # the stage run alone for the 'ssl' and 'ssl_matched'
+                                          # inits ('' = the last)
   c.pretrain.method = 'simclr'            # simclr | moco | byol | barlow_twins | vicreg
   for name in ssl.METHODS:                # each method's hyperparameters: config.pretrain.<name>
     c.pretrain[name] = ssl.get_method(name).DEFAULTS.copy_and_resolve_references()
+  # demo-sized recipes (README, "Per SSL method"): a 270-step run needs a faster target
+  # network than BYOL's 0.996 (made for runs of 10^5 steps: its time constant, 250 steps,
+  # is the whole run); 0.99 is BYOL's value for shorter runs and small batches
+  c.pretrain.byol.ema_base = 0.99
+  # MoCo: v3 (in-batch negatives, symmetric loss, BN projector of 3 layers, predictor, key
+  # encoder rate 0.99 -> 1 along a cosine: the v3 paper's recipe at our widths). v2's
+  # queue learned too little in 270 steps (its loss stayed near ln K) and lost to scratch
+  # even with rate 0.99 and a queue of 1024: loss 6.64 against ln(K+1) = 6.93 (README)
+  c.pretrain.moco.update(dict(variant='v3', proj_layers=3, proj_bn=True, ema_base=0.99,
+                              ema_cosine=True))
   c.pretrain.monitor_every = 50           # steps between kNN / linear-probe monitors (0: off)
   # AdamW: LARS (SimCLR's choice) is built for large batches and long schedules; its
   # trust ratio (1e-3) moves weights too little in a few hundred steps
@@ -73,7 +84,9 @@ def get_config(arg=None):
   # the curriculum: low resolution and gentle views first, then full resolution, stronger
   # views. Phantoms are alike (pixel correlation 0.9 between different images): at
   # strength 1 two views of one image differ as much as two images, and SimCLR stays at
-  # chance; 0.2-0.5 leaves the instance recognisable.
+  # chance; 0.2-0.5 leaves the instance recognisable. A stage's positives='patient' takes
+  # view 2 from another image of the same patient (the phantom's images_per_patient option
+  # makes patients with follow-ups); default 'image'.
   c.pretrain.stages = [
       common.stage('low_res', common.data('phantom', 'unlabeled', phantom), steps=120,
                    batch_size=128, image_size=48, strength=schedule('linear', 0.2, 0.4),
@@ -95,7 +108,9 @@ def get_config(arg=None):
       # '' = the single `label` (softmax); 'all' or comma-separated names of the builder's
       # findings = multi-label on `targets` (one sigmoid each, NaN targets masked out)
       findings='all' if a.task == 'findings' else ''))
-  c.finetune.inits = 'scratch,curricular'  # comma-separated: scratch, imagenet, ssl, curricular
+  c.finetune.inits = 'scratch,curricular'  # comma-separated: scratch, imagenet, ssl,
+                                            # ssl_matched (the ssl stage alone for as many
+                                            # images as the curriculum), curricular
   c.finetune.protocols = 'finetune'         # comma-separated: finetune, linear, knn
   c.finetune.imagenet_checkpoint = ''       # a converted .msgpack (python -m cxr_jax.models.convert)
   c.finetune.label_fractions = (1.0,)       # fractions of the train split's patients

@@ -5,6 +5,7 @@ what a locked ConfigDict cannot: entries of the stage list, names, choices betwe
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import logging
@@ -22,7 +23,8 @@ from cxr_jax.train import workdir as workdir_lib
 log = logging.getLogger('cxr_jax')
 
 STAGE_KEYS = ('name', 'data', 'steps', 'batch_size', 'image_size', 'strength', 'temperature',
-              'ema_momentum', 'keep_head', 'keep_optimizer', 'keep_target')
+              'ema_momentum', 'keep_head', 'keep_optimizer', 'keep_target', 'positives')
+POSITIVES = ('image', 'patient')
 AUGMENT_ON = ('device', 'host')
 DTYPES = ('float32', 'bfloat16', 'float16')
 STEMS = ('imagenet', 'small')
@@ -134,6 +136,10 @@ def _stages(config) -> list[str]:
     _schedule_range(f'{key}.image_size', stage.image_size, stage.steps, 8, None)
     _schedule_range(f'{key}.strength', stage.strength, stage.steps, 0.0, 1.0)
     _schedule_range(f'{key}.temperature', stage.temperature, stage.steps, 1e-6, None)
+    _one_of(f'{key}.positives', stage.positives, POSITIVES)
+    if stage.positives == 'patient' and config.curriculum.pacing.kind != 'none':
+      raise ValueError(f"{key}.positives='patient' needs config.curriculum.pacing.kind='none' "
+                       '(the paced sampler brings no second image)')
     if stage.ema_momentum.kind != 'method':
       _schedule_range(f'{key}.ema_momentum', stage.ema_momentum, stage.steps, 0.0, 1.0)
     names.append(stage.name)
@@ -147,7 +153,7 @@ def _finetune(config, stage_names):
   for init in inits(config):
     if init not in vocab.REGIMES:
       raise ValueError(f'config.finetune.inits: unknown init {init!r}; choose from {vocab.REGIMES}')
-    if init in ('curricular', 'ssl') and not stage_names:
+    if init in ('curricular', 'ssl', 'ssl_matched') and not stage_names:
       raise ValueError(f'config.finetune.inits has {init!r} but config.pretrain.stages is empty')
     if init == 'imagenet' and not ft.imagenet_checkpoint:
       raise ValueError('config.finetune.inits has "imagenet" but '
@@ -161,7 +167,7 @@ def _finetune(config, stage_names):
     if protocol not in vocab.PROTOCOLS:
       raise ValueError(f'config.finetune.protocols: unknown protocol {protocol!r}; '
                        f'choose from {vocab.PROTOCOLS}')
-  if 'ssl' in inits(config):
+  if {'ssl', 'ssl_matched'} & set(inits(config)):
     ssl_stage_index(config.pretrain)
   fractions = list(ft.label_fractions)
   if not fractions or any(isinstance(f, bool) or not isinstance(f, (int, float)) or
@@ -192,7 +198,7 @@ def check_data(config, data_dir: Path):
   from cxr_jax.data import pipeline
   regimes = inits(config)
   stages = range(len(config.pretrain.stages)) if 'curricular' in regimes else []
-  if 'ssl' in regimes and 'curricular' not in regimes:
+  if {'ssl', 'ssl_matched'} & set(regimes) and 'curricular' not in regimes:
     stages = [ssl_stage_index(config.pretrain)]
   for i in stages:
     key = f'config.pretrain.stages[{i}].data'
@@ -232,6 +238,23 @@ def ssl_stage_index(pretrain: ml_collections.ConfigDict) -> int:
   if name not in names:
     raise ValueError(f'config.pretrain.ssl_stage={name!r} is not a stage; stages: {names}')
   return names.index(name)
+
+
+def matched_steps(pretrain: ml_collections.ConfigDict) -> int:
+  """The 'ssl_matched' regime's steps: the ssl stage alone sees as many images as the
+  whole curriculum, sum over stages of steps * batch_size, at its own batch size
+  (rounded up to whole steps)."""
+  target = pretrain.stages[ssl_stage_index(pretrain)]
+  images = sum(s.steps * s.batch_size for s in pretrain.stages)
+  return -(-images // target.batch_size)
+
+
+def matched_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose ssl stage runs `matched_steps` (its schedules stretch over
+  them, as they do over any stage's steps); the 'ssl_matched' regime runs that stage."""
+  out = copy.deepcopy(config)  # deep: the stage list's entries are ConfigDicts too
+  out.pretrain.stages[ssl_stage_index(out.pretrain)].steps = matched_steps(out.pretrain)
+  return out
 
 
 def _flatten(value, prefix=''):
@@ -281,9 +304,16 @@ def read_config_json(path: Path) -> dict:
 
 # keys added to the config after workdirs were written without them: a config.json that
 # lacks one resumes when the run has it at this value (the behaviour before the key)
+# ('[]' stands for any list index)
 ADDED_KEYS = {'explain.umap': False, 'explain.randomise': '', 'explain.data.name': '',
               'explain.data.options': '', 'explain.data.manual_dir': '',
-              'explain.data.split': 'test', 'explain.masks': 'dataset'}
+              'explain.data.split': 'test', 'explain.masks': 'dataset',
+              'explain.finding': '', 'finetune.data.findings': '',
+              'pretrain.stages[].positives': 'image'}
+
+
+def _added(key: str) -> str:
+  return re.sub(r'\[\d+\]', '[]', key)
 
 
 def check_or_write_config(config: ml_collections.ConfigDict, workdir: Path):
@@ -308,7 +338,7 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: Path):
   a, b = _flatten(saved), _flatten(current)
   changes = {k: [a.get(k, '<absent>'), b.get(k, '<absent>')]
              for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-             and not (k not in a and k in ADDED_KEYS and b[k] == ADDED_KEYS[k])}
+             and not (k not in a and _added(k) in ADDED_KEYS and b[k] == ADDED_KEYS[_added(k)])}
   if not changes:  # only keys added since, at the value that keeps the old behaviour
     return
   refused = [k for k in changes if not _allowed(k, allowed)]

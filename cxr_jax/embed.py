@@ -1,6 +1,6 @@
 """Embeddings of a dataset split by a trained encoder of a workdir:
 
-    python -m cxr_jax.embed --workdir=W (--stage=NAME [--folder=pretrain|pretrain_ssl] |
+    python -m cxr_jax.embed --workdir=W (--stage=NAME [--folder=pretrain|pretrain_ssl|pretrain_ssl_matched] |
         --job=finetune/<init>/<fraction>/seed<k>) --data=BUILDER:SPLIT [--data_dir=...] \\
         [--options=k=v,...] [--image_size=PX] --out=emb.npz
 
@@ -28,6 +28,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from cxr_jax import configuration
+from cxr_jax import vocab
 
 
 def config_from_json(path: Path):
@@ -62,6 +65,8 @@ def stage_encoder(config, workdir: Path, stage: str, folder: str, mesh, data_dir
   finished stage of the workdir."""
   from cxr_jax import pretraining
   from cxr_jax.train import loop
+  if folder == vocab.SINGLE_STAGE_FOLDERS['ssl_matched']:  # that regime's stage ran longer
+    config = configuration.matched_config(config)
   names = [s.name for s in config.pretrain.stages]
   if stage not in names:
     raise SystemExit(f'--stage={stage!r} is not a stage of {workdir}; stages: {names}')
@@ -140,8 +145,8 @@ def main(argv=None):
   which.add_argument('--stage', help='a pretraining stage of the run')
   which.add_argument('--job', help='a fine-tuning cell: finetune/<init>/<fraction>/seed<k> '
                      '(its best weights, as selected on val)')
-  parser.add_argument('--folder', default='pretrain', choices=('pretrain', 'pretrain_ssl'),
-                      help="the stage's folder: pretrain (curricular) or pretrain_ssl (ssl)")
+  parser.add_argument('--folder', default='pretrain', choices=('pretrain', 'pretrain_ssl', 'pretrain_ssl_matched'),
+                      help="the stage's folder: pretrain (curricular) or pretrain_ssl (ssl), pretrain_ssl_matched (ssl_matched)")
   parser.add_argument('--data', required=True, help='BUILDER:SPLIT, e.g. phantom:test')
   parser.add_argument('--data_dir', default='', help="TFDS data_dir (default: the run's)")
   parser.add_argument('--options', default=None, help="the builder's options 'k=v,...'")

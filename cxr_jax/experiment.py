@@ -8,6 +8,8 @@
                 -> <workdir>/pretrain/<stage>/          (cxr_jax.pretraining)
                 the 'ssl' regime: its one stage alone, from scratch
                 -> <workdir>/pretrain_ssl/<stage>/
+                the 'ssl_matched' regime: that stage alone for as many images as the
+                whole curriculum -> <workdir>/pretrain_ssl_matched/<stage>/
       embeddings (config.explain.umap): each regime's test-split features
                 -> <workdir>/embeddings/<init>.npz      (finetuning.save_embeddings)
       evaluate: protocol x init x label fraction x seed, each cell a job
@@ -28,6 +30,7 @@ import ml_collections
 from cxr_jax import configuration
 from cxr_jax import finetuning
 from cxr_jax import pretraining
+from cxr_jax import vocab
 from cxr_jax.train import loop
 from cxr_jax.train import sharding
 from cxr_jax.train import state as state_lib
@@ -88,5 +91,11 @@ def pretrained_encoders(config, inits, mesh, writer, workdir: Path, data_dir: Pa
   if 'ssl' in inits:  # one SSL stage on the target data, from scratch
     encoders['ssl'] = state_lib.encoder_variables(pretraining.run_curriculum(
         config, mesh, writer, workdir, data_dir,
-        [configuration.ssl_stage_index(config.pretrain)], folder='pretrain_ssl'))
+        [configuration.ssl_stage_index(config.pretrain)], folder=vocab.SINGLE_STAGE_FOLDERS['ssl']))
+  if 'ssl_matched' in inits:  # the same stage, as many images as the curriculum sees
+    matched = configuration.matched_config(config)
+    encoders['ssl_matched'] = state_lib.encoder_variables(pretraining.run_curriculum(
+        matched, mesh, writer, workdir, data_dir,
+        [configuration.ssl_stage_index(matched.pretrain)],
+        folder=vocab.SINGLE_STAGE_FOLDERS['ssl_matched']))
   return encoders

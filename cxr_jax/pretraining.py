@@ -37,8 +37,8 @@ from cxr_jax.train import state as state_lib
 def make_step(model, method, mcfg, tx, schedules, image_size: int):
   """The pretraining step at one view size: (state, batch) -> (state, scalar metrics).
 
-  batch: {'image': uint8 [B,H,W,C]} (views cut here, on the device) or {'view1', 'view2'}
-  (cut on the host). `schedules` maps names to step -> value functions; their values
+  batch: {'image': uint8 [B,H,W,C]} (views cut here, on the device; with 'image2', view 2
+  from it: patient-aware positives) or {'view1', 'view2'} (cut on the host). `schedules` maps names to step -> value functions; their values
   reach the method as traced scalars in `hp`, so schedules never recompile the step.
   The metrics include 'finite' (`loop.checked`)."""
   def step(state, batch):
@@ -49,7 +49,9 @@ def make_step(model, method, mcfg, tx, schedules, image_size: int):
     else:
       rng = jax.random.fold_in(state.rng, t)
       images = batch['image'].astype(jnp.float32) / 255.0
-      view1, view2 = augment.two_views(rng, images, hp['strength'], image_size)
+      # 'image2': another image of the same patient for view 2 (stage positives='patient')
+      second = batch['image2'].astype(jnp.float32) / 255.0 if 'image2' in batch else None
+      view1, view2 = augment.two_views(rng, images, hp['strength'], image_size, second=second)
 
     def loss_of(params):
       return method.loss_fn(model, params, state.batch_stats, state.extra, view1, view2, hp, mcfg)
@@ -98,20 +100,28 @@ class ResizingStep:
 
 def make_loader(config, stage, source, batch_size: int, seed: int, sizes, strength):
   """The stage's batches: uniform shuffling, or the data-difficulty curriculum of
-  config.curriculum; with config.augment_on='host', records leave the loader as the
-  step's two views (`sizes`: view size per step, `strength`: its schedule)."""
+  config.curriculum; with stage.positives='patient', each record also brings 'image2',
+  another image of its patient (`pipeline.PatientPositives`); with
+  config.augment_on='host', records leave the loader as the step's two views (`sizes`:
+  view size per step, `strength`: its schedule)."""
   if config.curriculum.pacing.kind == 'none':
     images = (pipeline.image_cache(source) or source) if config.image_cache else source
-    views = None
+    maps, fields = [], ('image',)
+    if stage.positives == 'patient':  # view 2 from another image of the same patient
+      patient_ids = pipeline.read_all(source, ('patient_id',))['patient_id']
+      maps.append(pipeline.PatientPositives(images, patient_ids,
+                                            seed=seed * 1024 + jax.process_index()))
+      images, fields = pipeline.WithIndex(images), ('image', 'index')
     if config.augment_on == 'host':
       from cxr_jax.data import host_augment
       strengths = np.asarray([float(strength(t)) for t in range(stage.steps)], np.float32)
       # indices are per process: the process in the seed keeps hosts' draws apart
-      views = host_augment.TwoViews(np.asarray(sizes), strengths, batch_size=batch_size,
-                                    seed=seed * 1024 + jax.process_index()).map_with_index
-    return pipeline.make_loader(images, batch_size=batch_size, seed=seed, fields=('image',),
+      maps.append(host_augment.TwoViews(np.asarray(sizes), strengths, batch_size=batch_size,
+                                        seed=seed * 1024 + jax.process_index()).map_with_index)
+    return pipeline.make_loader(images, batch_size=batch_size, seed=seed, fields=fields,
                                 worker_count=config.worker_count,
-                                read_threads=config.read_threads, map_with_index=views)
+                                read_threads=config.read_threads,
+                                map_with_index=pipeline.chain(maps))
   import grain
   from cxr_jax.data import pacing as pacing_lib
   difficulty = pacing_lib.difficulty_from_config(

@@ -7,8 +7,12 @@ SSL method names live with the methods (`cxr_jax.ssl.METHODS`), ECE bins with th
 metrics (`cxr_jax.eval.metrics.ECE_BINS`).
 """
 
-# fine-tuning initialisations, in the order the report lists them (the baseline first)
-REGIMES = ('scratch', 'imagenet', 'ssl', 'curricular')
+# fine-tuning initialisations, in the order the report lists them (the baseline first).
+# 'ssl': the target stage alone, its own steps; 'ssl_matched': the target stage alone for
+# as many images as the whole curriculum (the compute-matched control of 'curricular')
+REGIMES = ('scratch', 'imagenet', 'ssl', 'ssl_matched', 'curricular')
+# the workdir folder of each single-stage regime's pretraining
+SINGLE_STAGE_FOLDERS = {'ssl': 'pretrain_ssl', 'ssl_matched': 'pretrain_ssl_matched'}
 
 # evaluation protocols, in report order, and the top-level workdir folder of each
 PROTOCOLS = ('finetune', 'linear', 'knn')

@@ -42,3 +42,16 @@ def test_an_unreadable_config_json_is_named(tmp_path, text):
   (tmp_path / 'config.json').write_text(text)
   with pytest.raises(RunError, match=rf'{tmp_path / "config.json"} is not the config of a run'):
     configuration.check_or_write_config(default.get_config(), tmp_path)
+
+
+def test_a_config_json_from_before_stage_positives_resumes(tmp_path):
+  config = default.get_config()
+  configuration.check_or_write_config(config, tmp_path)
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  for stage in saved['pretrain']['stages']:
+    del stage['positives']  # as written before the key existed
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  configuration.check_or_write_config(config, tmp_path)  # 'image' is the old behaviour
+  config.pretrain.stages[1].positives = 'patient'
+  with pytest.raises(ValueError, match=r"pretrain.stages\[1\].positives: '<absent>' -> 'patient'"):
+    configuration.check_or_write_config(config, tmp_path)

@@ -123,11 +123,20 @@ def test_stage_carry_over_keeps_or_resets_the_head(tmp_path, tiny_data_dir):
     (lambda c: setattr(c.explain, 'masks', 'segmenter:'), r"config.explain.masks='segmenter:'"),
     (lambda c: c.explain.data.update(dict(name='covid_qu_ex', split='')),
      'config.explain.data.split: empty'),
+    (lambda c: setattr(c.pretrain.stages[1], 'positives', 'study'),
+     r"stages\[1\].positives must be one of \('image', 'patient'\)"),
+    (lambda c: (setattr(c.pretrain.stages[0], 'positives', 'patient'),
+                setattr(c.curriculum.pacing, 'kind', 'root')),
+     r"stages\[0\].positives='patient' needs config.curriculum.pacing.kind='none'"),
+    (lambda c: setattr(c.finetune, 'inits', 'ssl_matched'), None),  # accepted
 ])
 def test_validate_names_the_bad_key(change, message):
   config = default.get_config()
   config.finetune.inits = 'scratch,ssl,curricular'
   change(config)
+  if message is None:
+    configuration.validate(config)
+    return
   with pytest.raises(ValueError, match=message):
     configuration.validate(config)
 
@@ -299,3 +308,54 @@ def test_a_bfloat16_run_goes_end_to_end_and_saves_float32_arrays(tmp_path, tiny_
   assert 0.0 <= result['test']['auroc'] <= 1.0
   report = (tmp_path / 'report.md').read_text()
   assert '| curricular | 1 | 1 |' in report
+
+
+def test_matched_steps_give_the_single_stage_the_curriculum_images():
+  config = default.get_config()  # 120 x 128 + 150 x 128 images -> 270 steps at 128
+  assert configuration.matched_steps(config.pretrain) == 270
+  config.pretrain.stages[0].batch_size, config.pretrain.stages[1].batch_size = 256, 64
+  assert configuration.matched_steps(config.pretrain) == (120 * 256 + 150 * 64) // 64
+  config.pretrain.ssl_stage = 'low_res'  # the target stage at 256: 40_320 / 256 = 157.5
+  assert configuration.matched_steps(config.pretrain) == 158  # whole steps, at least as many
+  matched = configuration.matched_config(config)
+  assert matched.pretrain.stages[0].steps == 158 and config.pretrain.stages[0].steps == 120
+
+
+def test_the_ssl_matched_regime_runs_its_stage_alone_in_its_own_folder(tmp_path, tiny_data_dir,
+                                                                      monkeypatch):
+  config = tiny_config(tiny_data_dir)
+  config.pretrain.stages[0].steps, config.pretrain.stages[1].steps = 4, 2
+  config.finetune.inits = 'scratch,ssl,ssl_matched'
+  configuration.validate(config)
+  jobs = []
+
+  def plan_only(config, mesh, writer, workdir, data_dir, stage_indices=None, folder='pretrain',
+                imagenet=None):  # the jobs the regime would run, without training them
+    jobs.extend(pretraining.pretrain_job(config, i, None, mesh, workdir, data_dir, folder)
+                for i in stage_indices)
+  monkeypatch.setattr(pretraining, 'run_curriculum', plan_only)
+  experiment.pretrained_encoders(config, ['scratch', 'ssl', 'ssl_matched'], sharding.make_mesh(),
+                                 None, tmp_path, tiny_data_dir)
+  assert [(j.name, j.num_steps) for j in jobs] == [('pretrain_ssl/full_res', 2),
+                                                   ('pretrain_ssl_matched/full_res', 6)]
+  assert jobs[1].directory == tmp_path / 'pretrain_ssl_matched' / 'full_res'
+  assert config.pretrain.stages[1].steps == 2  # the run's own config is unchanged
+
+
+@pytest.mark.parametrize('augment_on', ['device', 'host'])
+def test_patient_positives_on_one_image_patients_give_todays_batches(tiny_data_dir, augment_on):
+  config = tiny_config(tiny_data_dir)  # the tiny phantom: one image per patient
+  config.augment_on = augment_on
+
+  def batches(positives):
+    config.pretrain.stages[0].positives = positives
+    job = pretraining.pretrain_job(config, 0, None, sharding.make_mesh(), tiny_data_dir,
+                                   tiny_data_dir)
+    it = iter(job.loader)
+    return [next(it) for _ in range(3)]
+  for paired, today in zip(batches('patient'), batches('image')):
+    if augment_on == 'device':
+      assert set(paired) == {'image', 'image2'}
+      np.testing.assert_array_equal(paired['image2'], paired['image'])
+    for key in today:
+      np.testing.assert_array_equal(paired[key], today[key])

@@ -227,13 +227,15 @@ def augment(key: jax.Array, images: jax.Array, strength: jax.Array | float,
 
 
 def two_views(key: jax.Array, images: jax.Array, strength: jax.Array | float,
-              out_size: int, params: AugmentParams = AugmentParams()
-              ) -> tuple[jax.Array, jax.Array]:
+              out_size: int, params: AugmentParams = AugmentParams(),
+              second: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Two independent views of each image (for SimCLR/BYOL-style losses).
 
   Args and returns as in `augment`, with the two views drawn from independent
-  keys: ([B, out, out, C], [B, out, out, C]).
+  keys: ([B, out, out, C], [B, out, out, C]). `second`: images of the same shape that
+  view 2 is cut from instead (patient-aware positives: another image of the same
+  patient); the keys are the same either way.
   """
   key1, key2 = jax.random.split(key)
   return (augment(key1, images, strength, out_size, params),
-          augment(key2, images, strength, out_size, params))
+          augment(key2, images if second is None else second, strength, out_size, params))

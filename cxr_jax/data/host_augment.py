@@ -167,7 +167,8 @@ def _quantize(x: np.ndarray, dtype) -> np.ndarray:
 
 
 class TwoViews:
-  """Two host-side views per record: {'image', ...} -> {'view1', 'view2', *keep}.
+  """Two host-side views per record: {'image', ...} -> {'view1', 'view2', *keep}; a
+  record with 'image2' (another image of the same patient) takes view 2 from it.
 
   Use as a grain.transforms.RandomMap through `make_random_map` (`random_map(element,
   rng)`, constant strength) or with `grain.MapDataset.map_with_index(views.map_with_index)`
@@ -205,7 +206,9 @@ class TwoViews:
     strength, size = float(self._at(self.strength, step)), int(self._at(self.out_size, step))
     out = {k: element[k] for k in self.keep}
     out['view1'] = _quantize(augment_one(rng, image, strength, size, self.params), self.dtype)
-    out['view2'] = _quantize(augment_one(rng, image, strength, size, self.params), self.dtype)
+    # 'image2' (patient-aware positives): another image of the same patient gives view 2
+    second = np.asarray(element['image2']) if 'image2' in element else image
+    out['view2'] = _quantize(augment_one(rng, second, strength, size, self.params), self.dtype)
     return out
 
   def random_map(self, element, rng: np.random.Generator):

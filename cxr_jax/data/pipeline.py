@@ -281,6 +281,12 @@ class WithColumns:
 
   def __init__(self, source, columns: dict[str, np.ndarray]):
     self._source, self._columns = source, columns
+class WithIndex:
+  """`source` whose records also carry their position in it, 'index' (for a map that
+  needs to know which record it has, e.g. `PatientPositives`)."""
+
+  def __init__(self, source):
+    self._source = source
 
   def __len__(self):
     return len(self._source)
@@ -293,6 +299,65 @@ class WithColumns:
   def decoding(self, fields: Sequence[str]):
     return WithColumns(decoding(self._source, [f for f in fields if f not in self._columns]),
                        self._columns)
+    return dict(self._source[i], index=np.int64(i))
+
+  def decoding(self, fields: Sequence[str]):
+    return WithIndex(decoding(self._source, [f for f in fields if f != 'index']))
+
+
+class PatientPositives:
+  """Patient-aware positive pairs (MICLe, Azizi et al. 2021): a `map_with_index` that
+  turns {'image', 'index', ...} into {'image', 'image2', ...}, image2 being another image
+  of the same patient, drawn uniformly among the patient's other images from
+  (seed, stream position) (so a resumed iterator draws the same ones, and an image
+  meets different partners in different epochs), or the same image when the patient
+  has no other.
+
+  source: the records' images (indexable by 'index'); patient_ids: [N] the patient of
+  each record (str or bytes).
+  """
+
+  def __init__(self, source, patient_ids, seed: int):
+    ids = np.asarray(patient_ids)
+    if len(ids) != len(source):
+      raise ValueError(f'{len(ids)} patient ids for {len(source)} images')
+    self._images, self._seed = decoding(source, ('image',)), seed
+    _, patient = np.unique(ids, return_inverse=True)
+    order = np.argsort(patient, kind='stable')
+    groups = np.split(order, np.flatnonzero(np.diff(patient[order])) + 1)
+    self._others = [None] * len(ids)
+    for group in groups:
+      for i in group:
+        self._others[i] = group[group != i]
+
+  def others(self, i: int) -> np.ndarray:
+    """The indices of the other images of record i's patient."""
+    return self._others[i]
+
+  def __call__(self, index: int, record):
+    record = dict(record)
+    others = self._others[int(record.pop('index'))]
+    if others.size:
+      j = others[np.random.default_rng([self._seed, int(index)]).integers(others.size)]
+      record['image2'] = np.asarray(self._images[int(j)]['image'])
+    else:
+      record['image2'] = record['image']
+    return record
+
+
+def chain(maps):
+  """One `map_with_index` applying `maps` in order (None when there are none)."""
+  maps = list(maps)
+  if not maps:
+    return None
+  if len(maps) == 1:
+    return maps[0]
+
+  def apply(index, record):
+    for fn in maps:
+      record = fn(index, record)
+    return record
+  return apply
 
 
 class SelectFields(grain.transforms.Map):

@@ -164,6 +164,18 @@ def test_two_views_are_independent_augments(images):
       v2, augment_jit(k2, images, _f32(1.0), out_size=OUT))
 
 
+def test_second_images_give_view_two_with_the_same_keys(images):
+  key = jax.random.key(4)
+  other = images[::-1]
+  v1, v2 = two_views_jit(key, images, _f32(1.0), out_size=OUT, second=other)
+  w1, w2 = two_views_jit(key, images, _f32(1.0), out_size=OUT)
+  np.testing.assert_array_equal(v1, w1)  # view 1 is untouched
+  np.testing.assert_array_equal(v2, augment_jit(jax.random.split(key)[1], other, _f32(1.0),
+                                                out_size=OUT))
+  same = two_views_jit(key, images, _f32(1.0), out_size=OUT, second=images)
+  np.testing.assert_array_equal(same[1], w2)  # a patient's only image: today's views
+
+
 def test_view_spread_grows_with_strength(images):
   def spread(strength):
     diffs = [

@@ -162,6 +162,21 @@ def test_map_with_index_is_deterministic_and_scheduled():
   np.testing.assert_array_equal(early['view1'], early['view2'])
 
 
+def test_image2_gives_view_two_and_the_same_image_gives_todays_views():
+  rng = np.random.default_rng(4)
+  image, other = rng.integers(0, 256, (2, 48, 48, 1), dtype=np.uint8)
+  views = ha.TwoViews(32, strength=0.0, seed=7)  # strength 0: each view is its image resized
+  plain = views.map_with_index(5, {'image': image})
+  paired = views.map_with_index(5, {'image': image, 'image2': other})
+  np.testing.assert_array_equal(paired['view1'], plain['view1'])
+  np.testing.assert_array_equal(paired['view2'], views.map_with_index(5, {'image': other})['view1'])
+  strong = ha.TwoViews(32, strength=1.0, seed=7)
+  a = strong.map_with_index(5, {'image': image})
+  b = strong.map_with_index(5, {'image': image, 'image2': image})
+  for k in ('view1', 'view2'):
+    np.testing.assert_array_equal(a[k], b[k])
+
+
 def test_runs_in_a_grain_pipeline():
   import grain
   images = np.random.default_rng(5).integers(0, 256, (16, 40, 40, 1), dtype=np.uint8)

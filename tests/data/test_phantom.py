@@ -196,6 +196,30 @@ def test_make_config_names_and_errors():
     make_config(seed=-1)
 
 
+def test_follow_ups_share_patient_class_and_findings_and_first_images_stay(tmp_path):
+  k = 3
+  data = _build(tmp_path, size=_SIZE, num_unlabeled=7, num_train=6, num_val=3, num_test=3,
+                confounder_strength=0.5, images_per_patient=k)
+  for split, rows in data.items():
+    for i in range(len(rows['id'])):
+      first = i - i % k  # the patient's first image
+      assert rows['patient_id'][i] == f'phantom-{split}-patient{i // k}'
+      for field in ('true_label', 'confounder', 'severity'):
+        assert rows[field][i] == rows[field][first], (split, i, field)
+      if i == first:  # rendered exactly as an image of a one-image patient would be
+        rng, label = phantom.example_rng(0, split, i // k), int(rows['true_label'][i])
+        assert phantom.example_marker(rng, split, label, 0.5) == rows['confounder'][i]
+        out = render(rng, label, _SIZE, int(rows['confounder'][i]))
+        np.testing.assert_array_equal(rows['image'][i], out['image'])
+      else:  # same anatomy, another position and exposure
+        assert not np.array_equal(rows['image'][i], rows['image'][first])
+        assert rows['mask'][i].sum() > 0
+  assert make_config(images_per_patient=2).name.endswith('_ipp2')
+  assert make_config(images_per_patient=1).name == make_config().name
+  with pytest.raises(ValueError, match='images_per_patient'):
+    make_config(images_per_patient=0)
+
+
 def test_registered_with_default_config(tmp_path):
   assert tfds.builder_cls('phantom') is Phantom
   builder = Phantom(data_dir=str(tmp_path), file_format='array_record')

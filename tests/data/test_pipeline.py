@@ -176,3 +176,36 @@ def test_image_cache_on_a_read_only_dataset_falls_back_to_the_records(
   # what training then reads: the TFDS records
   batch = next(iter(pipeline.make_loader(source, batch_size=8, seed=5)))
   assert batch['image'].shape == (8, 32, 32, 1)
+
+
+def _patient_loader(patients, seed=0, batch_size=4):
+  """A loader of in-memory records whose image holds its own index, paired by patient."""
+  source = [{'image': np.full((2, 2, 1), i, np.uint8)} for i in range(len(patients))]
+  pairs = pipeline.PatientPositives(source, patients, seed=seed)
+  return pipeline.make_loader(pipeline.WithIndex(source), batch_size=batch_size, seed=seed,
+                              fields=('image', 'index'), map_with_index=pairs), source
+
+
+def test_patient_positives_never_cross_patients_and_vary_between_epochs():
+  patients = np.array(['a', 'b', 'a', 'c', 'b', 'a', 'd', 'c'])  # d has one image
+  loader, _ = _patient_loader(patients)
+  it = iter(loader)
+  partners = {i: set() for i in range(len(patients))}
+  for _ in range(40):  # 20 epochs of 8 images
+    batch = next(it)
+    assert set(batch) == {'image', 'image2'}
+    for first, second in zip(batch['image'][:, 0, 0, 0], batch['image2'][:, 0, 0, 0]):
+      assert patients[first] == patients[second]
+      assert first != second or first == 6  # another image whenever the patient has one
+      partners[int(first)].add(int(second))
+  assert partners[0] == {2, 5} and partners[2] == {0, 5} and partners[6] == {6}
+  assert partners[1] == {4} and partners[3] == {7}
+
+
+def test_patient_positives_with_one_image_per_patient_are_the_images_themselves():
+  patients = np.array([f'p{i}' for i in range(8)])
+  loader, source = _patient_loader(patients, seed=3)
+  plain = pipeline.make_loader(source, batch_size=4, seed=3, fields=('image',))
+  for paired, today in zip(_take(iter(loader), 6), _take(iter(plain), 6)):
+    np.testing.assert_array_equal(paired['image'], today['image'])  # same order, bit for bit
+    np.testing.assert_array_equal(paired['image2'], today['image'])

@@ -138,7 +138,8 @@ def _blob(x, y, centre, sigma, flat=False):
 
 
 def render(rng: np.random.Generator, label: int, size: int = 64,
-           confounder: int = NO_MARKER) -> dict[str, Any]:
+           confounder: int = NO_MARKER,
+           followup: np.random.Generator | None = None) -> dict[str, Any]:
   """Renders one phantom chest radiograph.
 
   Everything random is drawn from `rng`, so the image is a pure function of its state.
@@ -151,6 +152,11 @@ def render(rng: np.random.Generator, label: int, size: int = 64,
     size: image side S in pixels (>= 16).
     confounder: -1 for no marker, or 0..3: a bright glyph burned in at that corner
       (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right), never on the lungs.
+    followup: a second generator for a follow-up image of the same patient: the
+      patient's position and size in the field, the exposure (window, contrast, gamma),
+      detector blur and noise are drawn from it, everything else (anatomy, findings,
+      marker) from `rng` as for the first image. `rng` is consumed the same way either
+      way, so None gives exactly the image of before this option.
 
   Returns:
     A dict with
@@ -168,12 +174,15 @@ def render(rng: np.random.Generator, label: int, size: int = 64,
     raise ValueError(f'size must be at least 16 px, got {size}')
   f32 = np.float32
   u = rng.uniform
+
+  def vary(value, low, high):  # a follow-up redraws it (rng's draw is kept: same stream)
+    return value if followup is None else float(followup.uniform(low, high))
   # Pixel-centre coordinates in [-1, 1]; kept 1-D ([1,S] and [S,1]) and broadcast.
   grid = ((np.arange(size, dtype=f32) + 0.5) / size * 2.0 - 1.0)
   # Patient position and size vary: everything below is drawn in patient coordinates.
-  scale = u(0.88, 1.0)
-  x = ((grid - u(-0.05, 0.05)) / scale)[None, :].astype(f32)
-  y = ((grid - u(-0.04, 0.04)) / scale)[:, None].astype(f32)
+  scale = vary(u(0.88, 1.0), 0.88, 1.0)
+  x = ((grid - vary(u(-0.05, 0.05), -0.05, 0.05)) / scale)[None, :].astype(f32)
+  y = ((grid - vary(u(-0.04, 0.04), -0.04, 0.04)) / scale)[:, None].astype(f32)
   ax = np.abs(x)
 
   # Body: a neck widening into the shoulders, then a chest wall widest at the bases.
@@ -299,10 +308,15 @@ def render(rng: np.random.Generator, label: int, size: int = 64,
 
   # Exposure: window, contrast and gamma vary between studies; then detector blur and
   # quantum noise.
-  lo, hi = u(-0.06, 0.04), u(0.95, 1.15)
-  img = np.clip((density - lo) / (hi - lo), 0.0, 1.0) ** u(0.8, 1.25)
-  img = _blur(img.astype(f32), u(0.4, 1.0) * size / 128.0)
-  img = img + rng.standard_normal((size, size)).astype(f32) * u(0.01, 0.03)
+  lo, hi = vary(u(-0.06, 0.04), -0.06, 0.04), vary(u(0.95, 1.15), 0.95, 1.15)
+  img = np.clip((density - lo) / (hi - lo), 0.0, 1.0) ** vary(u(0.8, 1.25), 0.8, 1.25)
+  img = _blur(img.astype(f32), vary(u(0.4, 1.0), 0.4, 1.0) * size / 128.0)
+  noise = rng.standard_normal((size, size)).astype(f32)
+  noise_sd = u(0.01, 0.03)
+  if followup is not None:
+    noise = followup.standard_normal((size, size)).astype(f32)
+    noise_sd = followup.uniform(0.01, 0.03)
+  img = img + noise * noise_sd
 
   # Burned-in marker: a bright glyph in one corner; corners lie far from the lungs, and
   # the mask subtraction makes the "never on the lungs" promise unconditional.
@@ -404,6 +418,12 @@ def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
   return np.random.default_rng([seed, SPLITS.index(split), index])
 
 
+def followup_rng(seed: int, split: str, patient: int, visit: int) -> np.random.Generator:
+  """The generator of a patient's follow-up image `visit` (>= 1): a stream apart from
+  every `example_rng`, so follow-ups leave the first images unchanged."""
+  return np.random.default_rng([seed, SPLITS.index(split), patient, visit, 1])
+
+
 # ----------------------------------------------------------------------------- builder
 
 
@@ -422,6 +442,10 @@ class PhantomConfig(tfds.core.BuilderConfig):
       equals its label; otherwise the marker is uniform over none/0/1/2/3.
     class_probs: class proportions, in `CLASS_NAMES` order (normalised).
     findings: add the multi-label `targets` (FINDINGS) and draw them (`add_findings`).
+    images_per_patient: images of each patient in every split (consecutive examples):
+      the first as with 1, the others follow-ups (same anatomy, findings, class and
+      marker; another position, size and exposure: `render`'s `followup`) sharing its
+      `patient_id`. 1 (default) gives exactly the dataset of before this option.
   """
   size: int = 64
   num_unlabeled: int = 2000
@@ -432,6 +456,7 @@ class PhantomConfig(tfds.core.BuilderConfig):
   confounder_strength: float = 0.0
   class_probs: tuple[float, ...] = (0.25, 0.25, 0.25, 0.25)
   findings: bool = False
+  images_per_patient: int = 1
 
   def __post_init__(self):
     # Fail at construction, naming the option, rather than deep inside generation.
@@ -446,6 +471,10 @@ class PhantomConfig(tfds.core.BuilderConfig):
     if not 0.0 <= self.confounder_strength <= 1.0:
       raise ValueError('phantom: confounder_strength must be in [0, 1], got '
                        f'{self.confounder_strength!r}')
+    if (not isinstance(self.images_per_patient, (int, np.integer))
+        or self.images_per_patient < 1):
+      raise ValueError('phantom: images_per_patient must be an int >= 1, got '
+                       f'{self.images_per_patient!r}')
     p = np.asarray(self.class_probs, np.float64)
     if p.shape != (len(CLASS_NAMES),) or (p < 0).any() or p.sum() <= 0:
       raise ValueError(f'phantom: class_probs must be {len(CLASS_NAMES)} non-negative '
@@ -487,6 +516,8 @@ def make_config(**overrides) -> PhantomConfig:
     name += '_p' + '-'.join(_fmt(round(p, 4)) for p in cfg.class_probs)
   if cfg.findings:
     name += '_findings'
+  if cfg.images_per_patient != 1:
+    name += f'_ipp{cfg.images_per_patient}'
   cfg.name = name
   cfg.description = f'Phantom chest radiographs, options {values}.'
   return cfg
@@ -537,25 +568,29 @@ class Phantom(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == '__
 
   def _generate_examples(self, split: str):
     cfg = self.builder_config
-    n = getattr(cfg, f'num_{split}')
-    labels = split_labels(n, cfg.class_probs,
+    n, k = getattr(cfg, f'num_{split}'), cfg.images_per_patient
+    labels = split_labels(-(-n // k), cfg.class_probs,  # one label per patient
                           np.random.default_rng([cfg.seed, SPLITS.index(split)]))
     for i in range(n):
-      rng = example_rng(cfg.seed, split, i)
-      true_label = int(labels[i])
+      patient, visit = divmod(i, k)
+      rng = example_rng(cfg.seed, split, patient)
+      true_label = int(labels[patient])
       marker = example_marker(rng, split, true_label, cfg.confounder_strength)
-      out = render(rng, true_label, cfg.size, marker)
+      out = render(rng, true_label, cfg.size, marker, followup=followup_rng(
+          cfg.seed, split, patient, visit) if visit else None)
       key = f'phantom-{split}-{i}'
+      patient_id = key if k == 1 else f'phantom-{split}-patient{patient}'
       extra = {}
-      if cfg.findings:  # own stream: the class, marker and anatomy above are unchanged
+      if cfg.findings:  # own stream, drawn per patient (follow-ups share the findings);
+        # the class, marker and anatomy above are unchanged
         out['image'], extra['targets'] = add_findings(
-            np.random.default_rng([cfg.seed, SPLITS.index(split), i, _FINDINGS_STREAM]),
+            np.random.default_rng([cfg.seed, SPLITS.index(split), patient, _FINDINGS_STREAM]),
             out['image'], out['mask'], true_label)
       yield i, dict(
           image=out['image'], mask=out['mask'], lesion=out['lesion'], has_mask=True,
           label=UNLABELED if split == 'unlabeled' else true_label,
           true_label=true_label, confounder=marker, severity=np.float32(out['severity']),
-          patient_id=key, id=key, **extra)
+          patient_id=patient_id, id=key, **extra)
 
 
 # ----------------------------------------------------------------------------- figures
