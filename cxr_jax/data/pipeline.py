@@ -281,12 +281,6 @@ class WithColumns:
 
   def __init__(self, source, columns: dict[str, np.ndarray]):
     self._source, self._columns = source, columns
-class WithIndex:
-  """`source` whose records also carry their position in it, 'index' (for a map that
-  needs to know which record it has, e.g. `PatientPositives`)."""
-
-  def __init__(self, source):
-    self._source = source
 
   def __len__(self):
     return len(self._source)
@@ -299,6 +293,19 @@ class WithIndex:
   def decoding(self, fields: Sequence[str]):
     return WithColumns(decoding(self._source, [f for f in fields if f not in self._columns]),
                        self._columns)
+
+
+class WithIndex:
+  """`source` whose records also carry their position in it, 'index' (for a map that
+  needs to know which record it has, e.g. `PatientPositives`)."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, i):
     return dict(self._source[i], index=np.int64(i))
 
   def decoding(self, fields: Sequence[str]):
