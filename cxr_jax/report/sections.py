@@ -291,7 +291,7 @@ def paired_comparisons(run: Run) -> list[str]:
       f'patients ({n_boot} resamples): both regimes are scored on the same resampled '
       f'patients, the difference is of the seed-mean {what}, and p is the '
       'two-sided bootstrap p-value of no difference (the smallest p that '
-      f'{n_boot} resamples can give is {2 / (n_boot + 1):.3f}). p (Holm): adjusted '
+      f'{n_boot} resamples can give is {2 / (n_boot + 1):.2g}). p (Holm): adjusted '
       f'for all {len(comps)} comparisons in this table.', '']
 
 
