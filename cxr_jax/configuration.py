@@ -181,7 +181,7 @@ def _finetune(config, stage_names):
   if ft.strength > 1:
     raise ValueError(f'config.finetune.strength must be in [0, 1], got {ft.strength!r}')
   _optimizer('config.finetune.optimizer', ft.optimizer)
-  if not isinstance(config.explain.get('finding', ''), str):
+  if not isinstance(config.explain.finding, str):
     raise ValueError('config.explain.finding must be a finding name (a string), got '
                      f'{config.explain.finding!r}')
   findings = ft.data.get('findings', '')
@@ -215,7 +215,7 @@ def check_data(config, data_dir: Path):
   if data.get('findings', ''):  # names against the builder's list of findings
     from cxr_jax.data import schema
     names, _ = schema.select_findings(builder, data.findings, 'config.finetune.data.findings')
-    finding = config.explain.get('finding', '')
+    finding = config.explain.finding
     if finding and finding not in names:
       raise ValueError(f'config.explain.finding={finding!r} is not one of the fine-tuned '
                        f'findings {list(names)} (config.finetune.data.findings)')

@@ -280,8 +280,11 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
       log.warning('%s: %s cannot be read; evaluating the cell again', job_name, result_path)
   directory.mkdir(parents=True, exist_ok=True)
   indices = data.train_indices(fraction, seed)
-  if data.multilabel:
-    warn_missing_positives(job_name, data, indices)
+  if data.multilabel:  # what the label fraction left of each finding (the report notes 0s)
+    train_positives = dict(zip(data.class_names,
+                               map(int, positives(data.train_meta['label'][indices]))))
+    warn_missing_positives(job_name, data.class_names, train_positives,
+                           positives(data.test['label']))
   params, batch_stats = classifier_variables(programs.model, config.seed, seed, data.channels,
                                              encoder_vars, init)
   if protocol == 'finetune':
@@ -301,10 +304,8 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
             'class_names': list(data.class_names),
             'image_shape': [int(d) for d in data.test['image'].shape[1:]],  # stored [S, S, C]
             'test': test_metrics}
-  if data.multilabel:  # what the label fraction left of each finding (the report notes 0s)
-    train = np.nan_to_num(data.train_meta['label'][indices], nan=0.0) >= 0.5
-    result['train_positives'] = {n: int(train[:, f].sum())
-                                 for f, n in enumerate(data.class_names)}
+  if data.multilabel:
+    result['train_positives'] = train_positives
   if data.multilabel and config.explain.enabled and 'mask' in data.test:
     name = data.class_names[explained_finding(config, data)]
     # the classes of attention.npz: absent / present of the explained finding
@@ -323,17 +324,18 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
   return result
 
 
-def warn_missing_positives(job_name: str, data: EvalData, indices) -> list[str]:
+def positives(targets) -> np.ndarray:
+  """[F] the number of positive examples of each finding in targets [N, F] (NaN: not)."""
+  return (np.nan_to_num(targets, nan=0.0) >= 0.5).sum(axis=0)
+
+
+def warn_missing_positives(job_name: str, names, train_positives: dict,
+                           test_positives) -> list[str]:
   """Logs (and returns) the findings without a positive in the cell's train subset or in
   test: such a finding's classifier only learns "absent", and without a test positive its
   AUROC and AP are NaN and left out of the means (the report lists them)."""
-  missing = []
-  for where, targets in (('train subset', data.train_meta['label'][indices]),
-                         ('test split', data.test['label'])):
-    positive = np.nan_to_num(targets, nan=0.0) >= 0.5
-    for f, name in enumerate(data.class_names):
-      if not positive[:, f].any():
-        missing.append(f'{name} ({where})')
+  missing = [f'{n} (train subset)' for n in names if train_positives[n] == 0]
+  missing += [f'{n} (test split)' for n, count in zip(names, test_positives) if count == 0]
   if missing:
     log.warning('%s: no positive example of %s; their AUROC / AP are NaN where the test '
                 'split has none, and the means are over the other findings', job_name,
@@ -399,7 +401,7 @@ def save_npz(path: Path, **arrays):
 def explained_finding(config, data: EvalData) -> int:
   """The index (in data.class_names) of the finding a multi-label task's Grad-CAM
   explains: config.explain.finding, '' = the first."""
-  name = config.explain.get('finding', '')
+  name = config.explain.finding
   if not name:
     return 0
   if name not in data.class_names:
@@ -427,4 +429,6 @@ def explain(config, model, variables, data: EvalData, directory: Path):
     if images.labels is not None:  # the test split's targets: present / absent
       images = dataclasses.replace(images, labels=(
           np.nan_to_num(images.labels[:, finding], nan=0.0) >= 0.5).astype(np.int64))
-  job.explain_cell(config, model, variables, images, directory)
+  result = job.explain_cell(config, model, variables, images, str(directory))
+  if result is not None:
+    save_npz(directory / 'attention.npz', **result)

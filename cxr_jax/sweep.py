@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from cxr_jax import vocab
+from cxr_jax.train import workdir as workdir_lib
 
 # grid keys under these prefixes leave the scratch cells unchanged (see module doc)
 PRETRAINING_ONLY = ('pretrain.', 'curriculum.')
@@ -117,8 +118,8 @@ def run_sweep(config: str, workdir: Path, axes, extra: list[str]) -> list[dict]:
     start = time.time()
     rc = subprocess.call(args)
     runs.append(dict(name=name, point=point, seconds=round(time.time() - start, 1), rc=rc))
-    (workdir / 'sweep.json').write_text(json.dumps(dict(config=config, extra=extra,
-                                                        runs=runs), indent=2))
+    workdir_lib.write_text(workdir / 'sweep.json',
+                           json.dumps(dict(config=config, extra=extra, runs=runs), indent=2))
     if rc != 0:
       print(f'[sweep] {name} failed (exit {rc}); the others go on', file=sys.stderr, flush=True)
     else:
@@ -175,7 +176,7 @@ def write_table(workdir: Path, n_boot: int = 1000, seed: int = 0) -> Path:
             'rows). Point wall time: the whole run of the point (scratch cells copied '
             'from an earlier point take none).', '']
   path = workdir / 'sweep.md'
-  path.write_text('\n'.join(lines))
+  workdir_lib.write_text(path, '\n'.join(lines))
   return path
 
 

@@ -11,7 +11,7 @@ config.explain chooses:
   randomise  the Grad-CAM randomisation sanity tests to run (`cxr_jax.explain.sanity`).
 
 With no lung masks at all (masks='dataset' on a set without them) nothing is written and
-the report says so. `<cell>/attention.npz` holds `analysis.attention_analysis`'s arrays
+the report says so. `<cell>/attention.npz` (written by `cxr_jax.finetuning.explain`) holds `analysis.attention_analysis`'s arrays
 plus 'mask_source' and 'explain_data' (strings) for the report.
 """
 from __future__ import annotations
@@ -111,16 +111,16 @@ def explain_set(config, data, data_dir: Path) -> ExplainSet:
                     masks=masks, mask_source=source_name, extra=extra)
 
 
-def explain_cell(config, model, variables, images: ExplainSet, directory: Path) -> bool:
-  """Grad-CAM attention (and the sanity tests) of one fine-tuned classifier on `images`
-  -> <directory>/attention.npz. False (nothing written) when there are no lung masks."""
-  from cxr_jax import finetuning
+def explain_cell(config, model, variables, images: ExplainSet, where: str) -> dict | None:
+  """Grad-CAM attention (and the sanity tests) of one fine-tuned classifier on `images`:
+  the arrays of attention.npz, or None when there are no lung masks (`where` names the
+  cell in the log)."""
   from cxr_jax.explain import analysis
   from cxr_jax.explain import sanity
   if images.masks is None:
     log.info('%s: no lung masks for %s (config.explain.masks=%r); no attention analysis',
-             directory, images.name, config.explain.masks)
-    return False
+             where, images.name, config.explain.masks)
+    return None
   variables = jax.device_get(variables)
   input_shape = (1, config.finetune.image_size, config.finetune.image_size,
                  images.images.shape[-1])
@@ -135,5 +135,4 @@ def explain_cell(config, model, variables, images: ExplainSet, directory: Path) 
       randomised=randomised or None)
   result['mask_source'] = np.asarray(images.mask_source)
   result['explain_data'] = np.asarray(images.name)
-  finetuning.save_npz(directory / 'attention.npz', **result)
-  return True
+  return result
