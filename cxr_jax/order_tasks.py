@@ -57,13 +57,20 @@ from pathlib import Path
 
 import jax
 import ml_collections
-from absl import logging as absl_logging
 import numpy as np
+from absl import flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
 
 from cxr_jax import configuration
 from cxr_jax import pretraining
 from cxr_jax import ssl
 from cxr_jax import vocab
+from cxr_jax.data import pipeline
+from cxr_jax.data import schema
+from cxr_jax.eval import metrics as M
+from cxr_jax.eval import probes
+from cxr_jax.train import inference
 from cxr_jax.train import loop
 from cxr_jax.train import sharding
 from cxr_jax.train import state as state_lib
@@ -153,8 +160,6 @@ def parse_config(argv: list[str]) -> ml_collections.ConfigDict:
   """The config of `['prog', '--config=FILE[:ARG]', '--config.a.b=v', ...]`, loaded and
   overridden exactly as launch.py does (`launch.load_config`, then ml_collections' flag
   parser over a private flag registry)."""
-  from absl import flags
-  from ml_collections import config_flags
   config, rest = _launch_module().load_config(list(argv))
   values = flags.FlagValues()
   config_flags.DEFINE_config_dict('config', config, flag_values=values, lock_config=True,
@@ -205,11 +210,6 @@ def _linear_probe_auroc(config, task: str, state, mesh, data_dir: Path) -> float
   """Val AUROC of the monitors' logistic-regression probe on the final encoder's frozen
   features (train split fit, val scored), for single-label tasks whose monitor logs only
   the probe's accuracy."""
-  from cxr_jax.data import pipeline
-  from cxr_jax.data import schema
-  from cxr_jax.eval import metrics as M
-  from cxr_jax.eval import probes
-  from cxr_jax.train import inference
   stage = config.pretrain.stages[0]
   model = ssl.get_method(task).build_model(state_lib.encoder_from_config(config.model),
                                            config.pretrain[task])
@@ -257,7 +257,7 @@ def run_candidate(config, task: str, task_dir: Path, mesh) -> dict:
                                          folder=FOLDER, imagenet=imagenet)
     finally:
       writer.close()
-    seconds = record.get('seconds', 0.0) + (time.time() - start if trains else 0.0)
+    seconds = time.time() - start if trains else record.get('seconds', 0.0)
     monitor = _final_monitor(task_dir / 'metrics.jsonl', job, stage.steps)
     linear, source = monitor.get('monitor/linear_auroc'), 'monitor'
     if linear is None:
@@ -371,8 +371,9 @@ def write_outputs(workdir: Path, rows: dict[str, dict], rule: str, score: str,
   if any(r.get('linear_auroc_source') == 'probe' for r in ok):
     lines += ['Linear AUROC of single-label tasks: the monitors\' logistic-regression probe '
               'refit on the final encoder (the monitor logs only its accuracy).', '']
-  lines += ['Wall time: the candidate\'s training in the runs of this command (0 for runs '
-            'finished before), not its scoring. Curriculum overrides and a config snippet: '
+  lines += ['Wall time: the candidate\'s run (compilation, steps, monitors, checkpoints) '
+            'in the invocation that finished it (time before an interruption not counted); not '
+            'the refit probe. Curriculum overrides and a config snippet: '
             '`curriculum.txt`.', '']
   workdir_lib.write_text(workdir / 'order.md', '\n'.join(lines))
   workdir_lib.write_text(workdir / 'order.json', json.dumps(dict(
@@ -383,10 +384,11 @@ def write_outputs(workdir: Path, rows: dict[str, dict], rule: str, score: str,
           '# stages: ' + (' -> '.join(f'{t} ({_fmt(score_of(rows[t], score))})' for t in chosen)
                           or 'none'), '']
   if chosen:
-    text += [f'# As overrides, one per stage, of a config with {len(chosen)} pretraining '
-             'stages (each keeps its own data, batch, steps):']
+    stages = lambda n: f'{n} pretraining stage' + ('s' if n != 1 else '')
+    text += [f'# As overrides, one per stage, of a config with {stages(len(chosen))} (each '
+             'keeps its own data, batch, steps):']
     if len(chosen) != num_stages:
-      text += [f'# (this config has {num_stages}: use the snippet below to make '
+      text += [f'# (this config has {stages(num_stages)}: the snippet below makes '
                f'{len(chosen)})']
     text += override_lines(chosen) + ['', '# As a config-file snippet, in get_config() after '
                                       'c.pretrain.stages is set:',
