@@ -102,15 +102,15 @@ def test_a_candidate_is_the_ssl_stage_alone_with_its_method_and_monitored_at_its
 
 # ------------------------------------------------------------------------ end to end
 
-TASKS = ('simclr', 'byol')
+TASKS = ('simclr', 'vicreg')
 STEPS = 3
 
 
 def _args(workdir, data_dir, *more):
   return ['--config=configs/default.py', f'--workdir={workdir}', f'--tasks={",".join(TASKS)}',
           f'--steps={STEPS}', *tiny_overrides(data_dir),
-          '--config.pretrain.byol.proj_hidden_dim=32', '--config.pretrain.byol.proj_dim=16',
-          '--config.pretrain.byol.pred_hidden_dim=32', *more]
+          '--config.pretrain.vicreg.proj_hidden_dim=32', '--config.pretrain.vicreg.proj_dim=16',
+          *more]
 
 
 @pytest.fixture(scope='module')
