@@ -283,13 +283,12 @@ def run_candidates(config, workdir: Path, tasks: list[str], steps: int | None,
   """Runs every candidate (each in workdir/<task>/); returns ({task: row or {'task',
   'error'}}, the index of the stage the candidates copy). A failure is logged with its
   traceback and kept as a one-line error; the others go on."""
-  pretrain = config.pretrain.copy_and_resolve_references()
-  if stage_name:
-    pretrain.ssl_stage = stage_name
-  try:
-    index = configuration.ssl_stage_index(pretrain)
-  except ValueError as e:
-    raise SystemExit(f'error: --stage: {e}') from None
+  names = [s.name for s in config.pretrain.stages]
+  if stage_name and stage_name not in names:
+    raise SystemExit(f'error: --stage={stage_name!r} is not a stage of the config; '
+                     f'stages: {names}')
+  index = (names.index(stage_name) if stage_name
+           else configuration.ssl_stage_index(config.pretrain))
   data_dir = str(Path(config.data_dir or workdir / 'tfds').absolute())
   mesh = sharding.make_mesh()
   rows = {}
