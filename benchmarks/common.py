@@ -129,3 +129,16 @@ def torch_matmul_rate(dtype: str = 'float32', n: int = 2048, repeats: int = 5) -
   sync(a @ b)
   best = min(time_call(lambda: a @ b, sync) for _ in range(repeats))
   return 2.0 * n**3 / best
+
+
+def write_row(path: str | None, row: dict):
+  """Appends one result row to a JSON-lines file at once (flushed and synced, so a
+  process killed later keeps it) and prints it; path None or '': print only."""
+  import json
+  line = json.dumps(row, sort_keys=True, default=float)
+  if path:
+    with open(path, 'a') as f:
+      f.write(line + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+  print('ROW ' + line, flush=True)
