@@ -3,7 +3,7 @@
 # whatever happens (benchmarks/gpu_suite.py says what each part measures).
 #
 #   bash benchmarks/gpu_wheels.sh          # beforehand, on a machine with a package index
-#   bash benchmarks/gpu_suite.sh [--small] [OUTDIR]
+#   bash benchmarks/gpu_suite.sh [--small] [OUTDIR] [--budget=S ...]
 #
 # Rows: OUTDIR/rows.jsonl (each written the moment it is measured); table: OUTDIR/table.md;
 # each part's stderr: OUTDIR/<part>.log. --small runs the same suite tiny, on the CPU.
@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 SMALL=()
 if [[ "${1:-}" == "--small" ]]; then SMALL=(--small); shift; fi
 OUT=${1:-${OUT:-/tmp/gpu_suite}}
+shift || true  # the rest goes to benchmarks/gpu_suite.py (--budget=S, --parts=..., --cap=...)
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 
@@ -32,4 +33,4 @@ fi
 { git rev-parse --short HEAD 2>/dev/null || echo "commit unknown"; \
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader 2>/dev/null; \
 } | tee "$OUT/env.txt"
-exec $PY -m benchmarks.gpu_suite "${SMALL[@]}" --out="$OUT" --started="$STARTED"
+exec $PY -m benchmarks.gpu_suite "${SMALL[@]}" --out="$OUT" --started="$STARTED" "$@"
