@@ -20,7 +20,8 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 
 if ! $PY -c "import grain, ml_collections, tensorflow_datasets, array_record, tensorboardX, \
-    portpicker, tree, immutabledict, promise, simple_parsing, termcolor, toml" 2>/dev/null; then
+    portpicker, tree, immutabledict, promise, simple_parsing, termcolor, toml, markdown, attr, \
+    cloudpickle, importlib_resources, tensorflow_metadata, wrapt" 2>/dev/null; then
   if ls .whl/*.whl >/dev/null 2>&1; then
     echo "# installing the missing modules from .whl/ into /tmp/site"
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
