@@ -208,13 +208,14 @@ def _train(part: Part, s: Sizes, base: dict, jsonl: str):
 
 def run_parts(parts: list[Part], s: Sizes, jsonl: str):
   """The child: runs `parts` in order, each contender's row written when measured."""
-  from cxr_jax import platform as cxr_platform
-  cxr_platform.setup()
   from benchmarks import common
-  facts = common.machine_facts()
-  common.write_row(jsonl, dict(part='facts', contender='facts', status='ok', **{
-      k: facts[k] for k in ('date', 'cpu', 'cores', 'python', 'jax', 'backend', 'device',
-                            'device_count', 'load') if k in facts}))
+  if any(c not in TORCH for p in parts for c in p.contenders):  # torch alone: no jax here
+    from cxr_jax import platform as cxr_platform
+    cxr_platform.setup()
+    facts = common.machine_facts()
+    common.write_row(jsonl, dict(part='facts', contender='facts', status='ok', **{
+        k: facts[k] for k in ('date', 'cpu', 'cores', 'python', 'jax', 'backend', 'device',
+                              'device_count', 'load', 'torch') if k in facts}))
   for part in parts:
     for contender in part.contenders:
       base = dict(part=part.name, contender=contender, model=part.model, width=s.width,
@@ -436,7 +437,7 @@ def make_table(rows: list[dict], budget: float, wall: float) -> str:
           if r.get('contender') == 'ours' and r.get('status') == 'ok'}
 
   lines = [f'# GPU suite: {facts.get("device", "?")} ({facts.get("backend", "?")}), '
-           f'{facts.get("date", "?")}, jax {facts.get("jax", "?")}, Python '
+           f'{facts.get("date", "?")}, jax {facts.get("jax", "?")}, torch {facts.get("torch", "–")}, Python '
            f'{facts.get("python", "?")}, {facts.get("cores", "?")} CPU cores; '
            f'wall {wall:.0f} s of a {budget:.0f} s budget', '',
            f'{matmul.get("dtype", "?")} matmul rate measured in this run (the MFU '
