@@ -216,8 +216,11 @@ def run_parts(parts: list[Part], s: Sizes, jsonl: str):
     common.write_row(jsonl, dict(part='facts', contender='facts', status='ok', **{
         k: facts[k] for k in ('date', 'cpu', 'cores', 'python', 'jax', 'backend', 'device',
                               'device_count', 'load', 'torch') if k in facts}))
+  has_torch = importlib.util.find_spec('torch') is not None
   for part in parts:
     for contender in part.contenders:
+      if contender in TORCH and not has_torch:  # the parent wrote its 'skipped' row
+        continue
       base = dict(part=part.name, contender=contender, model=part.model, width=s.width,
                   method=part.method, res=s.res, batch=part.batch, dtype=s.dtype)
       if part.kind == 'train':
