@@ -46,7 +46,7 @@ def test_small_suite_returns_a_table_with_every_part(tmp_path, jax_cache_dir):
   table = (out / 'table.md').read_text()
   for part in gpu_suite.SMALL_PARTS:
     assert f'| {part.name} |' in table or part.name == 'matmul'
-  assert 'float32 matmul rate measured in this run (the MFU denominator): 0.' in table
+  assert 'float32 matmul rate measured in this run (the MFU denominator): ' in table
 
 
 def test_rows_for_what_a_killed_part_did_not_measure_and_the_table(tmp_path):
