@@ -420,8 +420,9 @@ def _fmt(v, spec):
 def make_table(rows: list[dict], budget: float, wall: float) -> str:
   """The markdown table of the final row of every contender, from the JSONL rows."""
   facts = next((r for r in rows if r.get('part') == 'facts'), {})
-  order = {p.name: i for i, p in enumerate(GPU_PARTS)}
-  rows = sorted(rows, key=lambda r: order.get(r.get('part'), len(order)))  # stable
+  order = {(p.name, c): (i, j) for i, p in enumerate(GPU_PARTS)
+           for j, c in enumerate(p.contenders)}
+  rows = sorted(rows, key=lambda r: order.get((r.get('part'), r.get('contender')), (-1, 0)))
   final = {}
   for r in rows:
     if r.get('part') == 'facts' or r.get('status') in ('started',):
@@ -464,7 +465,8 @@ def make_table(rows: list[dict], budget: float, wall: float) -> str:
         f'| {part} | {contender} | {r.get("model", "")} | {r.get("method", "")} | '
         f'{r.get("res", "")} | {r.get("batch", "")} | {r.get("dtype", "")} | '
         f'{_fmt(r.get("views_per_s"), ",.0f")} | {_fmt(step, ".1f")} | '
-        f'{_fmt(r.get("compile_s"), ".1f")} | {_fmt(tflops, ".1f")} | {_fmt(mfu, ".1%")} | '
+        f'{_fmt(r.get("compile_s"), ".1f")} | {_fmt(tflops, ".1f" if (tflops or 0) >= 1 else ".3f")} | '
+        f'{_fmt(mfu, ".1%")} | '
         f'{_fmt(ratio, ".2f")} | {status} |')
   train = [r for r in final.values() if r.get('contender') == 'train loop']
   if train:
