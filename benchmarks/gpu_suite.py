@@ -260,8 +260,13 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def _write_row(path: Path, row: dict):
-  with open(path, 'a') as f:
-    f.write(json.dumps(row, sort_keys=True) + '\n')
+  with open(path, 'a+b') as f:
+    f.seek(0, os.SEEK_END)
+    if f.tell():  # a child killed mid-line must not swallow this row
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) != b'\n':
+        f.write(b'\n')
+    f.write((json.dumps(row, sort_keys=True) + '\n').encode())
   print('ROW ' + json.dumps(row, sort_keys=True), flush=True)
 
 
@@ -352,6 +357,8 @@ def main(argv=None):
   if a.child:
     return run_parts(list(parts), sizes, str(jsonl))
 
+  if jsonl.exists():  # rows of an earlier run: kept aside, not mixed into this table
+    jsonl.rename(out / f'rows.{int(jsonl.stat().st_mtime)}.jsonl')
   caps = dict(c.split('=', 1) for c in a.cap)
   parts = tuple(dataclasses.replace(p, cap_s=float(caps.get(p.name, p.cap_s))) for p in parts)
   started = a.started or time.time()

@@ -82,3 +82,10 @@ def test_a_part_past_its_limit_is_killed_with_its_process_group(tmp_path):
   status = gpu_suite._run_group([part], True, tmp_path, tmp_path / 'rows.jsonl', limit=0.5)
   assert status == 'limit'
   assert time.perf_counter() - t0 < 15
+
+
+def test_a_row_after_a_line_cut_by_a_kill_is_kept(tmp_path):
+  jsonl = tmp_path / 'rows.jsonl'
+  jsonl.write_text('{"part": "matmul", "contender": "matmul", "status": "ok"}\n{"part": "ma')
+  gpu_suite._write_row(jsonl, {'part': 'x', 'contender': 'y', 'status': 'timeout'})
+  assert [r['part'] for r in gpu_suite.read_rows(jsonl)] == ['matmul', 'x']
