@@ -44,7 +44,10 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
+
+from benchmarks import common  # standard library only: the parent stays light
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +119,9 @@ def _args(argv=None):
 
 
 # ----------------------------------------------------------------------------- the parts
-# (run in a child process: `--child --parts=...`; every row is written as it is measured)
+# (run in a child process: `--child --parts=...`; every row is written as it is measured.
+# jax, torch and the project are imported inside the parts: the parent stays light, and
+# torch is optional)
 
 def _time_steps(run_one, sync, s: Sizes) -> list[float]:
   """Seconds per step: `rounds` runs of `steps` back-to-back steps, synchronised once
@@ -143,7 +148,7 @@ def _step_row(base: dict, per_step: list[float], batch: int, **extra) -> dict:
 def _ours(part: Part, s: Sizes, base: dict, jsonl: str):
   """Our step (benchmarks.pretrain_step's build, scope 'model')."""
   import jax
-  from benchmarks import common, pretrain_step
+  from benchmarks import pretrain_step
   a = pretrain_step.parse_args([f'--model={part.model}', f'--width={s.width}',
                                 f'--res={s.res}', f'--batch={part.batch}',
                                 f'--method={part.method}', f'--dtype={s.dtype}',
@@ -165,7 +170,7 @@ def _ours(part: Part, s: Sizes, base: dict, jsonl: str):
 def _torch(part: Part, s: Sizes, base: dict, jsonl: str, compile: bool):
   """The PyTorch reference, eager or torch.compile'd (compiled by its first call)."""
   import torch
-  from benchmarks import common, torch_reference
+  from benchmarks import torch_reference
   gpu = torch.cuda.is_available()
   t0 = time.perf_counter()
   ts = torch_reference.Step(part.model, s.width, part.method, s.res, part.batch, 'lars',
@@ -189,7 +194,6 @@ def _torch(part: Part, s: Sizes, base: dict, jsonl: str, compile: bool):
 
 def _matmul(part: Part, s: Sizes, base: dict, jsonl: str):
   import jax
-  from benchmarks import common
   dtype = 'bfloat16' if jax.default_backend() != 'cpu' else 'float32'
   rates = {n: common.matmul_rate(dtype, n=n, repeats=10) for n in s.matmul_n}
   n = max(rates, key=rates.get)
@@ -208,7 +212,6 @@ def _train(part: Part, s: Sizes, base: dict, jsonl: str):
 
 def run_parts(parts: list[Part], s: Sizes, jsonl: str):
   """The child: runs `parts` in order, each contender's row written when measured."""
-  from benchmarks import common
   if any(c not in TORCH for p in parts for c in p.contenders):  # torch alone: no jax here
     from cxr_jax import platform as cxr_platform
     cxr_platform.setup()
@@ -238,7 +241,6 @@ def run_parts(parts: list[Part], s: Sizes, jsonl: str):
           _train(part, s, base, jsonl)
       except Exception as e:  # pylint: disable=broad-except
         # one contender's failure is its row; the others still run
-        import traceback
         traceback.print_exc()
         common.write_row(jsonl, dict(base, status='error',
                                      note=f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
@@ -260,14 +262,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def _write_row(path: Path, row: dict):
-  with open(path, 'a+b') as f:
-    f.seek(0, os.SEEK_END)
-    if f.tell():  # a child killed mid-line must not swallow this row
-      f.seek(-1, os.SEEK_END)
-      if f.read(1) != b'\n':
-        f.write(b'\n')
-    f.write((json.dumps(row, sort_keys=True) + '\n').encode())
-  print('ROW ' + json.dumps(row, sort_keys=True), flush=True)
+  common.write_row(str(path), row)
 
 
 def _fill_missing(path: Path, parts: list[Part], why: str, limit: float, ended: float):
