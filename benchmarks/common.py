@@ -6,6 +6,7 @@ date, load average), because the machines these run on are shared and noisy.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import resource
@@ -129,3 +130,20 @@ def torch_matmul_rate(dtype: str = 'float32', n: int = 2048, repeats: int = 5) -
   sync(a @ b)
   best = min(time_call(lambda: a @ b, sync) for _ in range(repeats))
   return 2.0 * n**3 / best
+
+
+def write_row(path: str | None, row: dict):
+  """Appends one result row to a JSON-lines file at once (flushed and synced, so a
+  process killed later keeps it) and prints it; path None or '': print only."""
+  line = json.dumps(row, sort_keys=True, default=float)
+  if path:
+    with open(path, 'a+b') as f:
+      f.seek(0, os.SEEK_END)
+      if f.tell():  # a process killed mid-line must not swallow this row
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b'\n':
+          f.write(b'\n')
+      f.write((line + '\n').encode())
+      f.flush()
+      os.fsync(f.fileno())
+  print('ROW ' + line, flush=True)

@@ -65,7 +65,7 @@ def main(argv=None):
   import jax
   from benchmarks import pretrain_step
 
-  step_args = pretrain_step._args([f'--model={a.model}', f'--width={a.width}', f'--res={a.res}',
+  step_args = pretrain_step.parse_args([f'--model={a.model}', f'--width={a.width}', f'--res={a.res}',
                                    f'--batch={a.batch}', f'--method={a.method}',
                                    f'--scope={a.scope}', f'--store={a.store}',
                                    f'--optimizer={a.optimizer}'])
