@@ -149,6 +149,8 @@ def get_config(arg=None):
   if 'imagenet' in inits and not a.imagenet:
     raise ValueError('configs/paper.py: the imagenet regime needs imagenet=<converted '
                      'checkpoint .msgpack> (nothing can be downloaded at run time)')
+  if a.dataset != 'phantom':
+    _check_sources(a, inits)
   c.finetune.inits = ','.join(inits)          # comma-separated: scratch, imagenet, ssl, ssl_matched, curricular
   if a.fractions:
     c.finetune.label_fractions = tuple(float(f) for f in _list(a.fractions))
@@ -250,6 +252,27 @@ def _real(c, a, builder):
   c.finetune.optimizer = common.optimizer_config(
       'adamw', lr=3e-4, base_batch_size=64, lr_scaling='none', warmup_steps=200,
       weight_decay=1e-4)
+
+
+def _check_sources(a, inits: list[str]):
+  """Real data comes from raw folders (prepared on first use) or from data_dir, where it
+  was prepared before: a run that has neither fails here, naming the arguments to give,
+  not later in the data pipeline."""
+  if a.data_dir:  # may hold the prepared data; the pipeline names what it lacks
+    return
+  missing = []
+  if not a.data_root:
+    missing.append(f'dataset={a.dataset} needs data_root=<the folder of its raw files>')
+  if 'curricular' in inits and a.stage1 == 'image_folder' and not a.natural_dir:
+    missing.append('stage1=image_folder (the default) needs natural_dir=<a folder of '
+                   'natural images>; or stage1=none (no natural-image stage), or '
+                   'stage1=cxr_collection with stage1_dir=<its folder>')
+  if 'curricular' in inits and a.stage1 == 'cxr_collection' and not a.stage1_dir:
+    missing.append('stage1=cxr_collection needs stage1_dir=<the folder of the collection>; '
+                   'or stage1=none')
+  if missing:
+    raise ValueError('configs/paper.py: ' + '; '.join(missing) + ' (or data_dir=<the TFDS '
+                     'folder where they are prepared>)')
 
 
 def _shrink(c, a):

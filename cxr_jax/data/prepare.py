@@ -25,7 +25,6 @@ import argparse
 import ast
 import os
 import sys
-import textwrap
 import time
 from typing import Any, Optional, Sequence
 
@@ -102,12 +101,13 @@ def prepare(name: str, data_dir: str, manual_dir: Optional[str] = None,
   return ensure_prepared(builder, manual_dir)
 
 
-def ensure_prepared(builder, manual_dir: Optional[str] = None):
+def ensure_prepared(builder, manual_dir: Optional[str] = None, key: str = 'manual_dir'):
   """Opens `builder`'s prepared dataset if it is what was asked for, else prepares it.
 
   A prepared dataset is returned only when its recorded identity matches: the same
   options, and (when manual_dir is given) the same source files. Otherwise
   DataIdentityError says what differs and how to proceed; nothing is reused silently.
+  `key` names manual_dir in the one-line errors (a config key, or the CLI's flag).
   """
   from cxr_jax.data import identity  # pylint: disable=import-outside-toplevel
   from cxr_jax.data.builders import _common  # pylint: disable=import-outside-toplevel
@@ -121,19 +121,24 @@ def ensure_prepared(builder, manual_dir: Optional[str] = None):
   needs_manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', ''))
   if needs_manual and not manual_dir:
     raise ValueError(
-        f'dataset {name!r} (config {builder.builder_config.name!r}) is not prepared in '
-        f'{builder.data_dir_root} and no manual_dir was given. Download it and pass '
-        f'manual_dir=<folder>:'
-        f'\n{textwrap.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).strip()}')
+        f'{key} is empty and dataset {name!r} (config {builder.builder_config.name!r}) is '
+        f'not prepared in {builder.data_dir_root}: give {key}=<the folder you downloaded> '
+        f'({layout(builder)})')
   if needs_manual:
     if not os.path.isdir(manual_dir):
-      raise ValueError(f'{name}: manual_dir {manual_dir} is not a folder')
+      raise ValueError(f'{key}={manual_dir}: no such folder (the raw files of dataset '
+                       f'{name!r}, not prepared in {builder.data_dir_root})')
     if not os.listdir(manual_dir):
-      raise ValueError(f'{name}: manual_dir {manual_dir} is empty; expected layout:\n'
-                       f'{textwrap.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).strip()}')
+      raise ValueError(f'{key}={manual_dir}: the folder is empty; dataset {name!r} expects '
+                       f'{layout(builder)}')
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   builder.download_and_prepare(download_config=download_config)
   return builder
+
+
+def layout(builder) -> str:
+  """The builder's download instructions in one line (for one-line errors)."""
+  return ' '.join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
 
 
 def _is_prepared(builder) -> bool:
