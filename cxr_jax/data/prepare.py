@@ -116,7 +116,7 @@ def ensure_prepared(builder, manual_dir: Optional[str] = None, key: str = 'manua
   if _is_prepared(builder):
     options = (_common.config_options(builder.builder_config)
                if isinstance(builder, _common.CxrBuilder) else None)
-    identity.check(builder, manual_dir, options)
+    identity.check(builder, manual_dir, options, key)
     return builder
   needs_manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', ''))
   if needs_manual and not manual_dir:
