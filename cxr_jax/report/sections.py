@@ -290,14 +290,24 @@ def paired_comparisons(run: Run) -> list[str]:
 
 # why a cell of the attention table is a dash, said under the table when one is
 DASH_REASONS = {
-    'share': 'a share where no explained image of the group had that region\'s mask (a '
-             'dataset without lung masks: config.explain.data names a masked set, or '
-             "config.explain.masks='segmenter:<folder>')",
+    'no mask': 'a share where no explained image of the group had that region\'s mask (a '
+               'dataset without lung masks: config.explain.data names a masked set, or '
+               "config.explain.masks='segmenter:<folder>')",
+    'zero maps': 'a share where every map of the group is zero (Grad-CAM keeps positive '
+                 'evidence only; a model trained a few steps may have none for its class)',
     'rho': 'ρ where fewer than 3 images have both shares defined, or either is constant',
     'other images': 'Δ vs scratch where the regime was explained on other images than '
                     'scratch, or scratch has no attention file',
-    'no diff': 'Δ vs scratch where no image has a lung share in both regimes',
+    'no diff': 'Δ vs scratch where the lung share (pred) is undefined in either regime',
 }
+
+
+def _undefined_share(att: dict, name: str) -> str:
+  """The DASH_REASONS key of a share `name` without a value: no mask, or zero maps."""
+  region = 'lung' if name == 'occlusion_lung_share' else name.rsplit('_share_', 1)[0]
+  areas = [a[f'{region}_area'] for a in att['arrays'] if f'{region}_area' in a]
+  has_mask = any(np.nan_to_num(np.asarray(x, np.float64)).max(initial=0) > 0 for x in areas)
+  return 'zero maps' if has_mask else 'no mask'
 
 
 def _vs_scratch(run: Run, key, why: set) -> str:
@@ -323,7 +333,7 @@ def _attention_row(run: Run, key, extra: list[str], why: set) -> str:
 
   def cell(name):
     if name not in s or not fmt.defined(s[name][0]):
-      why.add('share')
+      why.add(_undefined_share(run.atts[key], name))
       return '–'
     return f'{_fmt(s[name][0], 2)} [{_fmt(s[name][1], 2)}, {_fmt(s[name][2], 2)}]'
 
