@@ -11,6 +11,10 @@ point's `key=value` pairs joined by '+'), in a process of its own, with the othe
 `--config.` flags given here applied to every point. Like any run, a point resumes from
 its checkpoints and skips finished jobs, so the same command finishes an interrupted
 sweep, and a grid with more values runs only the new points.
+A point whose run fails (a bad value on its axis, a diverged run) does not stop the
+others; at the end the sweep names every failed point with its one-line error (launch.py's
+`error:` line; `--verbose` passes launch.py's tracebacks through) and exits with 1, after
+writing the table of the points that succeeded.
 
 Scratch fine-tuning does not depend on pretraining: when every grid key is under
 `pretrain.` or `curriculum.`, a point copies the finished scratch cells (result.json,
@@ -246,6 +250,8 @@ def main(argv=None):
   parser.add_argument('--table_only', action='store_true',
                       help='only (re)write <workdir>/sweep.md from the points there')
   parser.add_argument('--n_boot', type=int, default=1000, help='bootstrap resamples')
+  parser.add_argument('--verbose', action='store_true',
+                      help="each point's launch.py prints its error's traceback too")
   args, extra = parser.parse_known_args(argv)
   unknown = [a for a in extra if not a.startswith('--config.')]
   if unknown:
@@ -258,7 +264,7 @@ def main(argv=None):
       axes = parse_grid(args.grid)
     except ValueError as e:
       parser.error(str(e))
-    runs = run_sweep(args.config, workdir, axes, extra)
+    runs = run_sweep(args.config, workdir, axes, extra + ['--verbose'] * args.verbose)
   print(write_table(workdir, args.n_boot).read_text())
   failed = '' if args.table_only else failed_points(runs)
   if failed:  # the table holds the points that succeeded; the exit code says not all did

@@ -26,6 +26,7 @@ import ast
 import os
 import sys
 import time
+import traceback
 from typing import Any, Optional, Sequence
 
 import tensorflow_datasets as tfds
@@ -170,6 +171,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help='decoding processes (0: min(8, CPUs); 1: in-process)')
   parser.add_argument('--option', action='append', default=[], metavar='KEY=VALUE',
                       help='any other builder option, e.g. --option=uncertainty=zeros')
+  parser.add_argument('--verbose', action='store_true',
+                      help="print an error's traceback too (else its message alone)")
   return parser.parse_args(argv)
 
 
@@ -192,6 +195,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     builder = prepare(args.dataset, args.data_dir, manual_dir=args.manual_dir,
                       config=args.config, workers=args.workers, **overrides)
   except ValueError as e:  # Validation, overlap and usage errors: message, no traceback.
+    if args.verbose:
+      traceback.print_exc()
     print(f'error: {e}', file=sys.stderr)
     return 1
   info = builder.info
