@@ -121,7 +121,6 @@ def test_bad_config_is_one_line(tmp_path, tiny_data_dir, override, message):
     ('dataset=nih_cxr14', 'configs/paper.py: dataset=nih_cxr14 needs data_root=<'),
     ('dataset=nih_cxr14,data_root=/raw/nih', 'stage1=image_folder (the default) needs '
      'natural_dir=<a folder of natural images>; or stage1=none'),
-    ('dataset=nih_cxr14,data_root=/raw/nih,stage1=cxr_collection', 'stage1_dir='),
     ('method=simclrr', "configs/paper.py: method='simclrr'; choose from"),
     # a dataset not prepared in data_dir, and no raw folder to prepare it from
     ('dataset=covid19_radiography,stage1=none,data_dir=/nonexistent/tfds',
