@@ -161,3 +161,27 @@ def test_other_recorded_options_or_no_record(h, tmp_path, caplog):
   with caplog.at_level(logging.WARNING, logger='cxr_jax'):
     _prepare(tmp_path / 'tfds', root)
   assert 'cannot be checked' in caplog.text
+
+
+def test_a_record_of_the_whole_folder_opens_while_the_files_read_are_unchanged(h, tmp_path):
+  """Datasets prepared when the fingerprint covered every file under manual_dir (no
+  `files` entry): opened when every file the builder reads is in the old list unchanged."""
+  import gzip
+  root = _csv_folder(h, tmp_path / 'a')
+  h.write(root / 'notes.txt', 'was part of the old fingerprint')
+  builder = _prepare(tmp_path / 'tfds', root)
+  path = os.path.join(builder.data_dir, 'metadata.json')
+  meta = json.load(open(path))
+  old_files = identity.list_source(str(root))  # what such a record listed
+  assert 'notes.txt' in old_files
+  del meta['identity']['files']
+  meta['identity'].update(fingerprint=identity.fingerprint(old_files),
+                          num_files=len(old_files))
+  json.dump(meta, open(path, 'w'))
+  with gzip.open(os.path.join(builder.data_dir, identity.SOURCE_LIST), 'wt') as f:
+    f.writelines(f'{rel}\t{size}\t{mtime}\n' for rel, (size, mtime) in old_files.items())
+  (root / 'notes.txt').unlink()  # not read by the builder: opens
+  _prepare(tmp_path / 'tfds', root)
+  h.save(root / '1.png', h.chest(40, 36, seed=77))  # read by it: refused
+  with pytest.raises(DataIdentityError, match=r'another size or modification time \(1.png\)'):
+    _prepare(tmp_path / 'tfds', root)
