@@ -3,12 +3,18 @@
 Re-running the same command resumes an interrupted run and skips finished jobs.
 On several hosts, start one process per host with JAX's usual variables (or flags) and
 this initialises `jax.distributed` before anything else touches the devices.
+
+An error the user can fix (a bad config value or config argument, a dataset that is not
+there or not prepared, prepared data built from other files, a workdir in use, a full
+disk, a diverged run) is printed as one line `error: ...` and the exit code is 1;
+`--verbose` prints the traceback before it.
 """
 import importlib.util
 import logging
 import os
 import re
 import sys
+import traceback
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -25,7 +31,23 @@ _CACHE_DIR = flags.DEFINE_string(
                  'cxr_jax', 'jax'),
     "JAX's persistent compilation cache, shared by all runs of this user ('' turns it "
     'off; JAX_COMPILATION_CACHE_DIR, when set, wins).')
+_VERBOSE = flags.DEFINE_bool('verbose', False,
+                             'Print the traceback of an error too (else its message alone).')
 flags.mark_flags_as_required(['workdir'])
+
+
+def _verbose(argv: list[str]) -> bool:
+  """--verbose as given on the command line, for errors before absl parses the flags."""
+  return any(a in ('--verbose', '--verbose=true', '--verbose=True') for a in argv[1:])
+
+
+def _fail(message: str, verbose: bool):
+  """Prints `error: message` (after the traceback being handled, when verbose) and
+  exits with code 1."""
+  if verbose:
+    traceback.print_exc()
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(1)
 
 
 def load_config(argv: list[str]):
@@ -47,7 +69,10 @@ def load_config(argv: list[str]):
     sys.exit(f'error: --config={path}: no such config file')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except ValueError as e:  # a config argument: the message names it and what it allows
+    _fail(str(e), _verbose(argv))
   rest = [argv[0]]
   for a in argv[1:]:
     if a in given:
@@ -83,6 +108,31 @@ def _expand(config, arg: str) -> list[str]:
   return [arg]
 
 
+def user_error(e: BaseException) -> str | None:
+  """The one-line message of an error the user can fix, None for any other (a bug: its
+  traceback is printed)."""
+  # imported here as in main: cxr_jax loads after platform.setup sets the XLA flags
+  from cxr_jax import configuration
+  from cxr_jax.data import errors, identity, splits, validate
+  from cxr_jax.train import workdir
+  if isinstance(e, (workdir.RunError, configuration.ConfigError, identity.DataIdentityError,
+                    validate.DataValidationError, splits.PatientOverlapError,
+                    errors.UnreadableImageError)):
+    return str(e)
+  if isinstance(e, OSError) and workdir.no_space(e):
+    return f'no space left on device ({e}); free some space and re-run the same command to resume'
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, its errors (a config value of the wrong type, a missing
+  --workdir) in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {e}')
+
+
 def main(argv):
   del argv
   from cxr_jax import platform
@@ -96,17 +146,17 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TFDS are chatty below ERROR
   logging.getLogger('cxr_jax').setLevel(logging.INFO)
   from cxr_jax import experiment
-  from cxr_jax.train import workdir
   try:
     experiment.run(flags.FLAGS.config, _WORKDIR.value)
-  except (workdir.RunError, OSError) as e:
-    if not isinstance(e, workdir.RunError) and not workdir.no_space(e):
+  except Exception as e:  # pylint: disable=broad-except
+    why = user_error(e)
+    if why is None:
       raise
     # the message says what happened and what to do: no traceback. Exit at once: after a
     # full disk the libraries' exit handlers (TensorBoard's last flush, Orbax's abandoned
     # writes) would print tracebacks of their own for the same cause
-    why = e if isinstance(e, workdir.RunError) else (
-        f'no space left on device ({e}); free some space and re-run the same command to resume')
+    if _VERBOSE.value:
+      traceback.print_exc()
     print(f'error: {why}', file=sys.stderr, flush=True)
     logging.shutdown()
     sys.stdout.flush()
@@ -121,4 +171,4 @@ if __name__ == '__main__':
   # --config=FILE (a config file's flag) makes it wait for a value it never gets here
   config_flags.DEFINE_config_dict('config', config, 'The run\'s config (--config=FILE[:ARG]).',
                                   lock_config=True, sys_argv=argv)
-  app.run(main, argv=argv)
+  app.run(main, argv=argv, flags_parser=_parse_flags)

@@ -13,12 +13,13 @@ Phantom study (default; synthetic radiographs with a confounding marker in train
   curricular; label fractions 0.25 and 1.0 of the 128 training patients; 3 seeds;
   fine-tune, linear and kNN protocols; Grad-CAM lung and lesion shares on the 512
   unconfounded test images.
-  Expected runtime: 13 minutes on a quiet 2-core CPU (jax 0.10.2) measured before
-  ssl_matched joined the default regimes; it adds a 270-step stage and 18 evaluation
-  jobs (about a third more; not re-measured).
+  Expected runtime: 12 min 59 s wall with all four regimes (quiet 2-core Intel Xeon VM, CPU
+  only, jax 0.10.2, compilation cache warm, 2026-12-01; docs/paper.md).
   Expected result: ssl and curricular above scratch in fine-tuned test macro AUROC; every
   regime drops ~0.2 AUROC from the confounded val split to test (README.md has the table).
-  Smoke test (seconds to a minute, every code path): `...:runlocal=true`.
+  Smoke test (every code path, numbers meaningless): `...:runlocal=true`; 5 min 46 s wall
+  with a warm compilation cache, 17 min 12 s with an empty one (2-core AMD EPYC VM, CPU
+  only, cores shared with other jobs, jax 0.10.2, 2026-12-04, commit 0f25758).
   Attention at 8x8 Grad-CAM (128 px phantom, stage 3), trimmed to fit a 2-core CPU:
     python launch.py --config=configs/paper.py:size=128,protocols=finetune,fractions=1.0,inits=scratch+curricular \
       --workdir=runs/paper_phantom128
@@ -80,7 +81,7 @@ arguments):
                last stage's map: 2x2 at 64 px with the imagenet stem, so the phantom study
                takes stage 3's 4x4 map there (config.explain.stage=3); 8x8 at the last
                stage with stem=small, at ~16x the compute of the encoder's early stages.
-  runlocal     shrink everything to a seconds-long smoke run
+  runlocal     shrink everything to a smoke run through every code path (minutes on 2 cores)
 Single fields can still be overridden after, e.g. --config.finetune.steps=500.
 """
 import ml_collections
@@ -149,6 +150,8 @@ def get_config(arg=None):
   if 'imagenet' in inits and not a.imagenet:
     raise ValueError('configs/paper.py: the imagenet regime needs imagenet=<converted '
                      'checkpoint .msgpack> (nothing can be downloaded at run time)')
+  if a.dataset != 'phantom':
+    _check_sources(a, inits)
   c.finetune.inits = ','.join(inits)          # comma-separated: scratch, imagenet, ssl, ssl_matched, curricular
   if a.fractions:
     c.finetune.label_fractions = tuple(float(f) for f in _list(a.fractions))
@@ -252,8 +255,29 @@ def _real(c, a, builder):
       weight_decay=1e-4)
 
 
+def _check_sources(a, inits: list[str]):
+  """Real data comes from raw folders (prepared on first use) or from data_dir, where it
+  was prepared before: a run that has neither fails here, naming the arguments to give,
+  not later in the data pipeline."""
+  if a.data_dir:  # may hold the prepared data; the pipeline names what it lacks
+    return
+  missing = []
+  if not a.data_root:
+    missing.append(f'dataset={a.dataset} needs data_root=<the folder of its raw files>')
+  if 'curricular' in inits and a.stage1 == 'image_folder' and not a.natural_dir:
+    missing.append('stage1=image_folder (the default) needs natural_dir=<a folder of '
+                   'natural images>; or stage1=none (no natural-image stage), or '
+                   'stage1=cxr_collection with stage1_dir=<its folder>')
+  if 'curricular' in inits and a.stage1 == 'cxr_collection' and not a.stage1_dir:
+    missing.append('stage1=cxr_collection needs stage1_dir=<the folder of the collection>; '
+                   'or stage1=none')
+  if missing:
+    raise ValueError('configs/paper.py: ' + '; '.join(missing) + ' (or data_dir=<the TFDS '
+                     'folder where they are prepared>)')
+
+
 def _shrink(c, a):
-  """runlocal: every code path in seconds (numbers meaningless)."""
+  """runlocal: every code path at the smallest sizes (numbers meaningless)."""
   if a.dataset == 'phantom':
     c.phantom = PHANTOM_LOCAL
   c.model.width = 0.125 if not a.imagenet else c.model.width

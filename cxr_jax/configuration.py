@@ -5,6 +5,7 @@ what a locked ConfigDict cannot: entries of the stage list, names, choices betwe
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -31,9 +32,32 @@ STEMS = ('imagenet', 'small')
 _NAME = re.compile(r'^[A-Za-z0-9_.-]+$')
 
 
+class ConfigError(ValueError):
+  """A config value (or the data it names) that the run cannot use; the message names the
+  key at fault and what it allows, and launch.py prints it alone (no traceback)."""
+
+
+@contextlib.contextmanager
+def _as_config_error():
+  """Re-raises a plain ValueError of the checks below as ConfigError: the modules they
+  call (ssl, curriculum, data, explain) raise ValueErrors naming the key. Subclasses (the
+  data's own errors: DataIdentityError, DataValidationError, ...) keep their types."""
+  try:
+    yield
+  except ValueError as e:
+    if type(e) is not ValueError:  # pylint: disable=unidiomatic-typecheck
+      raise
+    raise ConfigError(str(e)) from e
+
+
 def validate(config: ml_collections.ConfigDict):
-  """Checks every value of a run's config before any compute; raises ValueError naming
+  """Checks every value of a run's config before any compute; raises ConfigError naming
   the key at fault and what it allows."""
+  with _as_config_error():
+    _validate(config)
+
+
+def _validate(config: ml_collections.ConfigDict):
   ssl.get_method(config.pretrain.method)
   _run_fields(config)
   _model(config.model)
@@ -194,7 +218,14 @@ def _finetune(config, stage_names):
 def check_data(config, data_dir: Path):
   """Opens (preparing on first use) every dataset the run will read and checks its
   splits, before any training: a typo in a split is found in seconds, not after
-  pretraining."""
+  pretraining. ConfigError for a split, a dataset or an option that is not there; the
+  data's own errors (bad files, other source files than the prepared data's) keep their
+  types."""
+  with _as_config_error():
+    _check_data(config, data_dir)
+
+
+def _check_data(config, data_dir: Path):
   from cxr_jax.data import pipeline
   regimes = inits(config)
   stages = range(len(config.pretrain.stages)) if 'curricular' in regimes else []
@@ -344,9 +375,10 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: Path):
   refused = [k for k in changes if not _allowed(k, allowed)]
   if refused:
     diff = [f'{k}: {changes[k][0]!r} -> {changes[k][1]!r}' for k in refused]
-    raise ValueError(
-        f'{workdir} holds a run of a different config ({path}); differences:\n  '
-        + '\n  '.join(diff[:20]) + '\nUse a new --workdir, or the same config to resume, '
+    raise ConfigError(
+        f'{workdir} holds a run of a different config ({path}); differences: '
+        + '; '.join(diff[:20]) + ('; ...' if len(diff) > 20 else '')
+        + '. Use a new --workdir, or the same config to resume, '
         'or accept the change with --config.allow_changes=' + ','.join(refused[:20])
         + ' (e.g. a lower learning rate; the checkpoints must still fit the model).')
   log.warning('%s: config changes accepted by config.allow_changes: %s', path,

@@ -11,6 +11,10 @@ point's `key=value` pairs joined by '+'), in a process of its own, with the othe
 `--config.` flags given here applied to every point. Like any run, a point resumes from
 its checkpoints and skips finished jobs, so the same command finishes an interrupted
 sweep, and a grid with more values runs only the new points.
+A point whose run fails (a bad value on its axis, a diverged run) does not stop the
+others; at the end the sweep names every failed point with its one-line error (launch.py's
+`error:` line; `--verbose` passes launch.py's tracebacks through) and exits with 1, after
+writing the table of the points that succeeded.
 
 Scratch fine-tuning does not depend on pretraining: when every grid key is under
 `pretrain.` or `curriculum.`, a point copies the finished scratch cells (result.json,
@@ -42,6 +46,7 @@ import time
 from pathlib import Path
 
 from cxr_jax import vocab
+from cxr_jax.report import fmt
 from cxr_jax.train import workdir as workdir_lib
 
 # grid keys under these prefixes leave the scratch cells unchanged (see module doc)
@@ -98,9 +103,49 @@ def copy_scratch(source: Path, target: Path) -> int:
   return copied
 
 
+def _run_point(args: list[str]) -> tuple[int, str]:
+  """Runs one point's launch.py, its stdout and stderr passed through as they come
+  (progress bars included); returns its exit code and its one-line error: the `error: `
+  line launch.py ends with (not passed through: the sweep repeats it), else the last line
+  it wrote to stderr (a traceback's), '' when it succeeded."""
+  proc = subprocess.Popen(args, stderr=subprocess.PIPE)
+  out = getattr(sys.stderr, 'buffer', None)
+  pending, error, last = b'', b'', b''
+  while True:
+    chunk = proc.stderr.read1(65536)
+    if not chunk:
+      break
+    pending += chunk
+    # pass on every finished line ('\n', or a progress bar's '\r'), keep the rest
+    cut = max(pending.rfind(b'\n'), pending.rfind(b'\r')) + 1
+    for line in pending[:cut].splitlines(keepends=True):
+      if line.startswith(b'error: '):
+        error = line
+        continue
+      if line.strip():
+        last = line
+      if out is not None:
+        out.write(line)
+      else:
+        sys.stderr.write(line.decode(errors='replace'))
+    pending = pending[cut:]
+    sys.stderr.flush()
+  rc = proc.wait()
+  if pending.startswith(b'error: '):
+    error = pending
+  elif pending.strip():
+    last = pending
+    sys.stderr.write(pending.decode(errors='replace'))
+  if rc == 0:
+    return rc, ''
+  why = (error[len(b'error: '):] if error else last).decode(errors='replace').strip()
+  return rc, why or f'exit code {rc}'
+
+
 def run_sweep(config: str, workdir: Path, axes, extra: list[str]) -> list[dict]:
   """Runs every point (resuming, skipping finished jobs); returns [{name, point, seconds,
-  rc}] and writes <workdir>/sweep.json with them."""
+  rc, error}] and writes <workdir>/sweep.json with them (error: the failed point's
+  one-line error, '' for one that succeeded)."""
   workdir.mkdir(parents=True, exist_ok=True)
   share_scratch = all(k.startswith(PRETRAINING_ONLY) for k, _ in axes) and not any(
       a.startswith(('--config.finetune.', '--config.model.', '--config.seed'))
@@ -116,15 +161,26 @@ def run_sweep(config: str, workdir: Path, axes, extra: list[str]) -> list[dict]:
             *[f'--config.{k}={v}' for k, v in point.items()], *extra]
     print(f'[sweep] {name}', flush=True)
     start = time.time()
-    rc = subprocess.call(args)
-    runs.append(dict(name=name, point=point, seconds=round(time.time() - start, 1), rc=rc))
+    rc, error = _run_point(args)
+    runs.append(dict(name=name, point=point, seconds=round(time.time() - start, 1), rc=rc,
+                     error=error))
     workdir_lib.write_text(workdir / 'sweep.json',
                            json.dumps(dict(config=config, extra=extra, runs=runs), indent=2))
     if rc != 0:
-      print(f'[sweep] {name} failed (exit {rc}); the others go on', file=sys.stderr, flush=True)
+      print(f'[sweep] {name} failed (exit {rc}): {error}; the others go on', flush=True)
     else:
       done.append(name)
   return runs
+
+
+def failed_points(runs: list[dict]) -> str:
+  """'' when every point succeeded, else one line naming each failed point and why."""
+  failed = [r for r in runs if r['rc'] != 0]
+  if not failed:
+    return ''
+  return (f'{len(failed)} of {len(runs)} sweep point(s) failed: ' +
+          '; '.join(f'{r["name"]} ({r.get("error") or "exit code " + str(r["rc"])})'
+                    for r in failed))
 
 
 def point_rows(point_dir: Path, n_boot: int, seed: int = 0) -> list[dict]:
@@ -161,20 +217,26 @@ def write_table(workdir: Path, n_boot: int = 1000, seed: int = 0) -> Path:
   lines += ['| point | protocol | label fraction | init | seeds | test AUROC (seed mean) | '
             'Δ vs scratch | 95% CI | p | point wall time |',
             '|---|---|---|---|---|---|---|---|---|---|']
-  fmt = lambda x: '–' if x is None else f'{x:.3f}'
   for point in points:
     for r in point_rows(point, n_boot, seed):
-      delta = '–' if r['diff'] is None else f'{r["diff"]:+.3f}'
-      ci = '–' if r['lo'] is None else f'[{r["lo"]:+.3f}, {r["hi"]:+.3f}]'
-      wall = f'{seconds[point.name] / 60:.1f} min' if point.name in seconds else '–'
+      delta = fmt.number(r['diff'], sign=True)
+      ci = (f'[{fmt.number(r["lo"], sign=True)}, {fmt.number(r["hi"], sign=True)}]'
+            if fmt.defined(r['lo']) else fmt.DASH)
+      wall = (f'{fmt.number(seconds[point.name] / 60, 1)} min' if point.name in seconds
+              else fmt.DASH)
       lines.append(f'| {point.name} | {r["protocol"]} | {r["fraction"]:g} | {r["init"]} | '
-                   f'{r["seeds"]} | {fmt(r["auroc"])} | {delta} | {ci} | {fmt(r["p_value"])} | '
-                   f'{wall} |')
+                   f'{r["seeds"]} | {fmt.number(r["auroc"])} | {delta} | {ci} | '
+                   f'{fmt.number(r["p_value"])} | {wall} |')
   lines += ['', f'Δ: paired difference of seed-mean test macro AUROC from scratch on the same '
             f'test patients; CI and p from {n_boot} patient-bootstrap resamples '
             '(`cxr_jax.eval.bootstrap.paired_comparison`, not adjusted for the number of '
             'rows). Point wall time: the whole run of the point (scratch cells copied '
-            'from an earlier point take none).', '']
+            'from an earlier point take none). –: no value: Δ, CI and p for scratch itself '
+            'and for a regime not tested on the same patients as scratch; the AUROC where no '
+            'seed has one.', '']
+  failed = failed_points(meta.get('runs', []))
+  if failed:
+    lines += [f'Not in the table: {failed}.', '']
   path = workdir / 'sweep.md'
   workdir_lib.write_text(path, '\n'.join(lines))
   return path
@@ -188,6 +250,8 @@ def main(argv=None):
   parser.add_argument('--table_only', action='store_true',
                       help='only (re)write <workdir>/sweep.md from the points there')
   parser.add_argument('--n_boot', type=int, default=1000, help='bootstrap resamples')
+  parser.add_argument('--verbose', action='store_true',
+                      help="each point's launch.py prints its error's traceback too")
   args, extra = parser.parse_known_args(argv)
   unknown = [a for a in extra if not a.startswith('--config.')]
   if unknown:
@@ -200,8 +264,13 @@ def main(argv=None):
       axes = parse_grid(args.grid)
     except ValueError as e:
       parser.error(str(e))
-    run_sweep(args.config, workdir, axes, extra)
+    runs = run_sweep(args.config, workdir, axes, extra + ['--verbose'] * args.verbose)
   print(write_table(workdir, args.n_boot).read_text())
+  failed = '' if args.table_only else failed_points(runs)
+  if failed:  # the table holds the points that succeeded; the exit code says not all did
+    print(f'error: {failed}; the table of the others: {workdir / "sweep.md"}',
+          file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

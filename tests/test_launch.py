@@ -88,18 +88,78 @@ def test_a_second_launch_on_a_workdir_in_use_fails_at_once_in_one_line(tmp_path,
   assert not (run / 'config.json').exists()
 
 
+def _one_line_error(result, message):
+  """launch.py failed as a user error: exit code 1, stderr one line `error: ...` naming
+  `message`, no traceback."""
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert lines[0].startswith('error: ') and message in lines[0], lines[0]
+
+
 @pytest.mark.parametrize('override, message', [
     ('--config.pretrain.temprature=0.1', 'unknown config key config.pretrain.temprature'),
     ('--config.pretrain.stages[0].data.split=unlabelled',
      "config.pretrain.stages[0].data.split: dataset 'phantom' has no split 'unlabelled'"),
-    ('--config.pretrain.method=simclear', "config.pretrain.method must be one of"),
+    ('--config.pretrain.method=simclrr', "config.pretrain.method must be one of"),
+    ('--config.finetune.steps=-5', 'config.finetune.steps must be an integer >= 1, got -5'),
+    ('--config.finetune.steps=many', 'flag --config.finetune.steps=many'),
     ('--config.finetune.inits=scratch,imagenett', "unknown init 'imagenett'"),
     ('--config.curriculum.pacing=cubic', "pacing.kind must be one of"),
 ])
-def test_bad_config_is_named(tmp_path, tiny_data_dir, override, message):
+def test_bad_config_is_one_line(tmp_path, tiny_data_dir, override, message):
+  """Each fails in the config or data checks, before anything is compiled."""
   result = _launch(tmp_path / 'bad', override, data_dir=tiny_data_dir)
-  assert result.returncode != 0
-  assert message in result.stderr, result.stderr[-2000:]
+  _one_line_error(result, message)
+  if override.endswith('=-5'):  # --verbose: the traceback too, then the same line
+    verbose = _launch(tmp_path / 'bad', override, '--verbose', data_dir=tiny_data_dir)
+    assert verbose.returncode == 1 and 'Traceback' in verbose.stderr
+    assert verbose.stderr.strip().splitlines()[-1] == result.stderr.strip()
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('dataset=nih_cxr14', 'configs/paper.py: dataset=nih_cxr14 needs data_root=<'),
+    ('dataset=nih_cxr14,data_root=/raw/nih', 'stage1=image_folder (the default) needs '
+     'natural_dir=<a folder of natural images>; or stage1=none'),
+    ('method=simclrr', "configs/paper.py: method='simclrr'; choose from"),
+    # a dataset not prepared in data_dir, and no raw folder to prepare it from
+    ('dataset=covid19_radiography,stage1=none,data_dir=/nonexistent/tfds',
+     "config.pretrain.stages[0].data.manual_dir is empty and dataset 'covid19_radiography'"
+     " (config 'default') is not prepared in /nonexistent/tfds"),
+    ('dataset=covid19_radiography,stage1=none,data_root=/nonexistent/raw',
+     'config.pretrain.stages[0].data.manual_dir=/nonexistent/raw: no such folder'),
+])
+def test_paper_config_arguments_are_named_in_one_line(tmp_path, arg, message):
+  result = subprocess.run([sys.executable, 'launch.py', f'--config=configs/paper.py:{arg}',
+                           f'--workdir={tmp_path / "w"}'], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+  _one_line_error(result, message)
+  if 'data_' not in arg:  # refused before the workdir is touched
+    assert not (tmp_path / 'w').exists()
+
+
+def test_prepared_data_from_changed_files_is_refused_in_one_line(tmp_path):
+  """A prepared image_folder whose image changed since: DataIdentityError, one line (a
+  note added beside the images changes nothing)."""
+  import numpy as np
+  from PIL import Image
+  from cxr_jax.data import prepare
+  raw, data_dir = tmp_path / 'raw', tmp_path / 'tfds'
+  rng = np.random.default_rng(0)
+  for i in range(8):
+    (raw / 'ab'[i % 2]).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (32, 32), np.uint8)).save(raw / 'ab'[i % 2] / f'{i}.png')
+  prepare.prepare('image_folder', str(data_dir), manual_dir=str(raw), size=32, workers=1)
+  Image.fromarray(rng.integers(0, 255, (32, 32), np.uint8)).save(raw / 'b' / '0.png')
+  (raw / 'notes.txt').write_text('not read by the builder')
+  data = ['name=image_folder', 'options=size=32', f'manual_dir={raw}']
+  args = [f'--config.pretrain.stages[{s}].data.{kv}' for s in (0, 1) for kv in data + ['split=train']]
+  args += [f'--config.finetune.data.{kv}' for kv in data]
+  result = _launch(tmp_path / 'run', *args, data_dir=data_dir)
+  _one_line_error(result, 'image_folder: ')
+  assert ('but config.pretrain.stages[0].data.manual_dir is the same folder, changed since'
+          in result.stderr)
+  assert '(b/0.png)' in result.stderr and 'notes.txt' not in result.stderr
 
 
 def test_a_real_dataset_builder_by_config_alone(tmp_path, jax_cache_dir):

@@ -351,6 +351,40 @@ def test_no_masks_at_all_is_one_sentence(tmp_path):
   assert 'lung share (pred) | lung share (true)' not in text and 'nan' not in text.lower()
 
 
+def test_undefined_attention_is_a_dash_with_its_reason(tmp_path):
+  """Attention files without lung masks (all lung shares NaN, as a multi-label CheXpert
+  run writes them) and the sweep's table: a dash, the reason under the table, no nan."""
+  import re
+  from cxr_jax import sweep
+  from cxr_jax.report import write_report
+  workdir = _make_workdir(tmp_path / 'run', seeds=1)
+  for path in workdir.glob('finetune/*/*/seed*/attention.npz'):
+    arrays = dict(np.load(path))
+    n = len(arrays['labels'])
+    arrays.update(lung_share_pred=np.full(n, np.nan), lung_share_true=np.full(n, np.nan),
+                  lung_area=np.zeros(n), occlusion_lung_share=np.full(8, np.nan))
+    np.savez_compressed(path, **arrays)
+  text = write_report(workdir, n_boot=50).read_text()
+  assert not re.search(r'\bnan\b', text, re.IGNORECASE)
+  rows = _rows(text, '| protocol | init | label fraction | seeds | lung share (pred)')
+  assert len(rows) == 6 and all(r[4] == r[5] == r[7] == r[-1] == '–' for r in rows)
+  assert all(r[6] != '–' for r in rows)  # the marker share is still measured
+  assert ("–: no value: a share where no explained image of the group had that region's "
+          'mask') in text
+  assert 'Δ vs scratch where the lung share (pred) is undefined in either regime' in text
+  # the sweep's table: AUROC and differences of a point without values are dashes too
+  (workdir / 'finetune' / 'ssl').rename(tmp_path / 'aside')
+  for result in workdir.glob('*/*/*/seed*/result.json'):
+    r = json.loads(result.read_text())
+    r['test'].pop('auroc')
+    result.write_text(json.dumps(r))
+  (tmp_path / 'sweep').mkdir()
+  (workdir).rename(tmp_path / 'sweep' / 'point')
+  table = sweep.write_table(tmp_path / 'sweep', n_boot=20).read_text()
+  assert not re.search(r'\bnan\b', table, re.IGNORECASE)
+  assert '| point | finetune | 1 | curricular | 1 | – |' in table
+
+
 FINDINGS = ['edema', 'effusion', 'hernia']  # hernia: no positive on this test set
 
 

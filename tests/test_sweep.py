@@ -77,3 +77,63 @@ def test_scratch_cells_are_copied_without_checkpoints(tmp_path):
   assert (copied / 'test_predictions.npz').exists() and not (copied / 'ckpt').exists()
   assert not (target / 'finetune' / 'curricular').exists()
   assert sweep.copy_scratch(source, target) == 0  # already there
+
+
+FAKE_LAUNCH = '''
+import shutil, sys
+args = dict(a[2:].split('=', 1) for a in sys.argv[1:])
+if args['config.pretrain.method'] == 'simclrr':
+  print('a progress line', file=sys.stderr)
+  print("error: config.pretrain.method must be one of ('simclr', 'byol'), got 'simclrr'",
+        file=sys.stderr)
+  sys.exit(1)
+shutil.copytree(sys.argv[0] + '.point', args['workdir'])
+'''
+
+
+def test_failed_points_are_named_and_the_sweep_exits_1(tmp_path, monkeypatch, capsys):
+  """A point whose run fails: the sweep goes on, writes the table of the others, names the
+  failed point and its one-line error, and exits with 1."""
+  labels, probs = np.arange(6) % 3, np.full((6, 3), 1 / 3)
+  patients = np.array([f'p{i}' for i in range(6)])
+  launch = tmp_path / 'launch.py'
+  launch.write_text(FAKE_LAUNCH)
+  template = tmp_path / 'launch.py.point'  # what the fake launch.py leaves in a workdir
+  _write_cell(template, 'scratch', 0, labels, probs, patients)
+  (template / 'config.json').write_text('{}')
+  monkeypatch.setattr(sweep, '_launch_path', lambda: launch)
+  workdir = tmp_path / 'sweep'
+  with pytest.raises(SystemExit) as exit_:
+    sweep.main(['--config=configs/default.py', f'--workdir={workdir}', '--n_boot=10',
+                '--grid=pretrain.method=byol,simclrr'])
+  assert exit_.value.code == 1
+  err = capsys.readouterr().err
+  # the point's own error line is not repeated; its other output is passed through
+  assert 'a progress line' in err and "error: config.pretrain.method" not in err
+  assert err.strip().splitlines()[-1] == (
+      "error: 1 of 2 sweep point(s) failed: pretrain.method=simclrr (config.pretrain.method "
+      "must be one of ('simclr', 'byol'), got 'simclrr'); the table of the others: "
+      f"{workdir / 'sweep.md'}")
+  table = (workdir / 'sweep.md').read_text()
+  assert '| pretrain.method=byol | finetune | 1 | scratch | 1 |' in table
+  assert 'Not in the table: 1 of 2 sweep point(s) failed: pretrain.method=simclrr' in table
+  runs = json.loads((workdir / 'sweep.json').read_text())['runs']
+  assert [(r['rc'], r['error'][:24]) for r in runs] == [(0, ''), (1, 'config.pretrain.method m')]
+
+
+def test_a_sweep_of_a_bad_key_exits_1_in_one_line(tmp_path):
+  """End to end: launch.py refuses the key before any compute; the sweep says so in one
+  line on stderr and exits with 1."""
+  import subprocess
+  import sys
+  from tests.conftest import ROOT, subprocess_env
+  result = subprocess.run(
+      [sys.executable, '-m', 'cxr_jax.sweep', '--config=configs/default.py',
+       f'--workdir={tmp_path / "sweep"}', '--grid=pretrain.methodd=byol'],
+      cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+  assert lines[0].startswith('error: 1 of 1 sweep point(s) failed: pretrain.methodd=byol '
+                             '(--config.pretrain.methodd=byol: unknown config key '
+                             'config.pretrain.methodd'), lines[0]
+  assert (tmp_path / 'sweep' / 'sweep.md').exists()

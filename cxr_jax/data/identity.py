@@ -2,27 +2,36 @@
 
 A prepared dataset lives in `data_dir/<name>/<config>/<version>`. The config folder name
 already encodes the options (`_common.config_with` appends a hash of their exact values),
-so different options never share a folder. What the name cannot say is which raw folder
+so different options never share a folder. What the name cannot say is which raw files
 the data came from. `record` therefore stores, in the dataset's metadata
 (`metadata.json`, key `identity`):
 
   source        the resolved manual_dir the dataset was prepared from;
-  fingerprint   a hash of its file list: every file's relative path, size and mtime
-                (a stat per file, no contents read), and `num_files`, `total_bytes`;
+  files         'builder inputs': the fingerprint covers the files the builder reads
+                (`CxrBuilder.input_files`: the images, masks and label files of the
+                dataset), not everything under manual_dir;
+  fingerprint   a hash of that file list: every file's path relative to manual_dir, size
+                and mtime (a stat per file, no contents read; a listed file that is
+                missing counts as such), and `num_files`, `total_bytes`;
   builder, version, config, options   the builder and its exact option values;
 
 and the file list itself in `source_files.tsv.gz` next to it, so that a mismatch can name
 the files that differ. `check` runs whenever a prepared dataset is opened with a
 manual_dir (`prepare.ensure_prepared`, used by the CLI, `prepare.prepare` and the training
-pipeline): the same files (same fingerprint, wherever the folder now lies) open the data;
-any other folder, or the same folder with files added, removed or modified, is refused
-with `DataIdentityError`, naming both sources and the differing files. Nothing is rebuilt
-silently: use a new data_dir, or delete the prepared folder to rebuild it in place.
+pipeline): it lists the builder's input files in manual_dir again; the same files (same
+fingerprint, wherever the folder now lies) open the data; another folder, or the same
+folder with an image, mask or label file added, removed or modified, is refused with
+`DataIdentityError` (one line), naming both sources and the differing files. Other files
+inside the raw folder (notes, runs, prepared data in a data_dir there) are not read by the
+builder and never cause a refusal. Nothing is rebuilt silently: use a new data_dir, or
+delete the prepared folder to rebuild it in place.
 
 Opening without a manual_dir (reading prepared data on a machine without the raw files)
 checks only the options. Datasets prepared before these records existed open with a
-warning when a manual_dir is given (their source cannot be checked). The phantom has no
-raw folder: its config name spells out all of its options, which is its whole identity.
+warning when a manual_dir is given (their source cannot be checked); those whose record
+fingerprinted every file under manual_dir (no `files` entry) open when every input file
+the builder reads now is in that record, unchanged. The phantom has no raw folder: its
+config name spells out all of its options, which is its whole identity.
 """
 from __future__ import annotations
 
@@ -41,8 +50,31 @@ class DataIdentityError(ValueError):
   """A prepared dataset was built from other files or options than the ones asked for."""
 
 
+# the record's `files`: which files its fingerprint covers
+BUILDER_INPUTS = 'builder inputs'
+MISSING = (-1, -1)  # (size, mtime) of a listed file that is not there
+
+
+def stat_files(root: str, paths) -> dict[str, tuple[int, int]]:
+  """Path relative to `root` -> (size, mtime_ns) of each file of `paths` (symbolic links
+  followed; MISSING for a file that is not there)."""
+  root_abs, root_real = os.path.abspath(root), os.path.realpath(root)
+  out = {}
+  for path in paths:
+    rel = os.path.relpath(os.path.abspath(path), root_abs)
+    if rel.startswith('..'):  # a path the builder resolved through a link
+      rel = os.path.relpath(os.path.realpath(path), root_real)
+    try:
+      st = os.stat(path)
+      out[rel.replace(os.sep, '/')] = (st.st_size, st.st_mtime_ns)
+    except OSError:
+      out[rel.replace(os.sep, '/')] = MISSING
+  return out
+
+
 def list_source(root: str, exclude: tuple[str, ...] = ()) -> dict[str, tuple[int, int]]:
-  """Relative path -> (size, mtime_ns) of every file under `root`.
+  """Relative path -> (size, mtime_ns) of every file under `root`: the file list of the
+  records written before `BUILDER_INPUTS` (read to check data prepared then).
 
   Hidden files and folders (names starting with '.') and `__MACOSX` are left out, as are
   the folders in `exclude` (a data_dir inside the raw folder). Symbolic links are
@@ -91,20 +123,23 @@ def jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
                                 for k, v in options.items()}, sort_keys=True))
 
 
-def record(builder, manual_dir: str, options: Mapping[str, Any]) -> dict[str, Any]:
-  """The identity of a dataset being prepared from `manual_dir` with `options`.
+def record(builder, manual_dir: str, options: Mapping[str, Any],
+           input_files) -> dict[str, Any]:
+  """The identity of a dataset being prepared from `manual_dir` with `options`, whose
+  builder reads `input_files` (`CxrBuilder.input_files`).
 
   Writes the file list into the (incomplete) dataset folder `builder.data_dir` and
   returns the summary for `info.metadata['identity']`.
   """
   source = os.path.realpath(manual_dir)
-  files = list_source(source, exclude=(os.fspath(builder.data_dir_root),))
+  files = stat_files(manual_dir, input_files)
   with gzip.open(os.path.join(os.fspath(builder.data_dir), SOURCE_LIST), 'wt',
                  encoding='utf-8', errors='surrogateescape') as f:
     for rel in sorted(files):
       f.write(f'{rel}\t{files[rel][0]}\t{files[rel][1]}\n')
   return {
       **_source_summary(source, files),
+      'files': BUILDER_INPUTS,
       'builder': builder.name,
       'version': str(builder.version),
       'config': builder.builder_config.name,
@@ -135,6 +170,8 @@ def _recorded_files(builder) -> Optional[dict[str, tuple[int, int]]]:
 def _differences(old: Optional[Mapping], new: Mapping) -> str:
   if old is None:
     return ''
+  old = {k: v for k, v in old.items() if v != MISSING}  # a listed file not there: absent
+  new = {k: v for k, v in new.items() if v != MISSING}
   parts = []
   for what, names in (
       ('only in the prepared source', sorted(set(old) - set(new))),
@@ -149,7 +186,7 @@ def _differences(old: Optional[Mapping], new: Mapping) -> str:
 
 def _source_summary(source: str, files: Mapping[str, tuple[int, int]]) -> dict[str, Any]:
   return {'source': source, 'fingerprint': fingerprint(files), 'num_files': len(files),
-          'total_bytes': sum(size for size, _ in files.values())}
+          'total_bytes': sum(max(size, 0) for size, _ in files.values())}
 
 
 def _summary_text(summary: Mapping[str, Any]) -> str:
@@ -159,13 +196,15 @@ def _summary_text(summary: Mapping[str, Any]) -> str:
           f'{summary["fingerprint"][:12]})')
 
 
-def check(builder, manual_dir: Optional[str], options: Optional[Mapping[str, Any]]) -> None:
+def check(builder, manual_dir: Optional[str], options: Optional[Mapping[str, Any]],
+          key: str = 'manual_dir') -> None:
   """Raises DataIdentityError unless the prepared `builder` is what was asked for.
 
   Args:
     builder: a builder whose dataset is prepared.
     manual_dir: the raw folder the caller names, or None (read as prepared).
     options: the caller's exact options (None: builders without recorded options).
+    key: what names manual_dir in the error (a config key, or the CLI's flag).
   """
   ident = recorded(builder)
   where = os.fspath(builder.data_dir)
@@ -184,22 +223,29 @@ def check(builder, manual_dir: Optional[str], options: Optional[Mapping[str, Any
     return
   source = os.path.realpath(os.path.expanduser(os.fspath(manual_dir)))
   if not os.path.isdir(source):
-    log.warning('%s: manual_dir %s is not a folder here; reading %s as prepared from %s',
-                builder.name, source, where, ident['source'])
+    log.warning('%s: %s=%s is not a folder here; reading %s as prepared from %s',
+                builder.name, key, source, where, ident['source'])
     return
-  files = list_source(source, exclude=(os.fspath(builder.data_dir_root),))
+  _, inputs = builder.input_files(source)
+  files = stat_files(source, inputs)
   mine = _source_summary(source, files)
   if mine['fingerprint'] == ident['fingerprint']:
     if source != ident['source']:
       log.info('%s: %s holds the same files as %s, from which %s was prepared',
                builder.name, source, ident['source'], where)
     return
+  old = _recorded_files(builder)
+  if ident.get('files') != BUILDER_INPUTS and old is not None:
+    # recorded before BUILDER_INPUTS: every file under manual_dir then. The data is the
+    # same when every file the builder reads now is there, unchanged
+    if all(old.get(rel) == stat for rel, stat in files.items() if stat != MISSING):
+      return
+    old = {rel: old[rel] for rel in old if rel in files}
   same = 'the same folder, changed since' if source == ident['source'] else 'another folder'
-  diff = _differences(_recorded_files(builder), files)
+  diff = _differences(old, files)
   raise DataIdentityError(
-      f'{builder.name}: {where} was prepared from\n  {_summary_text(ident)}\n'
-      f'but manual_dir is {same}:\n  {_summary_text(mine)}\n'
-      + (f'Differences: {diff}.\n' if diff else '') +
-      'Prepared data is never reused for other files. To prepare from this folder, use '
+      f'{builder.name}: {where} was prepared from {_summary_text(ident)}, but {key} is '
+      f'{same}: {_summary_text(mine)}' + (f'; differences: {diff}' if diff else '') +
+      '. Prepared data is never reused for other files: to prepare from this folder, use '
       f'a new data_dir, or delete {where} (it is rebuilt there); to read the prepared '
-      'data as it is, leave manual_dir out.')
+      f'data as it is, leave {key} out.')

@@ -79,7 +79,7 @@ def get_builder(data_cfg, data_dir: str, key: str = 'data'):
   builder = cls(data_dir=os.fspath(data_dir), config=config, file_format='array_record')
   # Prepared data is opened only if it was built from these options and raw files.
   from cxr_jax.data import prepare
-  return prepare.ensure_prepared(builder, data_cfg.manual_dir or None)
+  return prepare.ensure_prepared(builder, data_cfg.manual_dir or None, key=f'{key}.manual_dir')
 
 
 def _our_builders():

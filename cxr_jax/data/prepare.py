@@ -25,8 +25,8 @@ import argparse
 import ast
 import os
 import sys
-import textwrap
 import time
+import traceback
 from typing import Any, Optional, Sequence
 
 import tensorflow_datasets as tfds
@@ -102,12 +102,13 @@ def prepare(name: str, data_dir: str, manual_dir: Optional[str] = None,
   return ensure_prepared(builder, manual_dir)
 
 
-def ensure_prepared(builder, manual_dir: Optional[str] = None):
+def ensure_prepared(builder, manual_dir: Optional[str] = None, key: str = 'manual_dir'):
   """Opens `builder`'s prepared dataset if it is what was asked for, else prepares it.
 
   A prepared dataset is returned only when its recorded identity matches: the same
   options, and (when manual_dir is given) the same source files. Otherwise
   DataIdentityError says what differs and how to proceed; nothing is reused silently.
+  `key` names manual_dir in the one-line errors (a config key, or the CLI's flag).
   """
   from cxr_jax.data import identity  # pylint: disable=import-outside-toplevel
   from cxr_jax.data.builders import _common  # pylint: disable=import-outside-toplevel
@@ -116,24 +117,29 @@ def ensure_prepared(builder, manual_dir: Optional[str] = None):
   if _is_prepared(builder):
     options = (_common.config_options(builder.builder_config)
                if isinstance(builder, _common.CxrBuilder) else None)
-    identity.check(builder, manual_dir, options)
+    identity.check(builder, manual_dir, options, key)
     return builder
   needs_manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', ''))
   if needs_manual and not manual_dir:
     raise ValueError(
-        f'dataset {name!r} (config {builder.builder_config.name!r}) is not prepared in '
-        f'{builder.data_dir_root} and no manual_dir was given. Download it and pass '
-        f'manual_dir=<folder>:'
-        f'\n{textwrap.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).strip()}')
+        f'{key} is empty and dataset {name!r} (config {builder.builder_config.name!r}) is '
+        f'not prepared in {builder.data_dir_root}: give {key}=<the folder you downloaded> '
+        f'({layout(builder)})')
   if needs_manual:
     if not os.path.isdir(manual_dir):
-      raise ValueError(f'{name}: manual_dir {manual_dir} is not a folder')
+      raise ValueError(f'{key}={manual_dir}: no such folder (the raw files of dataset '
+                       f'{name!r}, not prepared in {builder.data_dir_root})')
     if not os.listdir(manual_dir):
-      raise ValueError(f'{name}: manual_dir {manual_dir} is empty; expected layout:\n'
-                       f'{textwrap.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).strip()}')
+      raise ValueError(f'{key}={manual_dir}: the folder is empty; dataset {name!r} expects '
+                       f'{layout(builder)}')
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   builder.download_and_prepare(download_config=download_config)
   return builder
+
+
+def layout(builder) -> str:
+  """The builder's download instructions in one line (for one-line errors)."""
+  return ' '.join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
 
 
 def _is_prepared(builder) -> bool:
@@ -165,6 +171,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help='decoding processes (0: min(8, CPUs); 1: in-process)')
   parser.add_argument('--option', action='append', default=[], metavar='KEY=VALUE',
                       help='any other builder option, e.g. --option=uncertainty=zeros')
+  parser.add_argument('--verbose', action='store_true',
+                      help="print an error's traceback too (else its message alone)")
   return parser.parse_args(argv)
 
 
@@ -187,6 +195,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     builder = prepare(args.dataset, args.data_dir, manual_dir=args.manual_dir,
                       config=args.config, workers=args.workers, **overrides)
   except ValueError as e:  # Validation, overlap and usage errors: message, no traceback.
+    if args.verbose:
+      traceback.print_exc()
     print(f'error: {e}', file=sys.stderr)
     return 1
   info = builder.info

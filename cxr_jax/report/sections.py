@@ -14,7 +14,7 @@ import numpy as np
 from cxr_jax import vocab
 from cxr_jax.eval import bootstrap
 from cxr_jax.eval import metrics as M
-from cxr_jax.report import attention, figures, loading
+from cxr_jax.report import attention, figures, fmt, loading
 
 NAN2 = (float('nan'), float('nan'))
 
@@ -74,14 +74,7 @@ def prepare(workdir: Path, groups: dict, n_boot: int, seed: int) -> Run:
 
 # ----------------------------------------------------------------------------- formatting
 
-def _fmt(x, digits=3) -> str:
-  return f'{x:.{digits}f}' if x is not None and np.isfinite(x) else '–'
-
-
-def _fmt_p(p) -> str:
-  if p is None or not np.isfinite(p):
-    return '–'
-  return f'{p:.3f}' if p >= 0.001 else '<0.001'
+_fmt, _fmt_p = fmt.number, fmt.p_value  # every number of a table goes through these
 
 
 def _mean_std_cell(values) -> str:
@@ -106,8 +99,8 @@ def header(workdir: Path) -> list[str]:
   lines = ['# Report', '', f'Workdir: `{workdir.name}`', '']
   pre = []
   for job, row in loading.pretrain_jobs(workdir).items():
-    extras = ''.join(f', {k} {row[k]:.3f}' for k in sorted(row) if k.startswith('monitor/'))
-    pre.append(f'- `{job}`: {row["step"]} steps, final loss {row["train/loss"]:.4f}{extras}')
+    extras = ''.join(f', {k} {_fmt(row[k])}' for k in sorted(row) if k.startswith('monitor/'))
+    pre.append(f'- `{job}`: {row["step"]} steps, final loss {_fmt(row["train/loss"], 4)}{extras}')
   return lines + (['## Pretraining', ''] + pre + [''] if pre else [])
 
 
@@ -284,7 +277,7 @@ def paired_comparisons(run: Run) -> list[str]:
                   'p (Holm)'], first='protocol | label fraction')
   for c, p_adj in zip(comps, bootstrap.holm([c['p_value'] for c in comps])):
     lines.append(f'| {c["protocol"]} | {c["fraction"]:g} | {c["a"]} | {c["b"]} | '
-                 f'{c["seeds"]} | {c["diff"]:+.3f} | [{_fmt(c["lo"])}, {_fmt(c["hi"])}] | '
+                 f'{c["seeds"]} | {_fmt(c["diff"], sign=True)} | [{_fmt(c["lo"])}, {_fmt(c["hi"])}] | '
                  f'{_fmt_p(c["p_value"])} | {_fmt_p(p_adj)} |')
   return lines + [
       '', f'Paired cluster bootstrap over the {comps[0]["patients"]} test '
@@ -295,27 +288,64 @@ def paired_comparisons(run: Run) -> list[str]:
       f'for all {len(comps)} comparisons in this table.', '']
 
 
-def _vs_scratch(run: Run, key) -> str:
-  """'Δ lung share vs scratch (p)' of a group, '–' for scratch or another test set."""
+# why a cell of the attention table is a dash, said under the table when one is
+DASH_REASONS = {
+    'no mask': 'a share where no explained image of the group had that region\'s mask (a '
+               'dataset without lung masks: config.explain.data names a masked set, or '
+               "config.explain.masks='segmenter:<folder>')",
+    'zero maps': 'a share where every map of the group is zero (Grad-CAM keeps positive '
+                 'evidence only; a model trained a few steps may have none for its class)',
+    'rho': 'ρ where fewer than 3 images have both shares defined, or either is constant',
+    'other images': 'Δ vs scratch where the regime was explained on other images than '
+                    'scratch, or scratch has no attention file',
+    'no diff': 'Δ vs scratch where the lung share (pred) is undefined in either regime',
+}
+
+
+def _undefined_share(att: dict, name: str) -> str:
+  """The DASH_REASONS key of a share `name` without a value: no mask, or zero maps."""
+  region = 'lung' if name == 'occlusion_lung_share' else name.rsplit('_share_', 1)[0]
+  areas = [a[f'{region}_area'] for a in att['arrays'] if f'{region}_area' in a]
+  has_mask = any(np.nan_to_num(np.asarray(x, np.float64)).max(initial=0) > 0 for x in areas)
+  return 'zero maps' if has_mask else 'no mask'
+
+
+def _vs_scratch(run: Run, key, why: set) -> str:
+  """'Δ lung share vs scratch (p)' of a group, '–' for scratch, another test set or an
+  undefined difference (adding its reason to `why`)."""
   att, ref = run.atts[key], (key[0], 'scratch', key[2])
-  if key[1] == 'scratch' or ref not in run.atts or not (
+  if key[1] == 'scratch':
+    return '–'
+  if ref not in run.atts or not (
       np.array_equal(run.atts[ref]['labels'], att['labels']) and
       np.array_equal(run.atts[ref]['groups'], att['groups'])):
+    why.add('other images')
     return '–'
   d = attention.paired_share(att, run.atts[ref], 'lung_share_pred', run.n_boot, run.seed)
-  return f'{d["diff"]:+.2f} (p {_fmt_p(d["p_value"])})'
+  if not fmt.defined(d['diff']):
+    why.add('no diff')
+    return '–'
+  return f'{_fmt(d["diff"], 2, sign=True)} (p {_fmt_p(d["p_value"])})'
 
 
-def _attention_row(run: Run, key, extra: list[str]) -> str:
+def _attention_row(run: Run, key, extra: list[str], why: set) -> str:
   s = run.summaries[key]
-  cell = lambda name: (f'{_fmt(s[name][0], 2)} [{_fmt(s[name][1], 2)}, '
-                       f'{_fmt(s[name][2], 2)}]' if name in s else '–')
+
+  def cell(name):
+    if name not in s or not fmt.defined(s[name][0]):
+      why.add(_undefined_share(run.atts[key], name))
+      return '–'
+    return f'{_fmt(s[name][0], 2)} [{_fmt(s[name][1], 2)}, {_fmt(s[name][2], 2)}]'
+
   rho = s.get('gradcam_occlusion_spearman')
+  if not rho:
+    why.add('rho')
   return (f'| {key[0]} | {key[1]} | {key[2]:g} | {len(run.atts[key]["seeds"])} | '
           f'{cell("lung_share_pred")} | {cell("lung_share_true")} | ' +
           ''.join(f'{cell(r + "_share_pred")} | ' for r in extra) +
           f'{cell("occlusion_lung_share")} | '
-          f'{_fmt(rho[0], 2) + f" (n={rho[3]})" if rho else "–"} | {_vs_scratch(run, key)} |')
+          f'{_fmt(rho[0], 2) + f" (n={rho[3]})" if rho else "–"} | '
+          f'{_vs_scratch(run, key, why)} |')
 
 
 def _cam_resolutions(run: Run) -> tuple[list[str], list[str]]:
@@ -348,8 +378,11 @@ def attention_shares(run: Run) -> list[str]:
                  [f'{r} share (pred)' for r in extra] +
                  ['occlusion lung share', 'Grad-CAM vs occlusion ρ',
                   'Δ lung share vs scratch (p)'], first='protocol | init | label fraction | seeds')
-  lines += [_attention_row(run, key, extra) for key in run.atts]
-  return lines + _attention_notes(*_cam_resolutions(run)) + _mask_sources(run)
+  why = set()
+  lines += [_attention_row(run, key, extra, why) for key in run.atts]
+  dashes = ['', '–: no value: ' + '; '.join(DASH_REASONS[k] for k in DASH_REASONS
+                                              if k in why) + '.'] if why else []
+  return lines + dashes + _attention_notes(*_cam_resolutions(run)) + _mask_sources(run)
 
 
 def _mask_sources(run: Run) -> list[str]:

@@ -3,7 +3,11 @@
 A dataset builder only says how its download is laid out. It subclasses `CxrBuilder`
 and implements `_list_items(manual_dir, problems) -> [ImageItem]`, parsing CSVs and
 folder names into examples (image path, label, patient, split, mask files, extra
-fields) and recording unknown label values in `problems`. This module then
+fields) and recording unknown label values in `problems`. It reads label files (CSVs,
+split lists) only through `read_csv` / `read_text` (`note_input` for one it may do
+without), so that `CxrBuilder.input_files`
+knows every file a preparation reads: the images and masks of its items and those label
+files. This module then
 
   1. checks every listed file before anything is written (`validate.check_items`) and
      stops with one error naming all problems -- or, with `skip_bad_files`, leaves the bad
@@ -16,12 +20,13 @@ fields) and recording unknown label values in `problems`. This module then
   4. lets TFDS write ArrayRecord files. TFDS writes into an `incomplete.*` folder and
      renames it only after every split is written, so a preparation that fails at any
      point leaves no folder that reads as a complete dataset. The metadata records what
-     the data was built from (`identity`: source folder, file-list fingerprint, exact
-     options; see `cxr_jax/data/identity.py`).
+     the data was built from (`identity`: source folder, a fingerprint of the files
+     `input_files` lists, exact options; see `cxr_jax/data/identity.py`).
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import csv
 import dataclasses
 import hashlib
@@ -31,7 +36,6 @@ import logging
 import multiprocessing
 import os
 import re
-import textwrap
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -62,6 +66,27 @@ SPLIT_MODES = ('official', 'patient')
 # follows it) is cut to this length.
 MAX_READABLE_NAME = 48
 log = logging.getLogger('cxr_jax')
+# the label files read by `read_csv` / `read_text` while `CxrBuilder.input_files` lists a
+# dataset (None outside it)
+_LABEL_FILES: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar(
+    'cxr_jax_label_files', default=None)
+
+
+def note_input(path: Path) -> None:
+  """Counts a label or list file among the dataset's input files (`input_files`), read or
+  absent (one that appears later changes the dataset). `read_csv` and `read_text` call
+  it; a builder calls it for a file whose absence it accepts without reading it."""
+  files = _LABEL_FILES.get()
+  if files is not None:
+    files.append(os.fspath(path))
+
+
+def read_text(path: Path) -> Optional[str]:
+  """The text of a label or list file of the dataset, None when there is none (either way
+  counted in its input files: a list that appears later changes the dataset)."""
+  note_input(path)
+  path = Path(path)
+  return path.read_text(encoding='utf-8-sig', errors='replace') if path.is_file() else None
 
 
 @dataclasses.dataclass(eq=False)
@@ -146,18 +171,21 @@ def _name_value(v) -> str:
   return re.sub(r'[^A-Za-z0-9.]+', '', text)
 
 
-def find_root(manual_dir: Path, marker: str, max_depth: int = 3) -> Optional[Path]:
-  """The folder at or under `manual_dir` that contains `marker` (a file or folder).
+def find_root(manual_dir: Path, marker: str | Sequence[str],
+              max_depth: int = 3) -> Optional[Path]:
+  """The folder at or under `manual_dir` that contains `marker` (a file or folder; or any
+  of several, e.g. a dataset's class folders, of which a download may hold only some).
 
   Zips of these datasets often nest their root folder once or twice
   (`X/X/...`); searching a few levels down lets users point at whichever folder they
   unpacked. `__MACOSX` folders are skipped. The shallowest match wins.
   """
+  markers = (marker,) if isinstance(marker, str) else tuple(marker)
   frontier = [Path(manual_dir)]
   for _ in range(max_depth + 1):
     nxt = []
     for d in sorted(frontier):
-      if (d / marker).exists():
+      if any((d / m).exists() for m in markers):
         return d
       try:
         nxt.extend(c for c in d.iterdir() if c.is_dir() and c.name not in IGNORED_DIRS)
@@ -186,6 +214,7 @@ def read_csv(path: Path, problems: Problems, *, what: str = 'labels CSV',
     expected: the header layout shown when a required column is missing (default: the
       required columns).
   """
+  note_input(path)  # missing too: a CSV that appears later changes the dataset
   if not path.exists():
     problems.add('missing file', str(path), f'the {what} of this dataset', skippable=False)
     return []
@@ -282,6 +311,25 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   # ---- shared -------------------------------------------------------------------------
 
+  def input_files(self, manual_dir: Path, problems: Optional[Problems] = None
+                  ) -> tuple[list[ImageItem], list[str]]:
+    """The examples in `manual_dir` and every file preparing them reads: the label files
+    `_list_items` parsed (through `read_csv` / `read_text`), each item's image and mask
+    files. Preparation reads exactly these, and the dataset's identity fingerprints
+    exactly these (`identity.record` / `identity.check`), so other files in the folder
+    (notes, runs, prepared data) never make prepared data look changed."""
+    manual_dir = Path(manual_dir)
+    token = _LABEL_FILES.set([])
+    try:
+      if problems is None:  # (an empty Problems is falsy: no `or` here)
+        problems = Problems(self.name, manual_dir)
+      items = self._list_items(manual_dir, problems)
+      files = list(_LABEL_FILES.get())
+    finally:
+      _LABEL_FILES.reset(token)
+    files += [f for item in items for f in item.files()]
+    return items, sorted(set(files))
+
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     options = ', '.join(f'{k}={v!r}' for k, v in config_options(cfg).items())
@@ -298,8 +346,8 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _empty_error(self, manual_dir: Path) -> DataValidationError:
     return DataValidationError(
         f'{self.name}: no images found in {manual_dir}. Point manual_dir at the folder '
-        f'you downloaded; expected layout:\n'
-        f'{textwrap.dedent(self.MANUAL_DOWNLOAD_INSTRUCTIONS).strip()}')
+        f'you downloaded; expected layout: '
+        f'{" ".join(self.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}')
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
@@ -309,7 +357,7 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     manual_dir = Path(dl_manager.manual_dir)
     self._manual_dir_path = manual_dir
     problems = Problems(self.name, manual_dir)
-    items = self._list_items(manual_dir, problems)
+    items, input_files = self.input_files(manual_dir, problems)
     if cfg.split == 'patient':
       items = [dataclasses.replace(i, split=patient_split(i.patient_id, cfg))
                if i.split in LABELED_SPLITS else i for i in items]
@@ -341,7 +389,7 @@ class CxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         'class_names': list(self.CLASS_NAMES),
         'class_counts': counts,
         'options': identity.jsonable(config_options(cfg)),
-        'identity': identity.record(self, manual_dir, config_options(cfg)),
+        'identity': identity.record(self, manual_dir, config_options(cfg), input_files),
         'skipped_files': skipped,
         'num_skipped': len(skipped),
     })

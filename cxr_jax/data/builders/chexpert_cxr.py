@@ -99,6 +99,7 @@ class ChexpertCxr(_common.CxrBuilder):
     items = []
     for csv_name, official in (('train.csv', 'train'), ('valid.csv', 'test')):
       if not (root / csv_name).exists():
+        _common.note_input(root / csv_name)  # one that appears later changes the data
         continue
       for where, row, _ in _common.read_csv(root / csv_name, problems,
                                             required=('Path',) + OBSERVATIONS):

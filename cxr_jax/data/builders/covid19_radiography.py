@@ -13,9 +13,15 @@ Images are 299x299 PNG (some RGB); masks are 256x256 (possibly 3-channel 0/255) 
 image's file name and are resized to the image before storage. Older releases without
 images/ sub-folders (PNGs directly in the class folder, no masks) are read too. There is
 no official split and no patient id: each image is its own patient, split by hash.
+
+The root is the folder holding any of the four class folders: a download of some classes
+only (e.g. `Viral Pneumonia/{images,masks}`) is read, the absent classes named in a
+warning (their label indices stay, with no images). A class folder with masks/ but no
+images/ is an error naming the missing folder.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from cxr_jax.data.builders import _common
@@ -24,6 +30,7 @@ from cxr_jax.data.validate import Problems
 
 CLASS_NAMES = ('COVID', 'Lung_Opacity', 'Normal', 'Viral Pneumonia')
 _SUFFIXES = ('.png', '.jpg', '.jpeg')
+log = logging.getLogger('cxr_jax')
 
 
 class Covid19Radiography(_common.CxrBuilder):
@@ -43,18 +50,28 @@ class Covid19Radiography(_common.CxrBuilder):
 
   def _list_items(self, manual_dir: Path, problems: Problems) -> list[ImageItem]:
     cfg = self.builder_config
-    root = _common.find_root(manual_dir, 'COVID', max_depth=4)
+    root = _common.find_root(manual_dir, CLASS_NAMES, max_depth=4)
     if root is None:
       return []
+    absent = [c for c in CLASS_NAMES if not (root / c).is_dir()]
+    if absent:
+      log.warning('%s: %s has no class folder %s; reading the classes present',
+                  self.name, root, ', '.join(repr(c) for c in absent))
     items = []
     for class_dir in sorted(d for d in root.iterdir() if d.is_dir()
                             and d.name not in _common.IGNORED_DIRS):
+      if not _holds_images(class_dir):
+        continue  # not a class folder: prepared data, a run, notes kept beside the classes
       where = f'class folder {_common.rel(class_dir, manual_dir)!r}'
       label = _common.label_index(class_dir.name, CLASS_NAMES, problems, where)
       if label is None:
         continue
       image_dir = class_dir / 'images'
       has_masks = (class_dir / 'masks').is_dir()
+      if has_masks and not image_dir.is_dir():
+        problems.add('missing folder', str(image_dir), f'the images of class '
+                     f'{class_dir.name!r} (its masks/ folder is there)', skippable=False)
+        continue
       if not image_dir.is_dir():
         image_dir = class_dir  # releases before 2021: images directly in the class folder
       for path in sorted(image_dir.iterdir()):
@@ -68,6 +85,12 @@ class Covid19Radiography(_common.CxrBuilder):
             mask=(MaskPart(str(class_dir / 'masks' / path.name)),) if has_masks else (),
             row=where))
     return items
+
+
+def _holds_images(folder: Path) -> bool:
+  """Whether `folder` looks like a class folder: images/ or masks/ in it, or images."""
+  return ((folder / 'images').is_dir() or (folder / 'masks').is_dir() or
+          any(p.suffix.lower() in _SUFFIXES for p in folder.iterdir()))
 
 
 def make_config(**options) -> _common.CxrConfig:

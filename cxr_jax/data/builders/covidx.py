@@ -73,10 +73,10 @@ class Covidx(_common.CxrBuilder):
     other = [l for k, ls in LABEL_SETS.items() if k != cfg.labels for l in ls]
     items = []
     for file_name, split in _FILES:
-      path = root / file_name
-      if not path.exists():
+      text = _common.read_text(root / file_name)
+      if text is None:
         continue
-      for line_no, line in enumerate(path.read_text().splitlines(), 1):
+      for line_no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
           continue
         where = f'{file_name} line {line_no}: {line.strip()[:100]!r}'

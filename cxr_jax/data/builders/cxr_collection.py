@@ -174,6 +174,7 @@ class CxrCollection(_common.CxrBuilder):
     """image file name -> {'lung'|'opacity'|'device': [MaskPart]} from structure.csv."""
     path = root / 'structure.csv'
     if not path.exists():
+      _common.note_input(path)  # one that appears later changes the data
       return None
     out = {}
     for where, row, _ in _common.read_csv(path, problems, what='structure list',

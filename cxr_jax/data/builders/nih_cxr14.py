@@ -38,9 +38,10 @@ CSV_NAMES = ('Data_Entry_2017_v2020.csv', 'Data_Entry_2017.csv')
 
 
 def _read_list(path: Path) -> set[str] | None:
-  if not path.exists():
+  text = _common.read_text(path)
+  if text is None:
     return None
-  return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+  return {line.strip() for line in text.splitlines() if line.strip()}
 
 
 class NihCxr14(_common.CxrBuilder):

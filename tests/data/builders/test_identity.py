@@ -70,17 +70,48 @@ def test_a_changed_source_is_refused_naming_the_file(h, tmp_path):
   data_dir = tmp_path / 'tfds'
   _prepare(data_dir, root)
   csv = root / 'labels.csv'
-  stat = csv.stat()
-  csv.write_text(csv.read_text().replace('3.png,covid', '3.png,normal'))
+  stat, text = csv.stat(), csv.read_text()
+  csv.write_text(text.replace('3.png,covid', '3.png,normal'))
   os.utime(csv, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
   with pytest.raises(DataIdentityError) as err:
     _prepare(data_dir, root)
-  text = str(err.value)
-  assert 'the same folder, changed since' in text
-  assert '1 file(s) with another size or modification time (labels.csv)' in text
+  message = str(err.value)
+  assert 'the same folder, changed since' in message and '\n' not in message
+  assert '1 file(s) with another size or modification time (labels.csv)' in message
+  csv.write_text(text)
+  os.utime(csv, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  _prepare(data_dir, root)  # as prepared again
+  # files the builder does not read (an image no CSV row lists, notes) change nothing
   h.save(root / 'extra.png', h.chest())
-  with pytest.raises(DataIdentityError, match=r'1 file\(s\) only in yours \(extra.png\)'):
+  h.write(root / 'notes.txt', 'downloaded on Monday')
+  _prepare(data_dir, root)
+  # an image it reads does
+  h.save(root / '2.png', h.chest(40, 36, seed=99))
+  with pytest.raises(DataIdentityError,
+                     match=r'1 file\(s\) with another size or modification time \(2.png\)'):
     _prepare(data_dir, root)
+  (root / '2.png').unlink()
+  with pytest.raises(DataIdentityError, match=r'1 file\(s\) only in the prepared source \(2.png\)'):
+    _prepare(data_dir, root)
+
+
+def test_prepared_data_notes_and_runs_inside_the_raw_folder_are_not_part_of_it(h, tmp_path):
+  """Class folders, prepared into RAW/tfds1 and RAW/tfds2 (both inside the raw folder),
+  with notes and a run's folder beside the images: RAW/tfds1 still opens."""
+  raw = tmp_path / 'raw'
+  for i in range(8):
+    h.save(raw / ('normal' if i % 2 else 'covid') / f'{i}.png', h.chest(40, 36, seed=i))
+  first = _ids(_prepare(raw / 'tfds1', raw))
+  _prepare(raw / 'tfds2', raw)
+  h.write(raw / 'notes.txt', 'from the hospital archive')
+  h.write(raw / 'runs' / 'study' / 'config.json', '{}')
+  h.write(raw / 'runs' / 'study' / 'metrics.jsonl', '{"step": 1}\n')
+  assert _ids(_prepare(raw / 'tfds1', raw)) == first
+  ident = _prepare(raw / 'tfds2', raw).info.metadata['identity']
+  assert ident['num_files'] == 8 and ident['files'] == identity.BUILDER_INPUTS
+  h.save(raw / 'covid' / '0.png', h.chest(40, 36, seed=50))  # a changed image is refused
+  with pytest.raises(DataIdentityError, match=r'\(covid/0.png\)'):
+    _prepare(raw / 'tfds1', raw)
 
 
 def test_a_copy_with_the_same_files_is_accepted(h, tmp_path):
@@ -130,3 +161,27 @@ def test_other_recorded_options_or_no_record(h, tmp_path, caplog):
   with caplog.at_level(logging.WARNING, logger='cxr_jax'):
     _prepare(tmp_path / 'tfds', root)
   assert 'cannot be checked' in caplog.text
+
+
+def test_a_record_of_the_whole_folder_opens_while_the_files_read_are_unchanged(h, tmp_path):
+  """Datasets prepared when the fingerprint covered every file under manual_dir (no
+  `files` entry): opened when every file the builder reads is in the old list unchanged."""
+  import gzip
+  root = _csv_folder(h, tmp_path / 'a')
+  h.write(root / 'notes.txt', 'was part of the old fingerprint')
+  builder = _prepare(tmp_path / 'tfds', root)
+  path = os.path.join(builder.data_dir, 'metadata.json')
+  meta = json.load(open(path))
+  old_files = identity.list_source(str(root))  # what such a record listed
+  assert 'notes.txt' in old_files
+  del meta['identity']['files']
+  meta['identity'].update(fingerprint=identity.fingerprint(old_files),
+                          num_files=len(old_files))
+  json.dump(meta, open(path, 'w'))
+  with gzip.open(os.path.join(builder.data_dir, identity.SOURCE_LIST), 'wt') as f:
+    f.writelines(f'{rel}\t{size}\t{mtime}\n' for rel, (size, mtime) in old_files.items())
+  (root / 'notes.txt').unlink()  # not read by the builder: opens
+  _prepare(tmp_path / 'tfds', root)
+  h.save(root / '1.png', h.chest(40, 36, seed=77))  # read by it: refused
+  with pytest.raises(DataIdentityError, match=r'another size or modification time \(1.png\)'):
+    _prepare(tmp_path / 'tfds', root)

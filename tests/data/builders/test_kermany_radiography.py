@@ -134,3 +134,26 @@ def test_covid19_radiography_unknown_class_folder(h, build, tmp_path):
   h.save(base / 'Tuberculosis' / 'images' / 'TB-1.png', h.chest())
   with pytest.raises(ValueError, match="unknown label.*'Tuberculosis'"):
     build('covid19_radiography', tmp_path)
+
+
+def test_covid19_radiography_some_classes_only(h, build, tmp_path, caplog):
+  """A download of some class folders is read (absent ones named in a warning); a class
+  with masks/ but no images/ is an error naming that folder; a folder without images
+  (prepared data, a run) beside the classes is not a class."""
+  base = tmp_path / 'dl' / 'COVID-19_Radiography_Dataset'
+  for i in range(1, 4):
+    h.save(base / 'Viral Pneumonia' / 'images' / f'Viral Pneumonia-{i}.png', h.chest(seed=i))
+    h.save(base / 'Viral Pneumonia' / 'masks' / f'Viral Pneumonia-{i}.png', h.lung_mask())
+  h.write(base / 'runs' / 'study' / 'config.json', '{}')
+  with caplog.at_level(logging.WARNING, logger='cxr_jax'):
+    builder, data = build('covid19_radiography', tmp_path / 'dl')
+  records = [r for rs in data.values() for r in rs]
+  assert len(records) == 3 and all(r['label'] == CLASSES.index('Viral Pneumonia') and
+                                   r['has_mask'] for r in records)
+  assert builder.info.metadata['class_names'] == list(CLASSES)
+  assert ("has no class folder 'COVID', 'Lung_Opacity', 'Normal'; reading the classes "
+          'present') in caplog.text
+  h.save(base / 'Normal' / 'masks' / 'Normal-1.png', h.lung_mask())
+  with pytest.raises(ValueError, match=r"missing folder: .*Normal/images \(the images of "
+                                       r"class 'Normal' \(its masks/ folder is there\)\)"):
+    build('covid19_radiography', tmp_path / 'dl')

@@ -44,7 +44,7 @@ def test_unknown_dataset_option_and_unprepared(tmp_path):
     prepare.prepare('nope', str(tmp_path))
   with pytest.raises(ValueError, match=r"unknown option\(s\) \['colour'\]"):
     prepare.prepare('covid_qu_ex', str(tmp_path), colour=True)
-  with pytest.raises(ValueError, match='not prepared .* no manual_dir'):
+  with pytest.raises(ValueError, match="manual_dir is empty and dataset 'covid_qu_ex'.* not prepared"):
     prepare.prepare('covid_qu_ex', str(tmp_path))
 
 
