@@ -47,9 +47,17 @@ def run(config: ml_collections.ConfigDict, workdir) -> list[dict]:
 
 
 def _run(config, workdir: Path) -> list[dict]:
+  fresh = not (workdir / 'config.json').exists()
   configuration.check_or_write_config(config, workdir)
   data_dir = Path(config.data_dir) if config.data_dir else workdir / 'tfds'
-  configuration.check_data(config, data_dir)
+  try:
+    configuration.check_data(config, data_dir)
+  except Exception:
+    if fresh and jax.process_index() == 0:
+      # nothing ran under this config: the corrected command must not be refused as a
+      # change of the run
+      (workdir / 'config.json').unlink(missing_ok=True)
+    raise
   mesh = sharding.make_mesh()
   writer = loop.MetricWriter(workdir)
   inits = configuration.inits(config)

@@ -148,6 +148,8 @@ def test_a_missing_split_is_found_before_any_training(tmp_path, tiny_data_dir):
                                        "split 'validation'"):
     experiment.run(config, tmp_path)
   assert not (tmp_path / 'pretrain').exists()
+  # the corrected command is not refused as a change of a run that never started
+  assert not (tmp_path / 'config.json').exists()
 
 
 def test_image_sizes_round_to_multiples_of_eight():
