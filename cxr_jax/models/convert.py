@@ -77,8 +77,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax.models.merge import merge_strict
-from cxr_jax.models.resnet import build_encoder
-from cxr_jax.models.resnet import ENCODERS
+from cxr_jax.models.registry import build_encoder
+from cxr_jax.models.registry import ENCODERS
 
 # torchvision's ImageNet input normalisation (transforms.Normalize in its model cards).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
