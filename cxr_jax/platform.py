@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # --xla_cpu_experimental_ynn_fusion_type=<empty>: convolutions through XLA's Eigen
 # kernels instead of YNNPACK fusions. Measured on the 2-core dev machine with jax 0.10.2
@@ -25,7 +26,6 @@ _ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'
 
 
 def _backend_initialised() -> bool:
-  import sys
   if 'jax' not in sys.modules:
     return False
   try:

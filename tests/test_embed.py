@@ -70,14 +70,21 @@ def test_embed_cli_equals_the_stage_encoders_features(finished_run, tiny_data_di
 
 
 def test_embed_cli_of_a_fine_tuned_job_uses_its_best_weights(finished_run, tiny_data_dir,
-                                                            tmp_path):
+                                                            tmp_path, monkeypatch):
   import warnings
   import orbax.checkpoint as ocp
   from cxr_jax.models import heads
   config, workdir = finished_run
   out = tmp_path / 'job.npz'
+  opened = []  # the splits embed opens: only --data's, never the labelled train/val
+  get_source = pipeline.get_source
+  monkeypatch.setattr(pipeline, 'get_source',
+                      lambda builder, split, *a, **k: opened.append(split) or
+                      get_source(builder, split, *a, **k))
   embed.main([f'--workdir={workdir}', '--job=finetune/curricular/1/seed0',
               '--data=phantom:test', f'--out={out}'])
+  assert opened == ['test']
+  monkeypatch.undo()
   # the reference: the best weights as the checkpoint stores them, read without a target
   cell = workdir / 'finetune' / 'curricular' / '1' / 'seed0'
   with warnings.catch_warnings():

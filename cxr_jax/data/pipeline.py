@@ -13,12 +13,14 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import pkgutil
 import sys
 from typing import Sequence
 
 import grain
 import jax
 import numpy as np
+import tqdm
 
 
 def parse_options(text: str, key: str = 'options') -> dict:
@@ -83,7 +85,6 @@ def get_builder(data_cfg, data_dir: str, key: str = 'data'):
 
 
 def _our_builders():
-  import pkgutil
   import cxr_jax.data.builders as pkg
   return [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith('_')]
 
@@ -206,7 +207,6 @@ def _write_cache(path: str, images, dtype, what: str) -> bool:
   Only the writing is guarded: an error reading the TFDS records propagates.
   """
   from array_record.python.array_record_module import ArrayRecordWriter
-  import tqdm
   tmp = f'{path}.tmp{os.getpid()}'
   try:
     writer = ArrayRecordWriter(tmp, _CACHE_OPTIONS)

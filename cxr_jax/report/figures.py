@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_jax import vocab
+from cxr_jax.explain import analysis
 
 
 def _plt():
@@ -124,7 +125,6 @@ def figure_overlays(path: Path, atts: dict[str, dict], class_names, max_rows: in
     class_names: K names for the row labels.
     max_rows: at most this many images.
   """
-  from cxr_jax.explain import analysis
   atts = {k: v for k, v in atts.items() if v['arrays'][0].get('overlay_index') is not None
           and v['arrays'][0]['overlay_index'].size}
   if not atts:
