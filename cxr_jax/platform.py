@@ -29,7 +29,7 @@ def _backend_initialised() -> bool:
   if 'jax' not in sys.modules:
     return False
   try:
-    from jax._src import xla_bridge
+    from jax._src import xla_bridge  # before jax starts a backend
     return bool(getattr(xla_bridge, '_backends', {}))
   except Exception:  # private API moved: assume not, the flags are harmless either way
     return False
@@ -88,7 +88,7 @@ def setup(coordinator_address: str | None = None, num_processes: int | None = No
   if coordinator_address in (None, 'auto') and os.environ.get(_ENV_COORDINATOR) == 'auto':
     coordinator_address = None  # let jax.distributed detect the cluster (TPU, SLURM)
     os.environ.pop(_ENV_COORDINATOR)
-  import jax
+  import jax  # before jax starts a backend
   if num_processes is None and os.environ.get('JAX_NUM_PROCESSES'):
     num_processes = int(os.environ['JAX_NUM_PROCESSES'])
   if process_id is None and os.environ.get('JAX_PROCESS_ID'):

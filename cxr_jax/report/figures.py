@@ -10,7 +10,7 @@ from cxr_jax.explain import analysis
 
 
 def _plt():
-  import matplotlib
+  import matplotlib  # heavy: only where figures are drawn
   matplotlib.use('Agg')  # files only; never opens a window
   from matplotlib import pyplot as plt
   return plt
@@ -172,7 +172,7 @@ def figure_umap(path: Path, embeddings: dict[str, dict], n_neighbors: int = 15,
   embeddings = {k: v for k, v in embeddings.items() if len(v['embeddings']) >= 3}
   if not embeddings:
     return None
-  import umap
+  import umap  # optional: umap-learn
   plt = _plt()
   n = len(embeddings)
   fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), dpi=120, squeeze=False)
