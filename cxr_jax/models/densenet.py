@@ -94,7 +94,8 @@ class Transition(nn.Module):
                             dot_batch_norm=self.dot_batch_norm)(x))
     x = _conv1x1(self.features, self.dtype, 'conv')(x)
     # torch's AvgPool2d(2, 2): no padding, odd sizes floor
-    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+    # (window_shape by keyword: jax2onnx's export of nn.avg_pool takes it so)
+    return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding='VALID')
 
 
 class DenseNet(Encoder):
