@@ -33,7 +33,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from cxr_jax.data import augment
 from cxr_jax.data import pipeline
 from cxr_jax.eval import bootstrap
 from cxr_jax.models.segmenter import save

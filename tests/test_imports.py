@@ -4,7 +4,6 @@ and function-local imports only of the optional or heavy modules listed here."""
 import ast
 import pathlib
 
-import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'cxr_jax'
 
