@@ -69,7 +69,8 @@ def main():
   print(text[start:text.index('## ', start + 3)])
   from cxr_jax import segment
   from cxr_jax.data import imageio  # noqa: F401  (the DICOM reader the builder uses)
-  seg = segment.load(args.segmenter)
+  from cxr_jax.models import segmenter
+  seg = segmenter.load(args.segmenter)
   import pydicom
   images = np.stack([pydicom.dcmread(p).pixel_array for p in
                      sorted((root / 'train').rglob('*.dcm'))])[..., None]

@@ -6,6 +6,6 @@ on first use so that `import cxr_jax` stays light (no JAX)."""
 
 def __getattr__(name):
   if name == 'load_model':
-    from cxr_jax.exported import load_model
+    from cxr_jax.exported import load_model  # keeps `import cxr_jax` light
     return load_model
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -19,6 +19,13 @@ import ml_collections
 from cxr_jax import curriculum
 from cxr_jax import ssl
 from cxr_jax import vocab
+from cxr_jax.data import pacing
+from cxr_jax.data import pipeline
+from cxr_jax.data import schema
+from cxr_jax.explain import sanity
+from cxr_jax.models import segmenter
+from cxr_jax.models.registry import ENCODERS
+from cxr_jax.train import optim
 from cxr_jax.train import workdir as workdir_lib
 
 log = logging.getLogger('cxr_jax')
@@ -67,7 +74,6 @@ def _validate(config: ml_collections.ConfigDict):
     raise ValueError("config.augment_on='host' needs config.curriculum.pacing.kind='none' "
                      '(the paced sampler feeds a DataLoader without per-step views)')
   curriculum.make_pacing(config.curriculum.pacing, 100, 'config.curriculum.pacing')
-  from cxr_jax.data import pacing
   pacing.check_difficulty(config.curriculum.difficulty)
   if config.pretrain.init not in ('scratch', 'imagenet'):
     raise ValueError(f"config.pretrain.init must be 'scratch' or 'imagenet', got {config.pretrain.init!r}")
@@ -77,12 +83,11 @@ def _validate(config: ml_collections.ConfigDict):
   _at_least('config.explain.num_overlays', e.num_overlays, 0)
   if e.stage not in (0, 1, 2, 3, 4):
     raise ValueError(f'config.explain.stage must be 0 (the last) or an encoder stage 1-4 (ResNet stage, DenseNet block), got {e.stage!r}')
-  from cxr_jax.explain import job, sanity
   for kind in vocab.comma_list(e.randomise):
     if kind not in sanity.RANDOMISATIONS:
       raise ValueError(f'config.explain.randomise: {kind!r}; choose from '
                        f'{sanity.RANDOMISATIONS} (comma-separated)')
-  job.mask_choice(e.masks)
+  segmenter.mask_choice(e.masks)
   if e.data.name and not e.data.split:
     raise ValueError('config.explain.data.split: empty; name the split of '
                      f'{e.data.name!r} to explain (e.g. test)')
@@ -111,7 +116,6 @@ def _run_fields(config):
 
 
 def _model(m):
-  from cxr_jax.models import ENCODERS
   _one_of('config.model.name', m.name, sorted(ENCODERS))
   _at_least('config.model.width', m.width, 0, float)
   if m.width <= 0:
@@ -121,7 +125,6 @@ def _model(m):
 
 
 def _optimizer(key: str, o):
-  from cxr_jax.train import optim
   _one_of(f'{key}.name', o.name, optim.OPTIMIZERS)
   _one_of(f'{key}.lr_scaling', o.lr_scaling, optim.LR_SCALINGS)
   for field in ('lr', 'weight_decay'):
@@ -226,7 +229,6 @@ def check_data(config, data_dir: Path):
 
 
 def _check_data(config, data_dir: Path):
-  from cxr_jax.data import pipeline
   regimes = inits(config)
   stages = range(len(config.pretrain.stages)) if 'curricular' in regimes else []
   if {'ssl', 'ssl_matched'} & set(regimes) and 'curricular' not in regimes:
@@ -244,7 +246,6 @@ def _check_data(config, data_dir: Path):
     pipeline.get_source(pipeline.get_builder(spec, data_dir, key='config.explain.data'),
                         spec.split, 'config.explain.data.split')
   if data.get('findings', ''):  # names against the builder's list of findings
-    from cxr_jax.data import schema
     names, _ = schema.select_findings(builder, data.findings, 'config.finetune.data.findings')
     finding = config.explain.finding
     if finding and finding not in names:

@@ -5,11 +5,11 @@
         [--options=k=v,...] [--image_size=PX] --out=emb.npz
 
 --stage: the encoder of the stage's last Orbax checkpoint, which must be at the stage's
-final step (a finished stage; nothing is trained here). The stage's Job is rebuilt from
-W/config.json (`pretraining.pretrain_job`) for the shape of its state, and `loop.run_job`
-returns the restored state at once.
+final step (a finished stage; nothing is trained here): `exported.from_stage` rebuilds the
+SSL model from W/config.json and restores the weights from that checkpoint directly.
 --job: the encoder of a finished fine-tuning cell's best weights (model selection on val,
-kept in its last checkpoint), restored the same way through the cell's own Job.
+its best.msgpack), through `exported.from_workdir`. Neither reads the labelled splits nor
+compiles a training step.
 
 Writes `out` (np.savez_compressed):
   embeddings  [N, C] float32  the encoder's pooled features (`inference.make_features`)
@@ -27,94 +27,34 @@ import argparse
 import json
 from pathlib import Path
 
+import ml_collections
 import numpy as np
+from tqdm import tqdm
 
-from cxr_jax import configuration
-from cxr_jax import vocab
-
-
-def config_from_json(path: Path):
-  """The ConfigDict of a workdir's config.json (without its 'amendments')."""
-  import ml_collections
-  from cxr_jax import configuration
-
-  def convert(value):
-    if isinstance(value, dict):
-      return ml_collections.ConfigDict({k: convert(v) for k, v in value.items()})
-    if isinstance(value, list):
-      return [convert(v) for v in value]
-    return value
-
-  saved = configuration.read_config_json(Path(path))
-  saved.pop('amendments', None)
-  return convert(saved)
+from cxr_jax import exported
+from cxr_jax.data import pipeline
+from cxr_jax.files import save_npz
+from cxr_jax.train import inference
+from cxr_jax.train import sharding
 
 
-class _NoWriter:
-  """run_job's metric writer for a finished job: it never writes (nothing is trained)."""
-
-  def write(self, *args, **kwargs):
-    del args, kwargs
-
-  def close(self):
-    pass
-
-
-def stage_encoder(config, workdir: Path, stage: str, folder: str, mesh, data_dir: Path):
-  """(SSL model, its trained {'params', 'batch_stats'}, the stage's last view size) of a
-  finished stage of the workdir."""
-  from cxr_jax import pretraining
-  from cxr_jax.train import loop
-  if folder == vocab.SINGLE_STAGE_FOLDERS['ssl_matched']:  # that regime's stage ran longer
-    config = configuration.matched_config(config)
-  names = [s.name for s in config.pretrain.stages]
-  if stage not in names:
-    raise SystemExit(f'--stage={stage!r} is not a stage of {workdir}; stages: {names}')
-  index = names.index(stage)
-  spec = config.pretrain.stages[index]
-  directory = workdir / folder / stage
-  steps = loop.saved_steps(directory)
-  if not steps or steps[-1] < spec.steps:
-    raise SystemExit(f'{folder}/{stage} is not finished: its last checkpoint is at step '
-                     f'{steps[-1] if steps else "none"} of {spec.steps} (under '
-                     f'{loop.checkpoint_dir(directory)})')
-  config = config.copy_and_resolve_references()
-  config.pretrain.monitor_every = 0  # the job's monitors would read the labeled data
-  job = pretraining.pretrain_job(config, index, None, mesh, workdir, data_dir, folder)
-  state = loop.run_job(job, _NoWriter())  # returns the restored state: the stage is done
-  from cxr_jax import ssl
-  from cxr_jax.train import state as state_lib
-  method = ssl.get_method(config.pretrain.method)
-  model = method.build_model(state_lib.encoder_from_config(config.model),
-                             config.pretrain[config.pretrain.method])
-  size = int(pretraining.image_sizes(spec.image_size, spec.steps, 'image_size')[-1])
-  return model, {'params': state.params, 'batch_stats': state.batch_stats}, size
-
-
-def job_encoder(config, workdir: Path, job: str, mesh, data_dir: Path):
+def job_encoder(workdir: Path, job: str):
   """(classifier, its best {'params', 'batch_stats'} (model selection on val), the
-  fine-tuning image size) of a finished fine-tuning cell 'finetune/<init>/<fraction>/seed<k>'."""
-  from cxr_jax import finetuning
+  fine-tuning image size) of a finished fine-tuning cell 'finetune/<init>/<fraction>/seed<k>'
+  (`exported.from_workdir`)."""
   parts = job.strip('/').split('/')
   if len(parts) != 4 or parts[0] != 'finetune' or not parts[3].startswith('seed'):
     raise SystemExit(f'--job={job!r}: give finetune/<init>/<fraction>/seed<k>')
-  directory = workdir / job.strip('/')
-  weights = directory / finetuning.BEST_WEIGHTS
-  if not (directory / 'result.json').exists() or not weights.exists():
-    raise SystemExit(f'{job} is not finished, or was run by a cxr_jax that did not keep its '
-                     f'selected weights: no {weights} (or no result.json beside it)')
-  data = finetuning.EvalData(config.finetune.data, data_dir, config.image_cache)
-  programs = finetuning.Programs(config.model, config.finetune, len(data.class_names),
-                                 config.eval_batch_size, mesh)
-  best = finetuning.load_weights(weights)
-  return programs.model, best, config.finetune.image_size
+  try:
+    model = exported.from_workdir(workdir, job)
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(str(e)) from None
+  return model.module, model.variables, model.image_size
 
 
 def embed_split(extract, variables, source, batch_size: int, desc: str = 'embed'):
   """(embeddings [N, C] float32, the records' other fields) of a split, a batch at a time
   (the images of one batch in memory), with a progress bar over the batches."""
-  from tqdm import tqdm
-  from cxr_jax.data import pipeline
   n = len(source)
   out = []
   for start in tqdm(range(0, n, batch_size), desc=desc, unit='batch'):
@@ -126,7 +66,6 @@ def embed_split(extract, variables, source, batch_size: int, desc: str = 'embed'
 
 def split_fields(builder, source) -> dict:
   """labels, ids (the 'id' field, else indices) and patient_ids of a split's records."""
-  from cxr_jax.data import pipeline
   features = builder.info.features
   fields = tuple(f for f in ('label', 'id', 'patient_id') if f in features)
   meta = pipeline.read_all(source, fields) if fields and len(source) else {}
@@ -157,14 +96,8 @@ def main(argv=None):
   parser.add_argument('--out', required=True, help='the .npz to write')
   args = parser.parse_args(argv)
 
-  import ml_collections
-  from cxr_jax import finetuning
-  from cxr_jax.data import pipeline
-  from cxr_jax.train import inference
-  from cxr_jax.train import sharding
-
   workdir = Path(args.workdir)
-  config = config_from_json(workdir / 'config.json')
+  config = exported.config_from_json(workdir / 'config.json')
   name, _, split = args.data.partition(':')
   if not name or not split:
     raise SystemExit(f'--data={args.data!r}: give BUILDER:SPLIT, e.g. phantom:test')
@@ -177,11 +110,13 @@ def main(argv=None):
 
   mesh = sharding.make_mesh()
   if args.stage:
-    model, variables, size = stage_encoder(config, workdir, args.stage, args.folder, mesh,
-                                           data_dir)
+    try:
+      model, variables, size = exported.from_stage(workdir, args.stage, args.folder, config)
+    except ValueError as e:
+      raise SystemExit(str(e)) from None
     what = f'{args.folder}/{args.stage}'
   else:
-    model, variables, size = job_encoder(config, workdir, args.job, mesh, data_dir)
+    model, variables, size = job_encoder(workdir, args.job)
     what = args.job
   batch_size = args.batch_size or config.eval_batch_size
   extract = inference.make_features(model, args.image_size or size, mesh, batch_size,
@@ -191,7 +126,7 @@ def main(argv=None):
                 **split_fields(builder, source))
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  finetuning.save_npz(out, **arrays)
+  save_npz(out, **arrays)
   print(json.dumps({'out': str(out), **{k: list(v.shape) for k, v in arrays.items()}}))
 
 

@@ -30,6 +30,7 @@ import ml_collections
 from cxr_jax import configuration
 from cxr_jax import finetuning
 from cxr_jax import pretraining
+from cxr_jax import report
 from cxr_jax import vocab
 from cxr_jax.train import loop
 from cxr_jax.train import sharding
@@ -80,7 +81,6 @@ def _run(config, workdir: Path) -> list[dict]:
   finally:
     writer.close()
   if jax.process_index() == 0:
-    from cxr_jax import report
     report.write_report(workdir)
   return results
 

@@ -1,5 +1,15 @@
-"""A trained classifier outside its workdir: `load_model(DIR)` of an exported model folder
-(`python -m cxr_jax.export`), or `from_workdir(W)` for a run's fine-tuned job in memory.
+"""Rebuilding a trained model: the one way every tool does it (`cxr_jax.export` is the
+writer of model folders, this module the loader).
+
+  load_model(DIR)                 a classifier from an exported model folder
+  from_workdir(W, job=None)       a classifier from a run's finished fine-tuning job (its
+                                  selected weights best.msgpack; default job: the best by
+                                  val_score, `select_job`), in memory
+  from_stage(W, stage, folder)    the SSL model of a finished pretraining stage (its last
+                                  Orbax checkpoint)
+
+The model is rebuilt from W/config.json (or model.json) and the weights are read directly:
+no labelled data is read and no training program compiled.
 
   model = cxr_jax.load_model('exported/')
   x = model.preprocess('scan.dcm')           # uint8 [S, S, 1], exactly as preparation stores it
@@ -12,10 +22,32 @@ A model folder holds `weights.msgpack` ({'params', 'batch_stats'}, flax msgpack)
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
+from flax import serialization
+
+from cxr_jax import configuration
+from cxr_jax import pretraining
+from cxr_jax import ssl
+from cxr_jax import vocab
+from cxr_jax.data import imageio
+from cxr_jax.explain import gradcam as gradcam_lib
+from cxr_jax.files import BEST_WEIGHTS
+from cxr_jax.files import load_weights
+from cxr_jax.models import heads
+from cxr_jax.report import loading
+from cxr_jax.train import inference
+from cxr_jax.train import loop
+from cxr_jax.train import sharding
+from cxr_jax.train import state as state_lib
 
 WEIGHTS = 'weights.msgpack'
 MODEL_JSON = 'model.json'
@@ -43,15 +75,6 @@ class Model:
   """
 
   def __init__(self, meta: dict, variables: dict, batch_size: int = 32):
-    import jax
-    import jax.numpy as jnp
-    import ml_collections
-    from cxr_jax.explain import gradcam as gradcam_lib
-    from cxr_jax.models import heads
-    from cxr_jax.train import inference
-    from cxr_jax.train import sharding
-    from cxr_jax.train import state as state_lib
-
     self.meta = meta
     self.class_names = list(meta['class_names'])
     self.multilabel = meta.get('task') == 'findings'
@@ -83,7 +106,6 @@ class Model:
     """A PNG/JPEG/DICOM file -> uint8 [S, S, 1] through preparation's own function.
 
     Raises FileNotFoundError / cxr_jax.data.errors.UnreadableImageError naming the file."""
-    from cxr_jax.data import imageio
     image = imageio.load_for_model(path, self.storage_size)
     if self.channels != image.shape[-1]:
       image = np.repeat(image, self.channels, axis=-1)
@@ -124,14 +146,12 @@ class Model:
   def probs_function(self):
     """f(x float32 [B, image_size, image_size, C] in [0, 1]) -> probs [B, K], the weights
     closed over: preprocessing-free (what --onnx exports)."""
-    from cxr_jax.train import inference
     model, variables, multilabel = self.module, self.variables, self.multilabel
     return lambda x: inference.probs_of_inputs(model, variables, x, multilabel)
 
 
 def load_model(directory, batch_size: int = 32) -> Model:
   """The model of an exported folder (`python -m cxr_jax.export`)."""
-  from flax import serialization
   directory = Path(directory)
   meta_path, weights_path = directory / MODEL_JSON, directory / WEIGHTS
   for p in (meta_path, weights_path):
@@ -141,3 +161,150 @@ def load_model(directory, batch_size: int = 32) -> Model:
   meta = json.loads(meta_path.read_text())
   variables = serialization.msgpack_restore(weights_path.read_bytes())
   return Model(meta, variables, batch_size=batch_size)
+
+
+def _results(workdir: Path) -> list[dict]:
+  results = [r for r in loading.load_results(workdir) if r['protocol'] == 'finetune']
+  return [r for rs in loading.group_results(results).values() for r in rs]  # report order
+
+
+def _job_name(result: dict, workdir: Path) -> str:
+  return Path(result['_dir']).relative_to(workdir).as_posix()
+
+
+def select_job(workdir, job: str | None = None) -> dict:
+  """The result.json dict (with '_dir') of `job`, or of the best fine-tuned job by
+  val_score (ties: the first in report order)."""
+  workdir = Path(workdir)
+  results = _results(workdir)
+  if job:
+    job = job.strip('/')
+    for r in results:
+      if _job_name(r, workdir) == job:
+        return r
+    names = ', '.join(_job_name(r, workdir) for r in results) or 'none'
+    raise ValueError(f'--job={job}: no finished fine-tuning job of that name in {workdir} '
+                     f'(finished finetune jobs: {names})')
+  if not results:
+    raise ValueError(f'{workdir} has no finished fine-tuning job (a finetune/<init>/'
+                     '<fraction>/seed<k>/result.json); only protocol finetune jobs export')
+  score = lambda r: (float(r['val_score']) if r.get('val_score') is not None
+                     and np.isfinite(float(r['val_score'])) else -np.inf)
+  return max(results, key=score)  # max keeps the first of ties: report order
+
+
+def code_version() -> dict:
+  """{'cxr_jax': version, 'git_commit': hash or None} of the code running now."""
+  try:
+    from importlib import metadata  # only here: the installed package's version
+    version = metadata.version('cxr_jax')
+  except Exception:  # not installed: read setup.cfg beside the package
+    version = None
+    cfg = Path(__file__).resolve().parents[1] / 'setup.cfg'
+    if cfg.exists():
+      for line in cfg.read_text().splitlines():
+        if line.replace(' ', '').startswith('version='):
+          version = line.split('=', 1)[1].strip()
+          break
+  try:
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=Path(__file__).resolve().parent,
+                            capture_output=True, text=True, timeout=10).stdout.strip() or None
+  except Exception:
+    commit = None
+  return {'cxr_jax': version, 'git_commit': commit}
+
+
+def load_job(workdir, job: str | None = None) -> tuple[dict, dict, dict]:
+  """(model.json dict, variables, result dict) of a workdir's job (default: `select_job`)."""
+  workdir = Path(workdir)
+  result = select_job(workdir, job)
+  name = _job_name(result, workdir)
+  weights = Path(result['_dir']) / BEST_WEIGHTS
+  if not weights.exists() or 'image_shape' not in result:
+    raise FileNotFoundError(
+        f'{name}: no {BEST_WEIGHTS} (or no image_shape in its result.json): '
+        'the job was run by a cxr_jax that did not keep its selected weights. Delete its '
+        f'result.json ({Path(result["_dir"]) / "result.json"}) and run the same command '
+        'again to redo that job, then export.')
+  config_path = workdir / 'config.json'
+  config_bytes = config_path.read_bytes()
+  config = json.loads(config_bytes)
+  shape = [int(d) for d in result['image_shape']]
+  meta = {
+      'format': 'cxr_jax model 1',
+      'architecture': dict(config['model']),
+      'num_classes': len(result['class_names']),
+      'class_names': list(result['class_names']),
+      'image_size': int(config['finetune']['image_size']),
+      'storage_size': shape[0],
+      'channels': shape[-1],
+      'input': 'uint8 [N, storage_size, storage_size, channels] from preprocess(path)',
+      'preprocessing': PREPROCESSING,
+      'task': result.get('task', 'label'),  # 'findings': multi-label, one sigmoid each
+      'output': ('sigmoid probabilities [N, num_classes], one per finding, columns in '
+                 'class_names order' if result.get('task') == 'findings' else
+                 'softmax probabilities [N, num_classes], columns in class_names order'),
+      'training': {k: result.get(k) for k in ('protocol', 'init', 'label_fraction', 'seed',
+                                              'num_train', 'best_step', 'val_score')},
+      'data': dict(config['finetune']['data']),
+      'test': result['test'],
+      'provenance': {'job': name, 'workdir': str(workdir.resolve()),
+                     'config_sha256': hashlib.sha256(config_bytes).hexdigest(),
+                     'config': config, **code_version()},
+  }
+  variables = load_weights(weights)
+  return meta, variables, result
+
+
+def from_workdir(workdir, job: str | None = None, batch_size: int = 32) -> Model:
+  """The classifier of a workdir's finished fine-tuning job (default: `select_job`, the
+  best by val_score), rebuilt from W/config.json with its selected weights
+  (best.msgpack): no data read, no training program compiled."""
+  meta, variables, _ = load_job(workdir, job)
+  return Model(meta, variables, batch_size=batch_size)
+
+
+def config_from_json(path: Path) -> ml_collections.ConfigDict:
+  """The ConfigDict of a workdir's config.json (without its 'amendments')."""
+
+  def convert(value):
+    if isinstance(value, dict):
+      return ml_collections.ConfigDict({k: convert(v) for k, v in value.items()})
+    if isinstance(value, list):
+      return [convert(v) for v in value]
+    return value
+
+  saved = configuration.read_config_json(Path(path))
+  saved.pop('amendments', None)
+  return convert(saved)
+
+
+def from_stage(workdir, stage: str, folder: str = 'pretrain', config=None):
+  """(SSL model, its trained {'params', 'batch_stats'}, the stage's last view size) of a
+  finished pretraining stage of `workdir` (`folder`: pretrain | pretrain_ssl |
+  pretrain_ssl_matched): the model rebuilt from W/config.json (or `config`), the weights
+  from the stage's last Orbax checkpoint, which must be at the stage's final step.
+
+  Raises ValueError naming the stage when it is unknown or unfinished."""
+  workdir = Path(workdir)
+  config = config if config is not None else config_from_json(workdir / 'config.json')
+  if folder == vocab.SINGLE_STAGE_FOLDERS['ssl_matched']:  # that regime's stage ran longer
+    config = configuration.matched_config(config)
+  names = [s.name for s in config.pretrain.stages]
+  if stage not in names:
+    raise ValueError(f'--stage={stage!r} is not a stage of {workdir}; stages: {names}')
+  spec = config.pretrain.stages[names.index(stage)]
+  directory = workdir / folder / stage
+  steps = loop.saved_steps(directory)
+  if not steps or steps[-1] < spec.steps:
+    raise ValueError(f'{folder}/{stage} is not finished: its last checkpoint is at step '
+                     f'{steps[-1] if steps else "none"} of {spec.steps} (under '
+                     f'{loop.checkpoint_dir(directory)})')
+  # the saved TrainState as a tree of arrays (no template: nothing to initialise or compile)
+  restored = loop.checkpoint_manager(directory).restore(
+      steps[-1], args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  method = ssl.get_method(config.pretrain.method)
+  model = method.build_model(state_lib.encoder_from_config(config.model),
+                             config.pretrain[config.pretrain.method])
+  size = int(pretraining.image_sizes(spec.image_size, spec.steps, 'image_size')[-1])
+  return model, {'params': restored['params'], 'batch_stats': restored['batch_stats']}, size

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -18,11 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cxr_jax import attention_job
 from cxr_jax import vocab
 from cxr_jax.data import augment
 from cxr_jax.data import pipeline
 from cxr_jax.data import schema
+from cxr_jax.data import splits
 from cxr_jax.eval import metrics as M
+from cxr_jax.eval import probes
+from cxr_jax.files import BEST_WEIGHTS
+from cxr_jax.files import save_npz
+from cxr_jax.files import save_weights
 from cxr_jax.models import convert
 from cxr_jax.models import heads
 from cxr_jax.train import inference
@@ -69,7 +76,7 @@ class EvalData:
     self._image_cache = image_cache
     self._train_images = None
     self.data_dir = data_dir
-    self.explain_images = None  # cxr_jax.explain.job.ExplainSet, read on first use
+    self.explain_images = None  # attention_job.ExplainSet, read on first use
 
   def has(self, field: str) -> bool:
     return field in self.builder.info.features
@@ -97,7 +104,6 @@ class EvalData:
     return 'targets' if self.multilabel else 'label'
 
   def train_indices(self, fraction: float, seed: int) -> np.ndarray:
-    from cxr_jax.data import splits
     if self.multilabel:  # every finding keeps a positive patient where it has one
       return np.asarray(splits.finding_fraction_subset(
           self.train_meta['label'], self.train_meta['patient_id'], min(fraction, 1.0), seed))
@@ -111,7 +117,6 @@ def make_step(model, tx, image_size: int, strength: float, multilabel: bool = Fa
   """The fine-tuning step: augmented views, softmax cross-entropy (multilabel: the masked
   binary cross-entropy of each finding, `probes.masked_sigmoid_bce`), one optimizer
   update."""
-  from cxr_jax.eval import probes
   def step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     images = batch['image'].astype(jnp.float32) / 255.0
@@ -198,24 +203,14 @@ def classifier_variables(model, root_seed: int, seed: int, channels: int, encode
 
 
 def frozen_probe(protocol: str, programs: Programs, variables, data: EvalData, indices):
-  """Linear probe or weighted kNN on the frozen encoder's features: (val, test) probs."""
-  from cxr_jax.eval import probes
+  """Linear probe or weighted kNN (`probes.frozen_probe_probs`) on the frozen encoder's
+  features: (val, test) probs."""
   train_images = pipeline.read_all(pipeline.Subset(data.train_source, indices), ('image',))['image']
-  train_labels = data.train_meta['label'][indices]
   bank = programs.features(variables, train_images)
-  k = len(data.class_names)
-  out = []
-  for images in (data.val['image'], data.test['image']):
-    f = programs.features(variables, images)
-    if protocol == 'knn' and data.multilabel:  # neighbour-averaged targets
-      out.append(np.asarray(probes.knn_predict_multilabel(bank, train_labels, f, k=20,
-                                                          temperature=0.07)))
-    elif protocol == 'knn':
-      out.append(np.asarray(probes.knn_predict(bank, train_labels, f, k, k=20, temperature=0.07)))
-    else:  # multi-label: one logistic head per finding
-      probe = probes.linear_probe_fit(bank, train_labels, k)
-      out.append(np.asarray(probes.linear_probe_predict(probe, f, multilabel=data.multilabel)))
-  return out
+  queries = [programs.features(variables, images)
+             for images in (data.val['image'], data.test['image'])]
+  return probes.frozen_probe_probs(protocol, bank, data.train_meta['label'][indices], queries,
+                                   len(data.class_names), multilabel=data.multilabel)
 
 
 def _train(config, programs: Programs, job_name: str, directory: Path, seed: int,
@@ -343,25 +338,6 @@ def warn_missing_positives(job_name: str, names, train_positives: dict,
   return missing
 
 
-BEST_WEIGHTS = 'best.msgpack'  # a finetune cell's selected {'params', 'batch_stats'}
-
-
-def save_weights(path: Path, variables):
-  """{'params', 'batch_stats'} as flax msgpack (float32 numpy leaves), atomically."""
-  from flax import serialization
-  tree = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32)
-                                if np.asarray(x).dtype.kind in 'fV' else np.asarray(x),
-                                jax.device_get(variables))
-  with workdir_lib.atomic_open(path, 'wb') as f:
-    f.write(serialization.msgpack_serialize(tree))
-
-
-def load_weights(path: Path) -> dict:
-  """What `save_weights` wrote (numpy leaves)."""
-  from flax import serialization
-  return serialization.msgpack_restore(Path(path).read_bytes())
-
-
 def save_embeddings(config, programs: Programs, init: str, encoder_vars, data: EvalData,
                     workdir: Path) -> Path:
   """<workdir>/embeddings/<init>.npz: the test split's pooled features by the regime's
@@ -388,16 +364,6 @@ def save_embeddings(config, programs: Programs, init: str, encoder_vars, data: E
   return path
 
 
-def save_npz(path: Path, **arrays):
-  """np.savez_compressed, atomically; arrays of a float type numpy does not know
-  (bfloat16 from a model.dtype='bfloat16' run, which np.savez would store as raw 2-byte
-  voids) as float32."""
-  arrays = {k: np.asarray(v) for k, v in arrays.items()}
-  with workdir_lib.atomic_open(path, 'wb') as f:
-    np.savez_compressed(f, **{k: v.astype(np.float32) if v.dtype.kind == 'V' else v
-                              for k, v in arrays.items()})
-
-
 def explained_finding(config, data: EvalData) -> int:
   """The index (in data.class_names) of the finding a multi-label task's Grad-CAM
   explains: config.explain.finding, '' = the first."""
@@ -412,15 +378,15 @@ def explained_finding(config, data: EvalData) -> int:
 
 def explain(config, model, variables, data: EvalData, directory: Path):
   """Grad-CAM attention inside the lung masks of the images config.explain names (the
-  test split by default) -> attention.npz; `cxr_jax.explain.job` does the work.
+  test split by default) -> attention.npz; `cxr_jax.attention_job` does the work.
 
   A multi-label task explains one finding (`explained_finding`) as a two-class
   classifier (`heads.FindingView`: class 1 = present); its unobserved targets count as
   absent here."""
-  import dataclasses
-  from cxr_jax.explain import job
   if data.explain_images is None:  # read (and segmented) once per run
-    data.explain_images = job.explain_set(config, data, data.data_dir)
+    data.explain_images = attention_job.explain_set(
+        config.explain, data, data.data_dir, config.finetune.data.test_split,
+        config.eval_batch_size)
   images = data.explain_images
   if data.multilabel:
     finding = explained_finding(config, data)
@@ -429,6 +395,8 @@ def explain(config, model, variables, data: EvalData, directory: Path):
     if images.labels is not None:  # the test split's targets: present / absent
       images = dataclasses.replace(images, labels=(
           np.nan_to_num(images.labels[:, finding], nan=0.0) >= 0.5).astype(np.int64))
-  result = job.explain_cell(config, model, variables, images, str(directory))
+  result = attention_job.explain_cell(config.explain, model, variables, images,
+                                      config.finetune.image_size, config.eval_batch_size,
+                                      str(directory))
   if result is not None:
     save_npz(directory / 'attention.npz', **result)

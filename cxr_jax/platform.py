@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # --xla_cpu_experimental_ynn_fusion_type=<empty>: convolutions through XLA's Eigen
 # kernels instead of YNNPACK fusions. Measured on the 2-core dev machine with jax 0.10.2
@@ -25,11 +26,10 @@ _ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'
 
 
 def _backend_initialised() -> bool:
-  import sys
   if 'jax' not in sys.modules:
     return False
   try:
-    from jax._src import xla_bridge
+    from jax._src import xla_bridge  # before jax starts a backend
     return bool(getattr(xla_bridge, '_backends', {}))
   except Exception:  # private API moved: assume not, the flags are harmless either way
     return False
@@ -88,7 +88,7 @@ def setup(coordinator_address: str | None = None, num_processes: int | None = No
   if coordinator_address in (None, 'auto') and os.environ.get(_ENV_COORDINATOR) == 'auto':
     coordinator_address = None  # let jax.distributed detect the cluster (TPU, SLURM)
     os.environ.pop(_ENV_COORDINATOR)
-  import jax
+  import jax  # before jax starts a backend
   if num_processes is None and os.environ.get('JAX_NUM_PROCESSES'):
     num_processes = int(os.environ['JAX_NUM_PROCESSES'])
   if process_id is None and os.environ.get('JAX_PROCESS_ID'):

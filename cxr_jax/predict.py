@@ -23,6 +23,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
+from cxr_jax import exported
+from cxr_jax.explain import overlay
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.dcm', '.dicom', '.dic', '.bmp', '.tif',
                   '.tiff', '.webp', '.gif')
@@ -48,8 +52,7 @@ def list_inputs(path) -> list[Path]:
 
 
 def open_model(model: str, job: str | None = None, batch_size: int = 32):
-  """An exported folder (has model.json) or a workdir (exported in memory)."""
-  from cxr_jax import export, exported
+  """An exported folder (has model.json) or a workdir (`exported.from_workdir`)."""
   if (Path(model) / exported.MODEL_JSON).exists():
     if job:
       raise ValueError('--job applies to a workdir; --model is an exported model folder')
@@ -57,8 +60,7 @@ def open_model(model: str, job: str | None = None, batch_size: int = 32):
   if not (Path(model) / 'config.json').exists():
     raise ValueError(f'--model {model} is neither an exported model folder (model.json) '
                      'nor a workdir (config.json)')
-  meta, variables, _ = export.load_job(model, job)
-  return exported.Model(meta, variables, batch_size=batch_size)
+  return exported.from_workdir(model, job, batch_size=batch_size)
 
 
 def read_images(model, files) -> tuple[list[Path], list[np.ndarray], list[tuple[Path, str]]]:
@@ -75,7 +77,6 @@ def read_images(model, files) -> tuple[list[Path], list[np.ndarray], list[tuple[
 
 
 def write_overlays(model, folder: Path, files, images, probs, maps):
-  from cxr_jax.explain import overlay
   folder.mkdir(parents=True, exist_ok=True)
   seen = model.model_inputs(np.stack(images))
   names = set()
@@ -93,7 +94,6 @@ def write_overlays(model, folder: Path, files, images, probs, maps):
 def run(model, files, output: Path, gradcam: Path | None = None, progress: bool = True
         ) -> list[tuple[Path, str]]:
   """Predicts `files` into `output` (and overlays into `gradcam`); returns the failures."""
-  from tqdm import tqdm
   good, bad, probs = [], [], []
   bs = model.batch_size
   bar = tqdm(total=len(files), unit='image', disable=not progress, file=sys.stderr)

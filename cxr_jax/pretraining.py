@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,8 +24,12 @@ import optax
 from cxr_jax import curriculum
 from cxr_jax import ssl
 from cxr_jax.data import augment
+from cxr_jax.data import host_augment
+from cxr_jax.data import pacing as pacing_lib
 from cxr_jax.data import pipeline
 from cxr_jax.data import schema
+from cxr_jax.eval import metrics as M
+from cxr_jax.eval import probes
 from cxr_jax.models import convert
 from cxr_jax.models.merge import merge_strict
 from cxr_jax.train import inference
@@ -113,7 +118,6 @@ def make_loader(config, stage, source, batch_size: int, seed: int, sizes, streng
                                             seed=seed * 1024 + jax.process_index()))
       images, fields = pipeline.WithIndex(images), ('image', 'index')
     if config.augment_on == 'host':
-      from cxr_jax.data import host_augment
       strengths = np.asarray([float(strength(t)) for t in range(stage.steps)], np.float32)
       # indices are per process: the process in the seed keeps hosts' draws apart
       maps.append(host_augment.TwoViews(np.asarray(sizes), strengths, batch_size=batch_size,
@@ -122,8 +126,6 @@ def make_loader(config, stage, source, batch_size: int, seed: int, sizes, streng
                                 worker_count=config.worker_count,
                                 read_threads=config.read_threads,
                                 map_with_index=pipeline.chain(maps))
-  import grain
-  from cxr_jax.data import pacing as pacing_lib
   difficulty = pacing_lib.difficulty_from_config(
       config.curriculum.difficulty, lambda field: pipeline.read_all(source, (field,))[field])
   sampler = pacing_lib.PacedSampler(
@@ -174,22 +176,22 @@ def carry_over(fresh: loop.TrainState, previous: loop.TrainState, stage, key: st
   return fresh.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, extra=extra)
 
 
-def make_monitor(config, model, image_size: int, mesh, data_dir: Path):
-  """Online monitors of a pretraining stage on the labeled data of config.finetune.data:
-  weighted kNN (k=20, T=0.07, cosine; Wu et al. 2018) and a logistic-regression probe on the
-  encoder's frozen (stop-gradient) features, fit on the train split, scored on val.
+def make_monitor(finetune_data, model, image_size: int, mesh, data_dir: Path,
+                 batch_size: int):
+  """Online monitors of a pretraining stage on the labeled data `finetune_data`
+  (config.finetune.data): weighted kNN and a logistic-regression probe
+  (`probes.frozen_probe_probs`) on the encoder's frozen (stop-gradient) features, fit on
+  the train split, scored on val; features `batch_size` images at a time.
 
   The probe is refit at each monitoring step rather than trained inside the SSL step, since
   the pretraining data is unlabeled by construction."""
-  from cxr_jax.eval import metrics as M
-  from cxr_jax.eval import probes
-  ft = config.finetune
-  builder = pipeline.get_builder(ft.data, data_dir, key='config.finetune.data')
-  findings = ft.data.get('findings', '')
+  spec = finetune_data
+  builder = pipeline.get_builder(spec, data_dir, key='config.finetune.data')
+  findings = spec.get('findings', '')
   field = 'targets' if findings else 'label'
-  bank = pipeline.read_all(pipeline.get_source(builder, ft.data.train_split), ('image', field))
-  query = pipeline.read_all(pipeline.get_source(builder, ft.data.val_split), ('image', field))
-  extract = inference.make_features(model, image_size, mesh, config.eval_batch_size)
+  bank = pipeline.read_all(pipeline.get_source(builder, spec.train_split), ('image', field))
+  query = pipeline.read_all(pipeline.get_source(builder, spec.val_split), ('image', field))
+  extract = inference.make_features(model, image_size, mesh, batch_size)
   if findings:  # multi-label: kNN of neighbour-averaged targets, one logistic head each
     names, columns = schema.select_findings(builder, findings)
     bank_t, query_t = bank['targets'][:, columns], query['targets'][:, columns]
@@ -197,9 +199,9 @@ def make_monitor(config, model, image_size: int, mesh, data_dir: Path):
     def evaluate_findings(state):
       variables = {'params': state.params, 'batch_stats': state.batch_stats}
       fb, fq = extract(variables, bank['image']), extract(variables, query['image'])
-      knn = np.asarray(probes.knn_predict_multilabel(fb, bank_t, fq, k=20, temperature=0.07))
-      probe = probes.linear_probe_fit(fb, bank_t, len(names))
-      linear = np.asarray(probes.linear_probe_predict(probe, fq, multilabel=True))
+      knn, linear = (probes.frozen_probe_probs(kind, fb, bank_t, [fq], len(names),
+                                               multilabel=True)[0]
+                     for kind in ('knn', 'linear'))
       return state, {'monitor/knn_auroc': M.multilabel_metrics(query_t, knn, names)['auroc'],
                      'monitor/linear_auroc':
                          M.multilabel_metrics(query_t, linear, names)['auroc']}
@@ -209,10 +211,9 @@ def make_monitor(config, model, image_size: int, mesh, data_dir: Path):
   def evaluate(state):
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     fb, fq = extract(variables, bank['image']), extract(variables, query['image'])
-    knn = np.asarray(probes.knn_predict(fb, bank['label'], fq, len(names), k=20, temperature=0.07))
+    knn, linear = (probes.frozen_probe_probs(kind, fb, bank['label'], [fq], len(names))[0]
+                   for kind in ('knn', 'linear'))
     knn_metrics = M.classification_metrics(query['label'], knn, names)
-    probe = probes.linear_probe_fit(fb, bank['label'], len(names))
-    linear = np.asarray(probes.linear_probe_predict(probe, fq))
     return state, {'monitor/knn_acc': knn_metrics['accuracy'],
                    'monitor/knn_auroc': knn_metrics['auroc'],
                    'monitor/linear_acc': float(np.mean(linear.argmax(-1) == query['label']))}
@@ -263,7 +264,8 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
                       sizes, mesh)
   loader = make_loader(config, stage, source, batch_size, config.seed * 1000 + index,
                        sizes, schedules['strength'])
-  monitor = (make_monitor(config, model, int(sizes[-1]), mesh, data_dir)
+  monitor = (make_monitor(config.finetune.data, model, int(sizes[-1]), mesh, data_dir,
+                          config.eval_batch_size)
              if config.pretrain.monitor_every else None)
   return loop.Job(name=f'{folder}/{stage.name}', directory=workdir / folder / stage.name,
                   num_steps=stage.steps, init_state=init_state, train_step=step, loader=loader,

@@ -16,7 +16,7 @@ Orbax checkpoints under W/ckpt (a killed run resumes) and W/metrics.jsonl. Train
 `cxr_jax.train.loop.run_job` with the loss BCE + soft Dice, AdamW with cosine decay, random
 horizontal flips.
 
-`load(W).predict_masks(images)` gives lung masks at the images' own size; the attention
+`cxr_jax.models.segmenter.load(W).predict_masks(images)` gives lung masks at the images' own size; the attention
 analysis uses them with config.explain.masks='segmenter:W'.
 """
 from __future__ import annotations
@@ -33,15 +33,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from cxr_jax.data import augment
+from cxr_jax.data import pipeline
+from cxr_jax.eval import bootstrap
+from cxr_jax.models.segmenter import save
+from cxr_jax.models.segmenter import Segmenter
 from cxr_jax.models.unet import UNet
 from cxr_jax.train import loop
 from cxr_jax.train import sharding
 
 log = logging.getLogger('cxr_jax')
-
-WEIGHTS = 'weights.msgpack'
-META = 'segmenter.json'
 
 
 # ------------------------------------------------------------------------ loss and metric
@@ -108,7 +108,6 @@ def parse_spec(text: str, size: int) -> ml_collections.ConfigDict:
 
 def read_masked(spec, data_dir: Path, key: str) -> MaskedSet:
   """Every split's images that have a lung mask, as grayscale [N, S, S, 1] uint8."""
-  from cxr_jax.data import pipeline
   builder = pipeline.get_builder(spec, data_dir, key=key)
   features = builder.info.features
   if 'mask' not in features:
@@ -184,7 +183,6 @@ def train(workdir: Path, train_set: MaskedSet, *, features, steps: int, batch_si
                             extra={}, rng=loop.fresh_rng(seed))
     return sharding.replicate(state, mesh)
 
-  from cxr_jax.data import pipeline
   source = _Arrays(image=train_set.image, mask=train_set.mask)
   loader = pipeline.make_loader(source, batch_size=min(batch_size, len(source)), seed=seed,
                                 fields=('image', 'mask'))
@@ -199,68 +197,8 @@ def train(workdir: Path, train_set: MaskedSet, *, features, steps: int, batch_si
   return {'params': jax.device_get(state.params), 'batch_stats': jax.device_get(state.batch_stats)}
 
 
-# --------------------------------------------------------------------------- inference
-
-class Segmenter:
-  """A trained U-Net and its input size; `predict_masks` on any images."""
-
-  def __init__(self, variables, features, image_size: int, meta: dict | None = None):
-    self.model = UNet(features=tuple(features))
-    self.variables = variables
-    self.image_size = int(image_size)
-    self.meta = meta or {}
-
-  def predict_masks(self, images, batch_size: int = 32) -> np.ndarray:
-    """Lung masks of images [N, H, W, C] (uint8/uint16, or float in [0, 1]; C channels
-    averaged to gray), at their own size: [N, H, W] uint8 in {0, 1}."""
-    images = np.asarray(images)
-    if images.ndim != 4:
-      raise ValueError(f'images must be [N, H, W, C], got {images.shape}')
-    n, h, w = images.shape[:3]
-    size = self.image_size
-
-    @jax.jit
-    def masks_of(variables, batch):
-      x = augment.resize(augment.to_float(batch).mean(axis=-1, keepdims=True), size)
-      logits = self.model.apply(variables, x, train=False)
-      back = jax.image.resize(logits, (logits.shape[0], h, w), method='bilinear')
-      return (back > 0).astype(jnp.uint8)
-
-    bs = max(1, min(batch_size, n))
-    out = []
-    for start in range(0, n, bs):
-      chunk = images[start:start + bs]
-      count = len(chunk)
-      if count < bs:  # one compiled shape
-        chunk = np.concatenate([chunk, np.zeros((bs - count,) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(masks_of(self.variables, chunk))[:count])
-    return np.concatenate(out)
-
-
-def save(workdir: Path, variables, features, image_size: int, meta: dict):
-  from cxr_jax import finetuning
-  from cxr_jax.train import workdir as workdir_lib
-  finetuning.save_weights(workdir / WEIGHTS, variables)
-  workdir_lib.write_text(workdir / META, json.dumps(
-      dict(meta, architecture='unet', features=list(features), image_size=int(image_size)),
-      indent=2))
-
-
-def load(folder) -> Segmenter:
-  """The segmenter `python -m cxr_jax.segment` wrote to `folder`."""
-  from cxr_jax import finetuning
-  folder = Path(folder)
-  if not (folder / WEIGHTS).exists() or not (folder / META).exists():
-    raise FileNotFoundError(f'{folder}: no trained segmenter ({WEIGHTS} and {META}); train '
-                            'one with python -m cxr_jax.segment --workdir=FOLDER --train=...')
-  meta = json.loads((folder / META).read_text())
-  return Segmenter(finetuning.load_weights(folder / WEIGHTS), meta['features'],
-                   meta['image_size'], meta)
-
-
 def dice_summary(segmenter: Segmenter, masked: MaskedSet, n_boot: int = 1000) -> dict:
   """Mean Dice with a 95% patient-bootstrap CI on `masked` (masks compared at its size)."""
-  from cxr_jax.eval import bootstrap
   d = dice(segmenter.predict_masks(masked.image), masked.mask)
   lo, hi = bootstrap.percentile_ci(bootstrap.weighted_mean_resamples(
       d, masked.patient_id, n_boot, 0))

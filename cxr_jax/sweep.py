@@ -38,7 +38,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from pathlib import Path
 
 from cxr_jax import vocab
 from cxr_jax.report import fmt
+from cxr_jax.report import loading
+from cxr_jax.report import sections
 from cxr_jax.train import workdir as workdir_lib
 
 # grid keys under these prefixes leave the scratch cells unchanged (see module doc)
@@ -187,7 +188,6 @@ def point_rows(point_dir: Path, n_boot: int, seed: int = 0) -> list[dict]:
   """[{protocol, fraction, init, seeds, auroc (seed mean), diff, lo, hi, p_value}] of one
   point's results; diff..p_value (paired with scratch) are None for scratch or when
   there is no scratch on the same test images."""
-  from cxr_jax.report import loading, sections
   groups = loading.group_results(loading.load_results(point_dir))
   if not groups:
     return []

@@ -13,6 +13,16 @@ from cxr_jax.train import state as state_lib
 from tests.test_experiment import tiny_config
 
 
+class _NoWriter:
+  """run_job's metric writer for a finished job: it never writes (nothing is trained)."""
+
+  def write(self, *args, **kwargs):
+    del args, kwargs
+
+  def close(self):
+    pass
+
+
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory, tiny_data_dir):
   """A tiny finished run: one 6-step stage, 4-step fine-tuning of scratch and curricular,
@@ -42,7 +52,7 @@ def test_embed_cli_equals_the_stage_encoders_features(finished_run, tiny_data_di
   # the reference: the curriculum's last state (restored, not retrained), its encoder's
   # features at the stage's view size
   mesh = sharding.make_mesh()
-  state = pretraining.run_curriculum(config, mesh, embed._NoWriter(), workdir, tiny_data_dir)
+  state = pretraining.run_curriculum(config, mesh, _NoWriter(), workdir, tiny_data_dir)
   assert int(state.step) == 6
   model = ssl.get_method('simclr').build_model(state_lib.encoder_from_config(config.model),
                                                config.pretrain.simclr)
@@ -70,14 +80,21 @@ def test_embed_cli_equals_the_stage_encoders_features(finished_run, tiny_data_di
 
 
 def test_embed_cli_of_a_fine_tuned_job_uses_its_best_weights(finished_run, tiny_data_dir,
-                                                            tmp_path):
+                                                            tmp_path, monkeypatch):
   import warnings
   import orbax.checkpoint as ocp
   from cxr_jax.models import heads
   config, workdir = finished_run
   out = tmp_path / 'job.npz'
+  opened = []  # the splits embed opens: only --data's, never the labelled train/val
+  get_source = pipeline.get_source
+  monkeypatch.setattr(pipeline, 'get_source',
+                      lambda builder, split, *a, **k: opened.append(split) or
+                      get_source(builder, split, *a, **k))
   embed.main([f'--workdir={workdir}', '--job=finetune/curricular/1/seed0',
               '--data=phantom:test', f'--out={out}'])
+  assert opened == ['test']
+  monkeypatch.undo()
   # the reference: the best weights as the checkpoint stores them, read without a target
   cell = workdir / 'finetune' / 'curricular' / '1' / 'seed0'
   with warnings.catch_warnings():

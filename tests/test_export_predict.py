@@ -122,6 +122,16 @@ def test_the_exported_model_reproduces_the_runs_test_probabilities(run, model):
   assert maps.shape == (3, 32, 32) and np.all(maps >= 0) and np.isfinite(maps).all()
 
 
+def test_from_workdir_reproduces_the_runs_test_probabilities(run):
+  """The one loader of a trained classifier: rebuilt from W/config.json and best.msgpack."""
+  workdir, test_images, _ = run
+  model = exported.from_workdir(workdir, JOB, batch_size=BATCH)
+  with np.load(workdir / JOB / 'test_predictions.npz') as f:
+    expected = f['probs']
+  np.testing.assert_allclose(model.predict(test_images), expected, atol=1e-6, rtol=0)
+  assert model.job == JOB
+
+
 def test_the_default_job_is_the_best_by_val_score_and_job_picks_another(run, tmp_path):
   workdir = run[0]
   # a copy with a second job whose val score is higher: it becomes the default
@@ -132,16 +142,16 @@ def test_the_default_job_is_the_best_by_val_score_and_job_picks_another(run, tmp
   result = json.loads((other / 'result.json').read_text())
   result['seed'], result['val_score'] = 1, result['val_score'] + 1.0
   (other / 'result.json').write_text(json.dumps(result))
-  assert export.select_job(tmp_path)['seed'] == 1
-  assert export.select_job(tmp_path, JOB)['seed'] == 0
+  assert exported.select_job(tmp_path)['seed'] == 1
+  assert exported.select_job(tmp_path, JOB)['seed'] == 0
   result['val_score'] -= 1.0  # a tie: the first in report order (seed 0)
   (other / 'result.json').write_text(json.dumps(result))
-  assert export.select_job(tmp_path)['seed'] == 0
+  assert exported.select_job(tmp_path)['seed'] == 0
   with pytest.raises(ValueError, match='no finished fine-tuning job of that name'):
-    export.select_job(tmp_path, 'finetune/curricular/1/seed0')
+    exported.select_job(tmp_path, 'finetune/curricular/1/seed0')
   (other / 'best.msgpack').unlink()  # an older run's job: a clear error
   with pytest.raises(FileNotFoundError, match='did not keep its selected weights'):
-    export.load_job(tmp_path, 'finetune/scratch/1/seed1')
+    exported.load_job(tmp_path, 'finetune/scratch/1/seed1')
 
 
 def _read_csv(path):
@@ -213,3 +223,26 @@ def test_onnx_matches_jax(run, model, tmp_path):
   session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
   got = session.run(None, {session.get_inputs()[0].name: x})[0]
   np.testing.assert_allclose(got, model.predict(test_images[:8]), atol=1e-4, rtol=0)
+
+
+def test_onnx_of_a_densenet_matches_jax(tmp_path):
+  """The export-friendly stem max-pool reaches every backbone (DenseNet too), so its ONNX
+  model is onnxruntime-runnable and agrees with JAX."""
+  pytest.importorskip('jax2onnx')
+  ort = pytest.importorskip('onnxruntime')
+  import jax
+  import ml_collections
+  from cxr_jax.models import heads
+  from cxr_jax.train import state as state_lib
+  arch = dict(name='densenet121', width=0.125, stem='imagenet', dtype='float32', remat=False)
+  module = heads.ClassifierModel(
+      encoder=state_lib.encoder_from_config(ml_collections.ConfigDict(arch)), num_classes=3)
+  variables = jax.device_get(state_lib.init_variables(module, jax.random.PRNGKey(0), 1))
+  meta = {'class_names': ['a', 'b', 'c'], 'image_size': 32, 'storage_size': 32,
+          'channels': 1, 'architecture': arch}
+  model = exported.Model(meta, variables, batch_size=4)
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 1), dtype=np.uint8)
+  path = export.write_onnx(model, tmp_path / 'densenet.onnx', batch_size=4)
+  session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+  got = session.run(None, {session.get_inputs()[0].name: model.model_inputs(images)})[0]
+  np.testing.assert_allclose(got, model.predict(images), atol=1e-4, rtol=0)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cxr_jax import segment
+from cxr_jax.models import segmenter
 from cxr_jax.models.unet import UNet
 
 
@@ -57,17 +58,17 @@ def test_unet_trains_and_predicts_masks_at_the_input_size(tmp_path):
   from cxr_jax.train import sharding
   variables = segment.train(tmp_path, train_set, features=(8, 16), steps=40, batch_size=8,
                             lr=3e-3, seed=0, mesh=sharding.make_mesh())
-  seg = segment.Segmenter(variables, (8, 16), 16)
+  seg = segmenter.Segmenter(variables, (8, 16), 16)
   big = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)  # another storage size
   pred = seg.predict_masks(big[:5], batch_size=4)
   assert pred.shape == (5, 32, 32) and pred.dtype == np.uint8 and set(np.unique(pred)) <= {0, 1}
   d = segment.dice(seg.predict_masks(images), masks)
   assert d.mean() > 0.6  # the blobs are easy; an untrained net scores ~0.3
-  segment.save(tmp_path, variables, (8, 16), 16, {'dice': {}})
-  again = segment.load(tmp_path)
+  segmenter.save(tmp_path, variables, (8, 16), 16, {'dice': {}})
+  again = segmenter.load(tmp_path)
   np.testing.assert_array_equal(again.predict_masks(images), seg.predict_masks(images))
   with pytest.raises(FileNotFoundError, match='no trained segmenter'):
-    segment.load(tmp_path / 'nothing')
+    segmenter.load(tmp_path / 'nothing')
   with pytest.raises(ValueError, match='divisible by 2'):
     UNet(features=(4, 8)).init(jax.random.PRNGKey(0), jnp.zeros((1, 15, 15, 1)))
 
@@ -84,16 +85,17 @@ def test_explain_set_takes_lung_masks_from_a_segmenter(tmp_path, tiny_data_dir):
   """config.explain.masks='segmenter:<folder>': the explained images' masks are the
   segmenter's predictions at the images' size, and the source is recorded."""
   from cxr_jax import finetuning
-  from cxr_jax.explain import job
+  from cxr_jax import attention_job
   from tests.test_experiment import tiny_config
   config = tiny_config(tiny_data_dir)
   model = UNet(features=(8, 16))
   variables = jax.device_get(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1))))
-  segment.save(tmp_path, variables, (8, 16), 16, {})
+  segmenter.save(tmp_path, variables, (8, 16), 16, {})
   config.explain.masks = f'segmenter:{tmp_path}'
   data = finetuning.EvalData(config.finetune.data, tiny_data_dir, image_cache=False)
-  images = job.explain_set(config, data, tiny_data_dir)
-  expected = segment.load(tmp_path).predict_masks(data.test['image'])
+  images = attention_job.explain_set(config.explain, data, tiny_data_dir,
+                                     config.finetune.data.test_split, config.eval_batch_size)
+  expected = segmenter.load(tmp_path).predict_masks(data.test['image'])
   np.testing.assert_array_equal(images.masks, expected)
   assert images.masks.shape == data.test['image'].shape[:3]
   assert images.mask_source == f'segmenter:{tmp_path}'

@@ -48,7 +48,7 @@ def _lut_functions():
   try:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut  # pydicom >= 3
   except ImportError:  # pydicom 2.x
-    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut  # optional: pydicom
   return apply_modality_lut, apply_voi_lut
 
 

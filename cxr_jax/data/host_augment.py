@@ -36,7 +36,7 @@ import numpy as np
 from cxr_jax.data.augment import AugmentParams
 
 try:  # OpenCV is optional: the separable blur is also written in numpy
-  import cv2
+  import cv2  # optional: opencv
   cv2.setNumThreads(1)  # Grain workers are the parallelism; nested threads only contend
 except ImportError:  # pragma: no cover
   cv2 = None
@@ -224,7 +224,7 @@ class TwoViews:
 
 def make_random_map(*args, **kwargs):
   """`TwoViews` as a grain.transforms.RandomMap (for DataLoader operations)."""
-  import grain
+  import grain  # grain only where the map is made
 
   class _TwoViewsMap(grain.transforms.RandomMap):
     def __init__(self):

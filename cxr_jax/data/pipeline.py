@@ -13,12 +13,14 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import pkgutil
 import sys
 from typing import Sequence
 
 import grain
 import jax
 import numpy as np
+import tqdm
 
 
 def parse_options(text: str, key: str = 'options') -> dict:
@@ -58,7 +60,7 @@ def get_builder(data_cfg, data_dir: str, key: str = 'data'):
   a dataset prepared from other files is refused, see `prepare.ensure_prepared`).
   `key` names the config entry in error messages.
   """
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy: tensorflow_datasets
   import cxr_jax.data.builders  # noqa: F401  (registers our builders)
   try:
     cls = tfds.builder_cls(data_cfg.name)
@@ -78,13 +80,12 @@ def get_builder(data_cfg, data_dir: str, key: str = 'data'):
       raise ValueError(f'{key}.options: builder {data_cfg.name!r} takes only config=NAME, got {options}')
   builder = cls(data_dir=os.fspath(data_dir), config=config, file_format='array_record')
   # Prepared data is opened only if it was built from these options and raw files.
-  from cxr_jax.data import prepare
+  from cxr_jax.data import prepare  # heavy: imports tensorflow_datasets
   return prepare.ensure_prepared(builder, data_cfg.manual_dir or None, key=f'{key}.manual_dir')
 
 
 def _our_builders():
-  import pkgutil
-  import cxr_jax.data.builders as pkg
+  import cxr_jax.data.builders as pkg  # heavy: imports tensorflow_datasets
   return [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith('_')]
 
 
@@ -119,7 +120,7 @@ class SplitSource:
     """A source of the same records that decodes only `fields` (others stay bytes)."""
     key = tuple(sorted(fields))
     if key not in self._decoding:
-      import tensorflow_datasets as tfds
+      import tensorflow_datasets as tfds  # heavy: tensorflow_datasets
       features = self.builder.info.features
       missing = [f for f in fields if f not in features]
       if missing:
@@ -205,8 +206,7 @@ def _write_cache(path: str, images, dtype, what: str) -> bool:
 
   Only the writing is guarded: an error reading the TFDS records propagates.
   """
-  from array_record.python.array_record_module import ArrayRecordWriter
-  import tqdm
+  from array_record.python.array_record_module import ArrayRecordWriter  # only where an image cache is written
   tmp = f'{path}.tmp{os.getpid()}'
   try:
     writer = ArrayRecordWriter(tmp, _CACHE_OPTIONS)

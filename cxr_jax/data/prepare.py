@@ -27,9 +27,12 @@ import os
 import sys
 import time
 import traceback
+import types
 from typing import Any, Optional, Sequence
 
 import tensorflow_datasets as tfds
+
+from cxr_jax.data import identity
 
 
 def builder_class(name: str):
@@ -45,7 +48,6 @@ def builder_class(name: str):
 
 def dataset_names() -> list[str]:
   """Names of the datasets cxr_jax registers (not the whole TFDS catalog)."""
-  import types  # pylint: disable=import-outside-toplevel
   import cxr_jax.data.builders as package  # pylint: disable=import-outside-toplevel
   names = set()
   for attr, module in vars(package).items():
@@ -110,7 +112,6 @@ def ensure_prepared(builder, manual_dir: Optional[str] = None, key: str = 'manua
   DataIdentityError says what differs and how to proceed; nothing is reused silently.
   `key` names manual_dir in the one-line errors (a config key, or the CLI's flag).
   """
-  from cxr_jax.data import identity  # pylint: disable=import-outside-toplevel
   from cxr_jax.data.builders import _common  # pylint: disable=import-outside-toplevel
   name = builder.name
   manual_dir = os.path.expanduser(os.fspath(manual_dir)) if manual_dir else None

@@ -31,6 +31,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from PIL import Image
 
+from cxr_jax.data import dicom  # pydicom itself is imported only to read a DICOM file
 from cxr_jax.data.imageio import DICOM_SUFFIXES, ImageItem
 
 MAX_LISTED = 50  # Problems shown in one error message; the rest are counted.
@@ -157,7 +158,6 @@ def check_file(path: str) -> Optional[str]:
 
 
 def _check_dicom(path: str, size: int) -> Optional[str]:
-  from cxr_jax.data import dicom  # Lazy: pydicom is optional.
   try:
     ds = dicom.read_header(path, stop_before_pixels=True)
   except Exception as e:

@@ -11,7 +11,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+# The weighted kNN's neighbours and vote temperature (Wu et al. 2018; solo-learn's
+# defaults), used by the pretraining monitors and the 'knn' protocol alike.
+KNN_K = 20
+KNN_TEMPERATURE = 0.07
 
 
 def masked_sigmoid_bce(logits, targets):
@@ -39,8 +45,8 @@ def _l2_normalize(x, eps=1e-12):
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'k', 'chunk_size'))
-def knn_predict(train_feats, train_labels, query_feats, num_classes: int, k: int = 20,
-                temperature: float = 0.07, chunk_size: int = 256):
+def knn_predict(train_feats, train_labels, query_feats, num_classes: int, k: int = KNN_K,
+                temperature: float = KNN_TEMPERATURE, chunk_size: int = 256):
   """Weighted kNN class probabilities on cosine similarity.
 
   As in Wu et al., "Unsupervised feature learning via non-parametric instance
@@ -76,8 +82,8 @@ def knn_predict(train_feats, train_labels, query_feats, num_classes: int, k: int
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'chunk_size'))
-def knn_predict_multilabel(train_feats, train_targets, query_feats, k: int = 20,
-                           temperature: float = 0.07, chunk_size: int = 256):
+def knn_predict_multilabel(train_feats, train_targets, query_feats, k: int = KNN_K,
+                           temperature: float = KNN_TEMPERATURE, chunk_size: int = 256):
   """Per-finding probabilities as neighbour-averaged targets (the multi-label `knn_predict`).
 
   The k most cosine-similar training examples weigh exp(sim / T) as in `knn_predict`; a
@@ -201,3 +207,30 @@ def linear_probe_predict(probe: LinearProbe, feats, multilabel: bool = False):
   x = (feats.astype(jnp.float32) - probe.mean) / probe.scale
   logits = x @ probe.w + probe.b
   return jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)
+
+
+def frozen_probe_probs(kind: str, bank, bank_labels, queries, num_classes: int,
+                       multilabel: bool = False) -> list[np.ndarray]:
+  """Class probabilities of each query set by a probe on frozen features: 'knn' (weighted
+  kNN, `KNN_K` neighbours at `KNN_TEMPERATURE`; multi-label: neighbour-averaged targets)
+  or 'linear' (one logistic-regression probe fit on the bank: softmax, or one sigmoid per
+  finding when multi-label).
+
+  Args:
+    kind: 'knn' | 'linear'.
+    bank: [N, D] features of the labelled examples; bank_labels: [N] int, or [N, F] in
+      {0, 1} / NaN when multilabel.
+    queries: a sequence of [M, D] feature arrays.
+    num_classes: K (multi-label: F).
+
+  Returns:
+    one float32 numpy array [M, K] per query set.
+  """
+  if kind == 'knn' and multilabel:
+    return [np.asarray(knn_predict_multilabel(bank, bank_labels, q)) for q in queries]
+  if kind == 'knn':
+    return [np.asarray(knn_predict(bank, bank_labels, q, num_classes)) for q in queries]
+  if kind != 'linear':
+    raise ValueError(f"probe kind {kind!r}: 'knn' or 'linear'")
+  probe = linear_probe_fit(bank, bank_labels, num_classes)
+  return [np.asarray(linear_probe_predict(probe, q, multilabel=multilabel)) for q in queries]

@@ -77,8 +77,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax.models.merge import merge_strict
-from cxr_jax.models.resnet import build_encoder
-from cxr_jax.models.resnet import ENCODERS
+from cxr_jax.models.registry import build_encoder
+from cxr_jax.models.registry import ENCODERS
 
 # torchvision's ImageNet input normalisation (transforms.Normalize in its model cards).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -376,14 +376,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f'checkpoint {path} does not exist')
   if path.endswith('.safetensors'):
     try:
-      from safetensors.numpy import load_file
+      from safetensors.numpy import load_file  # optional: safetensors
     except ImportError as e:
       raise ImportError(f'reading {path} needs the safetensors package '
                         '(pip install safetensors)') from e
     raw = load_file(path)
   else:
     try:
-      import torch
+      import torch  # optional: torch
     except ImportError as e:
       raise ImportError(f'reading {path} needs torch (pip install torch; or save the '
                         'state dict as .safetensors, which needs only safetensors)') from e

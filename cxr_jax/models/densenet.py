@@ -23,7 +23,7 @@ Names map one to one onto torchvision/timm state dicts (see `cxr_jax/models/conv
 holding 'norm1', 'conv1', 'norm2', 'conv2', 'transition{i}' holding 'norm', 'conv',
 'norm5', and 'head' (classifier).
 
-BatchNorm is the ResNet's helper (`resnet._batch_norm`: momentum 0.9, epsilon 1e-5, the
+BatchNorm is the shared helper (`layers.batch_norm`: momentum 0.9, epsilon 1e-5, the
 dot-sum fast path on CPU, flax's BatchNorm with `axis_name` for shard_map/pmap), so batch
 statistics are global under jit with batch-sharded arrays, as for the ResNet.
 """
@@ -36,11 +36,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cxr_jax.models.resnet import _batch_norm
-from cxr_jax.models.resnet import _scaled
-from cxr_jax.models.resnet import Conv3x3
-from cxr_jax.models.resnet import Encoder
-from cxr_jax.models.resnet import max_pool_3x3_s2
+from cxr_jax.models.layers import batch_norm
+from cxr_jax.models.layers import Conv3x3
+from cxr_jax.models.layers import Encoder
+from cxr_jax.models.layers import scaled
+from cxr_jax.models.layers import stem_max_pool
 
 Dtype = Any
 
@@ -71,7 +71,7 @@ class DenseLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    bn = functools.partial(_batch_norm, train, self.dtype, self.axis_name,
+    bn = functools.partial(batch_norm, train, self.dtype, self.axis_name,
                            dot_batch_norm=self.dot_batch_norm)
     y = nn.relu(bn(name='norm1')(x))
     y = _conv1x1(self.bn_size * self.growth_rate, self.dtype, 'conv1')(y)
@@ -90,11 +90,12 @@ class Transition(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = nn.relu(_batch_norm(train, self.dtype, self.axis_name, name='norm',
+    x = nn.relu(batch_norm(train, self.dtype, self.axis_name, name='norm',
                             dot_batch_norm=self.dot_batch_norm)(x))
     x = _conv1x1(self.features, self.dtype, 'conv')(x)
     # torch's AvgPool2d(2, 2): no padding, odd sizes floor
-    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+    # (window_shape by keyword: jax2onnx's export of nn.avg_pool takes it so)
+    return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding='VALID')
 
 
 class DenseNet(Encoder):
@@ -135,8 +136,8 @@ class DenseNet(Encoder):
 
   def _channels(self) -> list[tuple[int, int]]:
     """(input channels, output channels) of every dense block."""
-    k = _scaled(self.growth_rate, self.width)
-    c = _scaled(self.num_init_features, self.width)
+    k = scaled(self.growth_rate, self.width)
+    c = scaled(self.num_init_features, self.width)
     out = []
     for i, n in enumerate(self.stage_sizes):
       out.append((c, c + n * k))
@@ -151,7 +152,7 @@ class DenseNet(Encoder):
     return self._channels()[-1][1]
 
   def _norm(self, train: bool, name: str):
-    return _batch_norm(train, self.dtype, self.axis_name, name=name,
+    return batch_norm(train, self.dtype, self.axis_name, name=name,
                        dot_batch_norm=self.dot_batch_norm)
 
   @nn.compact
@@ -178,7 +179,7 @@ class DenseNet(Encoder):
     layer = DenseLayer
     if self.remat:
       layer = nn.remat(layer, static_argnums=(2,))
-    k = _scaled(self.growth_rate, self.width)
+    k = scaled(self.growth_rate, self.width)
     channels = self._channels()
     x = x.astype(self.dtype)
     if first_stage == 1:
@@ -197,7 +198,7 @@ class DenseNet(Encoder):
     return x
 
   def _stem(self, x: jax.Array, train: bool) -> jax.Array:
-    features = _scaled(self.num_init_features, self.width)
+    features = scaled(self.num_init_features, self.width)
     if self.stem == 'imagenet':
       x = nn.Conv(features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                   use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init,
@@ -207,7 +208,7 @@ class DenseNet(Encoder):
                   kernel_init=conv_kernel_init, name='conv0')(x)
     x = nn.relu(self._norm(train, 'norm0')(x))
     if self.stem == 'imagenet':
-      x = max_pool_3x3_s2(x)
+      x = stem_max_pool(x)
     return x
 
 

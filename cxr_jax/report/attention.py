@@ -68,7 +68,7 @@ def attention_summary(att: dict, n_boot: int, seed: int = 0) -> dict[str, tuple]
     ok = ~np.isnan(grad) & ~np.isnan(occ_img)
     # a constant input (e.g. a uniform 1x1 Grad-CAM) leaves the correlation undefined
     if ok.sum() >= 3 and np.ptp(grad[ok]) > 0 and np.ptp(occ_img[ok]) > 0:
-      from scipy.stats import spearmanr
+      from scipy.stats import spearmanr  # heavy: scipy, for one statistic
       rho = spearmanr(grad[ok], occ_img[ok]).statistic
       out['gradcam_occlusion_spearman'] = (float(rho), float('nan'), float('nan'),
                                            int(ok.sum()))

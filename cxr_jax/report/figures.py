@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 
 from cxr_jax import vocab
+from cxr_jax.explain import analysis
 
 
 def _plt():
-  import matplotlib
+  import matplotlib  # heavy: only where figures are drawn
   matplotlib.use('Agg')  # files only; never opens a window
   from matplotlib import pyplot as plt
   return plt
@@ -124,7 +125,6 @@ def figure_overlays(path: Path, atts: dict[str, dict], class_names, max_rows: in
     class_names: K names for the row labels.
     max_rows: at most this many images.
   """
-  from cxr_jax.explain import analysis
   atts = {k: v for k, v in atts.items() if v['arrays'][0].get('overlay_index') is not None
           and v['arrays'][0]['overlay_index'].size}
   if not atts:
@@ -172,7 +172,7 @@ def figure_umap(path: Path, embeddings: dict[str, dict], n_neighbors: int = 15,
   embeddings = {k: v for k, v in embeddings.items() if len(v['embeddings']) >= 3}
   if not embeddings:
     return None
-  import umap
+  import umap  # optional: umap-learn
   plt = _plt()
   n = len(embeddings)
   fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), dpi=120, squeeze=False)

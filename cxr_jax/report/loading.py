@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import ml_dtypes
 
 from cxr_jax import vocab
 
@@ -86,7 +87,6 @@ def _float(a: np.ndarray) -> np.ndarray:
   """bfloat16 arrays that np.savez stored as raw 2-byte voids (runs before they were
   saved as float32) -> float32."""
   if a.dtype.kind == 'V' and a.dtype.itemsize == 2:
-    import ml_dtypes
     return a.view(ml_dtypes.bfloat16).astype(np.float32)
   return a
 

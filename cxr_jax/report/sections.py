@@ -14,6 +14,7 @@ import numpy as np
 from cxr_jax import vocab
 from cxr_jax.eval import bootstrap
 from cxr_jax.eval import metrics as M
+from cxr_jax.explain import sanity
 from cxr_jax.report import attention, figures, fmt, loading
 
 NAN2 = (float('nan'), float('nan'))
@@ -399,7 +400,6 @@ def _mask_sources(run: Run) -> list[str]:
 def attention_sanity(run: Run) -> list[str]:
   """The Grad-CAM randomisation test (Adebayo et al. 2018) and map-level Grad-CAM vs
   occlusion agreement, per group."""
-  from cxr_jax.explain import sanity
   kinds = [k for k in sanity.RANDOMISATIONS
            if any(f'randomised_{k}_spearman' in s for s in run.summaries.values())]
   has_maps = any('gradcam_occlusion_map_spearman' in s for s in run.summaries.values())

@@ -105,7 +105,7 @@ class MetricWriter:
   def __init__(self, workdir: Path):
     self._active = jax.process_index() == 0
     if self._active:
-      from tensorboardX import SummaryWriter
+      from tensorboardX import SummaryWriter  # heavy: only where a writer is made
       self._path = Path(workdir) / 'metrics.jsonl'
       if self._path.exists() and self._path.stat().st_size:
         with open(self._path, 'rb+') as f:
@@ -201,7 +201,7 @@ def _abstract(state):
 
 def _sync(name: str):
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
+    from jax.experimental import multihost_utils  # only in a multi-process run
     multihost_utils.sync_global_devices(name)
 
 

@@ -10,7 +10,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cxr_jax.models import build_encoder
+from cxr_jax.models.registry import build_encoder
 from cxr_jax.models import convert
 from cxr_jax.train import loop
 

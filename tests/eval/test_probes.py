@@ -90,3 +90,23 @@ def test_linear_probe_matches_sklearn_logistic_regression():
   sk = LogisticRegression(C=1 / (l2 * n), tol=1e-10, max_iter=5000).fit(xs, y)
   np.testing.assert_allclose(probs, sk.predict_proba(xs), atol=2e-3)
   assert np.mean(probs.argmax(1) == y) == pytest.approx(sk.score(xs, y), abs=0.01)
+
+
+def test_frozen_probe_probs_is_the_knn_of_k_20_at_t_0_07_and_the_linear_probe():
+  """The one probe function the pretraining monitors and the frozen protocols share: kNN
+  with its fixed 20 neighbours at T = 0.07 (against the loop written out), and the
+  logistic probe fit once for every query set."""
+  rng = np.random.default_rng(3)
+  bank = rng.normal(size=(40, 6)).astype(np.float32)
+  labels = rng.integers(3, size=40)
+  val, test = rng.normal(size=(5, 6)).astype(np.float32), rng.normal(size=(7, 6)).astype(np.float32)
+  assert (probes.KNN_K, probes.KNN_TEMPERATURE) == (20, 0.07)
+  knn_val, knn_test = probes.frozen_probe_probs('knn', bank, labels, [val, test], 3)
+  np.testing.assert_allclose(knn_test, _knn_loop(bank, labels, test, 20, 0.07, 3), atol=1e-5)
+  assert knn_val.shape == (5, 3)
+  linear_val, linear_test = probes.frozen_probe_probs('linear', bank, labels, [val, test], 3)
+  probe = probes.linear_probe_fit(bank, labels, 3)
+  np.testing.assert_array_equal(linear_test, probes.linear_probe_predict(probe, test))
+  np.testing.assert_allclose(linear_val.sum(-1), 1.0, atol=1e-5)
+  with pytest.raises(ValueError, match="'knn' or 'linear'"):
+    probes.frozen_probe_probs('svm', bank, labels, [val], 3)

@@ -1,6 +1,6 @@
 """Every speed path gives the plain path's numbers: outputs AND gradients.
 
-Fast paths: the small-map 3x3 convolution (resnet.conv3x3_small_map, stride 1 and 2),
+Fast paths: the small-map 3x3 convolution (layers.conv3x3_small_map, stride 1 and 2),
 BatchNorm with its batch sums as dots (batch_norm.DotBatchNorm), block
 rematerialisation (ResNet(remat=True)), and the CPU XLA flag default set by
 cxr_jax.platform (YNNPACK fusions off). Speed itself is measured in benchmarks/, never
@@ -19,7 +19,7 @@ import pytest
 from cxr_jax import platform
 import flax.linen as nn
 
-from cxr_jax.models import batch_norm, resnet
+from cxr_jax.models import batch_norm, layers, resnet
 from tests.conftest import ROOT, subprocess_env
 
 
@@ -44,7 +44,7 @@ def test_small_map_conv_gradients_match_xla_conv(hw):
         x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
 
   def fast(x, k):
-    return jnp.sum(w * resnet.conv3x3_small_map(x, k))
+    return jnp.sum(w * layers.conv3x3_small_map(x, k))
 
   vp, gp = jax.jit(jax.value_and_grad(plain, argnums=(0, 1)))(x, k)
   vf, gf = jax.jit(jax.value_and_grad(fast, argnums=(0, 1)))(x, k)
@@ -65,7 +65,7 @@ def test_strided_small_map_conv_gradients_match_xla_conv(hw):
         x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
 
   def fast(x, k):
-    return jnp.sum(w * resnet.conv3x3_small_map(x, k, strides=2))
+    return jnp.sum(w * layers.conv3x3_small_map(x, k, strides=2))
 
   vp, gp = jax.jit(jax.value_and_grad(plain, argnums=(0, 1)))(x, k)
   vf, gf = jax.jit(jax.value_and_grad(fast, argnums=(0, 1)))(x, k)
@@ -83,9 +83,9 @@ def test_stem_max_pool_gradient_is_jaxs(hw):
   plain = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
   y = jax.jit(plain)(x)
   w = jax.random.normal(jax.random.key(1), y.shape)
-  np.testing.assert_array_equal(jax.jit(resnet.max_pool_3x3_s2)(x), y)
+  np.testing.assert_array_equal(jax.jit(layers.max_pool_3x3_s2)(x), y)
   g_plain = jax.jit(jax.grad(lambda x: jnp.sum(w * plain(x))))(x)
-  g_fast = jax.jit(jax.grad(lambda x: jnp.sum(w * resnet.max_pool_3x3_s2(x))))(x)
+  g_fast = jax.jit(jax.grad(lambda x: jnp.sum(w * layers.max_pool_3x3_s2(x))))(x)
   # (overlapping windows add their gradients in another order: rounding only)
   np.testing.assert_allclose(g_fast, g_plain, rtol=1e-6, atol=1e-6)
   # and the first maximum alone gets it: each window passes on exactly its dy

@@ -7,6 +7,8 @@ from jax import lax
 import numpy as np
 import pytest
 
+from cxr_jax.models import layers
+from cxr_jax.models import registry
 from cxr_jax.models import resnet
 
 # torchvision.models.resnet{18,34,50}(): sum(p.numel() for p in parameters()).
@@ -33,7 +35,7 @@ def _shapes(tree):
 
 @pytest.mark.parametrize('name', sorted(TORCHVISION_PARAMS))
 def test_param_count_matches_torchvision(name):
-  model = resnet.build_encoder(name, num_classes=1000)
+  model = registry.build_encoder(name, num_classes=1000)
   # eval_shape traces init without running it; the count does not depend on
   # the spatial size.
   variables = jax.eval_shape(model.init, jax.random.key(0),
@@ -43,7 +45,7 @@ def test_param_count_matches_torchvision(name):
 
 def test_build_encoder_rejects_unknown_name():
   with pytest.raises(ValueError, match=r"'resnet101'.*resnet18.*resnet50"):
-    resnet.build_encoder('resnet101')
+    registry.build_encoder('resnet101')
 
 
 def test_bad_block_and_stem_are_named():
@@ -75,7 +77,7 @@ def test_parameter_names_are_torchvision_mappable():
                                            ('resnet50', 256)])
 def test_output_shapes_small_stem_one_channel(name, channels):
   x = jnp.zeros((2, 32, 32, 1))
-  encoder = resnet.build_encoder(name, width=0.125, stem='small')
+  encoder = registry.build_encoder(name, width=0.125, stem='small')
   variables = jax.eval_shape(encoder.init, jax.random.key(0), x)
   assert variables['params']['conv_init']['kernel'].shape == (3, 3, 1, 8)
   features = jax.eval_shape(
@@ -86,7 +88,7 @@ def test_output_shapes_small_stem_one_channel(name, channels):
   # Small stem: /1, then stages 2-4 halve the map: 32 -> 4.
   assert fmap.shape == (2, 4, 4, channels)
 
-  classifier = resnet.build_encoder(name, width=0.125, stem='small',
+  classifier = registry.build_encoder(name, width=0.125, stem='small',
                                     num_classes=5)
   variables = jax.eval_shape(classifier.init, jax.random.key(0), x)
   logits = jax.eval_shape(
@@ -193,7 +195,7 @@ def test_small_map_conv_matches_xla_conv(hw):
   x = jax.random.normal(kx, (3, h, w, 5))
   kernel = 0.3 * jax.random.normal(kk, (3, 3, 5, 7))
   cotangent = jax.random.normal(kc, (3, h, w, 7))
-  conv = resnet.Conv3x3(7, small_map_conv=True)
+  conv = layers.Conv3x3(7, small_map_conv=True)
   params = jax.eval_shape(conv.init, jax.random.key(0), x)
   assert _shapes(params) == {'params': {'kernel': ((3, 3, 5, 7),
                                                    jnp.dtype('float32'))}}
@@ -224,7 +226,7 @@ def test_small_map_conv_matches_xla_conv(hw):
 @pytest.mark.parametrize('strides,size', [(1, 3), (2, 6), (2, 5)])  # outputs >= 3x3
 def test_conv3x3_general_path_matches_torch_padding(strides, size):
   x = jax.random.normal(jax.random.key(4), (2, size, size, 3))
-  conv = resnet.Conv3x3(4, strides=strides)
+  conv = layers.Conv3x3(4, strides=strides)
   params = {'params': {'kernel': jax.random.normal(jax.random.key(6),
                                                    (3, 3, 3, 4))}}
   jaxpr = str(jax.make_jaxpr(conv.apply)(params, x))

@@ -602,9 +602,9 @@ def contact_sheet(path: str, size: int = 128, per_class: int = 4, seed: int = 0)
   Lung mask outlines are drawn in cyan, lesion outlines in red, markers in yellow. The
   markers cycle through none and 0..3 along rows and columns, so every corner shows.
   """
-  import matplotlib
+  import matplotlib  # heavy: only for the contact sheet
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # heavy: only for the contact sheet
 
   fig, axes = plt.subplots(len(CLASS_NAMES), per_class, squeeze=False,
                            figsize=(1.9 * per_class + 0.4, 1.9 * len(CLASS_NAMES)))

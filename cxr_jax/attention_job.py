@@ -1,5 +1,9 @@
 """The attention analysis of one fine-tuning cell: which images, which lung masks.
 
+The job around the `cxr_jax.explain` library (which knows no configs, datasets or
+segmenters): it reads the images and their lung masks once per run (`explain_set`) and
+analyses one fine-tuned classifier (`explain_cell`); `cxr_jax.finetuning.explain` calls it.
+
 config.explain chooses:
   data   a data spec (name, options, manual_dir, split) of the images to explain; an empty
          name means the fine-tuning set's test split. Another dataset lets a model trained
@@ -7,7 +11,8 @@ config.explain chooses:
          are not the fine-tuning set's, its labels mean nothing to the model: only the
          predicted class is explained (true-class shares NaN, no per-class overlays).
   masks  'dataset': the set's own 'mask' field; 'segmenter:<folder>': lung masks predicted
-         by a trained U-Net (`python -m cxr_jax.segment`), for sets without masks.
+         by a trained U-Net (`python -m cxr_jax.segment`, `models/segmenter.py`), for sets
+         without masks.
   randomise  the Grad-CAM randomisation sanity tests to run (`cxr_jax.explain.sanity`).
 
 With no lung masks at all (masks='dataset' on a set without them) nothing is written and
@@ -24,20 +29,13 @@ import jax
 import numpy as np
 
 from cxr_jax import vocab
+from cxr_jax.data import pipeline
+from cxr_jax.data import schema
+from cxr_jax.explain import analysis
+from cxr_jax.explain import sanity
+from cxr_jax.models import segmenter
 
 log = logging.getLogger('cxr_jax')
-
-SEGMENTER_PREFIX = 'segmenter:'
-
-
-def mask_choice(masks: str) -> tuple[str, str]:
-  """('dataset', '') or ('segmenter', folder) from config.explain.masks; ValueError else."""
-  if masks == 'dataset':
-    return 'dataset', ''
-  if masks.startswith(SEGMENTER_PREFIX) and masks[len(SEGMENTER_PREFIX):].strip():
-    return 'segmenter', masks[len(SEGMENTER_PREFIX):].strip()
-  raise ValueError(f"config.explain.masks={masks!r}: 'dataset' (the set's own lung masks) "
-                   "or 'segmenter:<folder written by python -m cxr_jax.segment>'")
 
 
 @dataclasses.dataclass
@@ -52,12 +50,11 @@ class ExplainSet:
   extra: dict                # name -> [N, H, W(, 1)] (config.explain.extra_masks)
 
 
-def _extra_masks(config, builder, source, size: int) -> dict:
-  from cxr_jax.data import pipeline
-  from cxr_jax.explain import analysis
+def _extra_masks(extra_masks: str, builder, source, size: int) -> dict:
+  """config.explain.extra_masks (comma-separated) -> name -> [N, H, W(, 1)] masks."""
   has = lambda f: f in builder.info.features
   extra = {}
-  for name in vocab.comma_list(config.explain.extra_masks):
+  for name in vocab.comma_list(extra_masks):
     if name == 'marker' and has('confounder'):
       # the phantom's burned-in marker: the region where it can sit, per image
       corner = pipeline.read_all(source, ('confounder',))['confounder']
@@ -72,15 +69,15 @@ def _extra_masks(config, builder, source, size: int) -> dict:
   return extra
 
 
-def explain_set(config, data, data_dir: Path) -> ExplainSet:
+def explain_set(explain_config, data, data_dir: Path, test_split: str,
+                batch_size: int) -> ExplainSet:
   """The images, labels and lung masks to explain (module docstring), from `data`
-  (a `finetuning.EvalData`) or config.explain.data."""
-  from cxr_jax.data import pipeline
-  from cxr_jax.data import schema
-  spec = config.explain.data
+  (a `finetuning.EvalData` whose test split is `test_split`) or explain_config.data
+  (config.explain); `batch_size` of the segmenter's predictions."""
+  spec = explain_config.data
   if not spec.name:
     builder, source = data.builder, data.test_source
-    name = f'{data.builder.name}:{config.finetune.data.test_split}'
+    name = f'{data.builder.name}:{test_split}'
     images, labels, patient_id = data.test['image'], data.test['label'], data.test['patient_id']
   else:
     key = 'config.explain.data'
@@ -96,42 +93,41 @@ def explain_set(config, data, data_dir: Path) -> ExplainSet:
     if images.shape[-1] != data.channels:
       raise ValueError(f'{key}: {name} has {images.shape[-1]}-channel images; the model '
                        f'was fine-tuned on {data.channels}-channel images')
-  kind, folder = mask_choice(config.explain.masks)
+  kind, folder = segmenter.mask_choice(explain_config.masks)
   if kind == 'segmenter':
-    from cxr_jax import segment
-    masks = segment.load(folder).predict_masks(images, batch_size=config.eval_batch_size)
+    masks = segmenter.load(folder).predict_masks(images, batch_size=batch_size)
   elif 'mask' in builder.info.features:
     masks = (data.test['mask'] if not spec.name and 'mask' in data.test
              else pipeline.read_all(source, ('mask',))['mask'])
   else:
     masks = None
-  source_name = config.explain.masks if masks is not None else 'none'
-  extra = _extra_masks(config, builder, source, images.shape[1]) if masks is not None else {}
+  source_name = explain_config.masks if masks is not None else 'none'
+  extra = (_extra_masks(explain_config.extra_masks, builder, source, images.shape[1])
+           if masks is not None else {})
   return ExplainSet(name=name, images=images, labels=labels, patient_id=patient_id,
                     masks=masks, mask_source=source_name, extra=extra)
 
 
-def explain_cell(config, model, variables, images: ExplainSet, where: str) -> dict | None:
-  """Grad-CAM attention (and the sanity tests) of one fine-tuned classifier on `images`:
-  the arrays of attention.npz, or None when there are no lung masks (`where` names the
-  cell in the log)."""
-  from cxr_jax.explain import analysis
-  from cxr_jax.explain import sanity
+def explain_cell(explain_config, model, variables, images: ExplainSet, image_size: int,
+                 batch_size: int, where: str) -> dict | None:
+  """Grad-CAM attention (and the sanity tests explain_config.randomise names; config.explain)
+  of one fine-tuned classifier on `images` at its input size `image_size`: the arrays of
+  attention.npz, or None when there are no lung masks (`where` names the cell in the
+  log)."""
   if images.masks is None:
     log.info('%s: no lung masks for %s (config.explain.masks=%r); no attention analysis',
-             where, images.name, config.explain.masks)
+             where, images.name, explain_config.masks)
     return None
   variables = jax.device_get(variables)
-  input_shape = (1, config.finetune.image_size, config.finetune.image_size,
-                 images.images.shape[-1])
+  input_shape = (1, image_size, image_size, images.images.shape[-1])
   randomised = {kind: sanity.randomised_variables(model, variables, kind, 1_000 + i,
                                                   input_shape)
-                for i, kind in enumerate(vocab.comma_list(config.explain.randomise))}
+                for i, kind in enumerate(vocab.comma_list(explain_config.randomise))}
   result = analysis.attention_analysis(
       model, variables, images.images, images.masks, images.labels,
-      config.finetune.image_size, extra_masks=images.extra or None,
-      batch_size=config.eval_batch_size, overlay_per_class=config.explain.num_overlays,
-      patient_id=images.patient_id, stage=config.explain.stage or None,
+      image_size, extra_masks=images.extra or None,
+      batch_size=batch_size, overlay_per_class=explain_config.num_overlays,
+      patient_id=images.patient_id, stage=explain_config.stage or None,
       randomised=randomised or None)
   result['mask_source'] = np.asarray(images.mask_source)
   result['explain_data'] = np.asarray(images.name)
