@@ -63,6 +63,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from cxr_jax import configuration
+from cxr_jax import platform
 from cxr_jax import pretraining
 from cxr_jax import ssl
 from cxr_jax import vocab
@@ -150,7 +151,7 @@ def _launch_module():
     if (folder / 'launch.py').exists():
       if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
-      import launch
+      import launch  # the entry script, not a package module
       return launch
   raise SystemExit(f'cxr_jax.order_tasks reads configs with launch.py; none found above '
                    f'{Path(__file__).resolve().parent}')
@@ -425,7 +426,6 @@ def main(argv=None):
   if args.steps is not None and args.steps < 1:
     parser.error('--steps must be >= 1')
   config = parse_config(['order_tasks', f'--config={args.config}', *extra])
-  from cxr_jax import platform
   platform.setup()
   if not jax.config.jax_compilation_cache_dir:  # the candidates share compiled programs
     # launch.py's default cache, so the candidates also reuse a run's compiled programs

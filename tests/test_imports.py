@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'cxr_jax'
 LAYERS = [
     # the user's commands (and the package's lazy `cxr_jax.load_model`)
     ['cxr_jax', 'cxr_jax.sweep', 'cxr_jax.predict', 'cxr_jax.export', 'cxr_jax.embed',
-     'cxr_jax.segment'],
+     'cxr_jax.segment', 'cxr_jax.order_tasks'],
     ['cxr_jax.exported'],                          # rebuilding a trained model
     ['cxr_jax.experiment'],                        # the plan
     ['cxr_jax.configuration', 'cxr_jax.pretraining', 'cxr_jax.finetuning',
@@ -51,6 +51,7 @@ LOCAL_OK = {
            'workers without jax',
     'importlib': "only to read the installed package's version",
     'cxr_jax.exported': '`import cxr_jax` stays light: cxr_jax.load_model imports it',
+    'launch': "the repository's entry script, found from the checkout by order_tasks",
 }
 
 
