@@ -40,6 +40,8 @@ def validate(config: ml_collections.ConfigDict):
     if name not in config.pretrain:
       raise ValueError(f'config.pretrain.{name}: missing; every method of cxr_jax.ssl.METHODS '
                        'has its settings there (its module\'s DEFAULTS)')
+    _optimizer(f'config.pretrain.{name}.optimizer (on top of config.pretrain.optimizer)',
+               ssl.optimizer_config(config.pretrain, name))
   _run_fields(config)
   _model(config.model)
   names = _stages(config)
@@ -176,8 +178,6 @@ def _stage_method(config, i: int):
     raise ValueError(f'{key}.keep_optimizer=True: the stage runs {name!r} after '
                      f'{ssl.stage_method(config.pretrain, i - 1)!r}; only the encoder carries '
                      'over between methods, the optimizer state cannot')
-  _optimizer(f'config.pretrain.{name}.optimizer (on top of config.pretrain.optimizer)',
-             ssl.optimizer_config(config.pretrain, name))
   if hasattr(method, 'check'):
     sizes = curriculum.make_schedule(stage.image_size, stage.steps, f'{key}.image_size')
     smallest = min(int(round(float(sizes(t)) / 8) * 8) for t in sorted({0, stage.steps // 2, stage.steps}))

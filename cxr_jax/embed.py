@@ -84,9 +84,9 @@ def stage_encoder(config, workdir: Path, stage: str, folder: str, mesh, data_dir
   state = loop.run_job(job, _NoWriter())  # returns the restored state: the stage is done
   from cxr_jax import ssl
   from cxr_jax.train import state as state_lib
-  method = ssl.get_method(config.pretrain.method)
-  model = method.build_model(state_lib.encoder_from_config(config.model),
-                             config.pretrain[config.pretrain.method])
+  name = ssl.stage_method(config.pretrain, index)  # the stage's own method, if it names one
+  model = ssl.get_method(name).build_model(state_lib.encoder_from_config(config.model),
+                                           config.pretrain[name])
   size = int(pretraining.image_sizes(spec.image_size, spec.steps, 'image_size')[-1])
   return model, {'params': state.params, 'batch_stats': state.batch_stats}, size
 

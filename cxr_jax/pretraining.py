@@ -8,8 +8,10 @@
         -> <workdir>/<folder>/<stage>/ (Orbax checkpoints; done when the last is at
            the stage's final step)
 
-The step is `make_step`: one jit-compiled function per view size, the method's loss from
-`cxr_jax.ssl.<method>`, views cut on the device (or on the host, config.augment_on).
+The step is `make_step`: one jit-compiled function per view size, the loss of the stage's
+method (`cxr_jax.ssl.<method>`: stages[i].method, else config.pretrain.method), its inputs
+built on the device (or two views cut on the host, config.augment_on). Between stages of
+different methods only the encoder carries over (`carry_over`).
 """
 from __future__ import annotations
 
@@ -266,6 +268,10 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
   if not same_method:
     log.info(hand_over_note(stage.name, method_name, previous_method))
   optimizer = ssl.optimizer_config(config.pretrain, method_name)
+  overrides = dict(mcfg.get('optimizer', {}))
+  if overrides:  # say so: the method's recipe wins over config.pretrain.optimizer
+    log.info('stage %s: method %s sets its optimizer %s (config.pretrain.%s.optimizer, over '
+             'config.pretrain.optimizer)', stage.name, method_name, overrides, method_name)
   model = method.build_model(state_lib.encoder_from_config(config.model), mcfg)
   builder = pipeline.get_builder(stage.data, data_dir, key=f'{key}.data')
   source = pipeline.get_source(builder, stage.data.split, key=f'{key}.data.split')
