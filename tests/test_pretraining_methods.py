@@ -186,3 +186,16 @@ def test_resuming_ignores_settings_of_methods_no_stage_runs(tmp_path):
   config.pretrain.stages[1].method = 'vicreg'  # now vicreg's settings matter
   with pytest.raises(ValueError, match='pretrain.vicreg.optimizer.lr'):
     configuration.check_or_write_config(config, tmp_path)
+
+
+def test_the_report_names_each_stages_method(tmp_path):
+  from cxr_jax.report import sections
+  config = default.get_config()
+  config.pretrain.stages[0].method = 'rotation'
+  configuration.check_or_write_config(config, tmp_path)
+  (tmp_path / 'metrics.jsonl').write_text(''.join(
+      json.dumps({'step': 4, 'job': f'pretrain/{name}', 'train/loss': loss}) + '\n'
+      for name, loss in (('low_res', 1.25), ('full_res', 5.5))))
+  text = '\n'.join(sections.header(tmp_path))
+  assert '- `pretrain/low_res` (rotation): 4 steps, final loss 1.2500' in text
+  assert '- `pretrain/full_res` (simclr): 4 steps, final loss 5.5000' in text
