@@ -40,8 +40,6 @@ def validate(config: ml_collections.ConfigDict):
     if name not in config.pretrain:
       raise ValueError(f'config.pretrain.{name}: missing; every method of cxr_jax.ssl.METHODS '
                        'has its settings there (its module\'s DEFAULTS)')
-    _optimizer(f'config.pretrain.{name}.optimizer (on top of config.pretrain.optimizer)',
-               ssl.optimizer_config(config.pretrain, name))
   _run_fields(config)
   _model(config.model)
   names = _stages(config)
@@ -56,6 +54,10 @@ def validate(config: ml_collections.ConfigDict):
     raise ValueError(f"config.pretrain.init must be 'scratch' or 'imagenet', got {config.pretrain.init!r}")
   _at_least('config.pretrain.monitor_every', config.pretrain.monitor_every, 0)
   _optimizer('config.pretrain.optimizer', config.pretrain.optimizer)
+  for name in ssl.METHODS:  # a method's optimizer recipe, applied on top of the global one
+    if config.pretrain[name].get('optimizer', None):
+      _optimizer(f'config.pretrain.{name}.optimizer (on top of config.pretrain.optimizer)',
+                 ssl.optimizer_config(config.pretrain, name))
   e = config.explain
   _at_least('config.explain.num_overlays', e.num_overlays, 0)
   if e.stage not in (0, 1, 2, 3, 4):
