@@ -25,9 +25,14 @@ def data(name: str, split: str = 'train', options: str = '', manual_dir: str = '
 
 def stage(name: str, data_spec, steps: int, batch_size: int, image_size=64,
           strength=1.0, temperature=0.2, ema_momentum=None, keep_head: bool = True,
-          keep_optimizer: bool = False, keep_target: bool = True, positives: str = 'image'):
+          keep_optimizer: bool = False, keep_target: bool = True, positives: str = 'image',
+          method: str = ''):
   """One pretraining stage; schedulable entries take a number or a `schedule(...)`.
 
+  method: the SSL method or pretext task the stage runs (`cxr_jax.ssl.METHODS`); '' = the
+    global config.pretrain.method. Its settings are config.pretrain.<method>. After a stage
+    of another method only the encoder carries over: keep_head and keep_target are then
+    ignored (a log line says so) and keep_optimizer=True is a config error.
   image_size: view size in px; a schedule gives progressive resizing (rounded to multiples
     of 8, one compilation per distinct size). Override with `...image_size.start=32`.
   keep_head: start the projector/predictor from the previous stage (else re-initialise).
@@ -47,4 +52,5 @@ def stage(name: str, data_spec, steps: int, batch_size: int, image_size=64,
       image_size=as_schedule(float(image_size) if not isinstance(image_size, ml_collections.ConfigDict) else image_size),
       strength=as_schedule(strength), temperature=as_schedule(temperature),
       ema_momentum=as_schedule(ema_momentum), keep_head=keep_head,
-      keep_optimizer=keep_optimizer, keep_target=keep_target, positives=positives))
+      keep_optimizer=keep_optimizer, keep_target=keep_target, positives=positives,
+      method=method))

@@ -63,9 +63,17 @@ def get_config(arg=None):
   c.pretrain.init = 'scratch'             # 'imagenet': stage 1 starts from finetune.imagenet_checkpoint
   c.pretrain.ssl_stage = ''               # the stage run alone for the 'ssl' and 'ssl_matched'
                                           # inits ('' = the last)
-  c.pretrain.method = 'simclr'            # simclr | moco | byol | barlow_twins | vicreg
-  for name in ssl.METHODS:                # each method's hyperparameters: config.pretrain.<name>
+  c.pretrain.method = 'simclr'            # the stages' method unless a stage names its own
+                                          # (stages[i].method): simclr | moco | byol |
+                                          # barlow_twins | vicreg, or a pretext task:
+                                          # rotation | jigsaw | relative_position | inpainting
+  for name in ssl.METHODS:                # each method's hyperparameters: config.pretrain.<name>,
     c.pretrain[name] = ssl.get_method(name).DEFAULTS.copy_and_resolve_references()
+  # each method's optimizer recipe: config.pretrain.<name>.optimizer overrides
+  # config.pretrain.optimizer for the stages that run it. Barlow Twins and VICReg were
+  # measured best at lr 3e-3 at demo size (docs/methods.md); the others keep 1e-3
+  c.pretrain.barlow_twins.optimizer.lr = 3e-3
+  c.pretrain.vicreg.optimizer.lr = 3e-3
   # demo-sized recipes (README, "Per SSL method"): a 270-step run needs a faster target
   # network than BYOL's 0.996 (made for runs of 10^5 steps: its time constant, 250 steps,
   # is the whole run); 0.99 is BYOL's value for shorter runs and small batches

@@ -31,7 +31,8 @@ from cxr_jax.train import workdir as workdir_lib
 log = logging.getLogger('cxr_jax')
 
 STAGE_KEYS = ('name', 'data', 'steps', 'batch_size', 'image_size', 'strength', 'temperature',
-              'ema_momentum', 'keep_head', 'keep_optimizer', 'keep_target', 'positives')
+              'ema_momentum', 'keep_head', 'keep_optimizer', 'keep_target', 'positives',
+              'method')
 POSITIVES = ('image', 'patient')
 AUGMENT_ON = ('device', 'host')
 DTYPES = ('float32', 'bfloat16', 'float16')
@@ -66,6 +67,10 @@ def validate(config: ml_collections.ConfigDict):
 
 def _validate(config: ml_collections.ConfigDict):
   ssl.get_method(config.pretrain.method)
+  for name in ssl.METHODS:
+    if name not in config.pretrain:
+      raise ValueError(f'config.pretrain.{name}: missing; every method of cxr_jax.ssl.METHODS '
+                       'has its settings there (its module\'s DEFAULTS)')
   _run_fields(config)
   _model(config.model)
   names = _stages(config)
@@ -79,6 +84,10 @@ def _validate(config: ml_collections.ConfigDict):
     raise ValueError(f"config.pretrain.init must be 'scratch' or 'imagenet', got {config.pretrain.init!r}")
   _at_least('config.pretrain.monitor_every', config.pretrain.monitor_every, 0)
   _optimizer('config.pretrain.optimizer', config.pretrain.optimizer)
+  for name in ssl.METHODS:  # a method's optimizer recipe, applied on top of the global one
+    if config.pretrain[name].get('optimizer', None):
+      _optimizer(f'config.pretrain.{name}.optimizer (on top of config.pretrain.optimizer)',
+                 ssl.optimizer_config(config.pretrain, name))
   e = config.explain
   _at_least('config.explain.num_overlays', e.num_overlays, 0)
   if e.stage not in (0, 1, 2, 3, 4):
@@ -169,10 +178,39 @@ def _stages(config) -> list[str]:
                        '(the paced sampler brings no second image)')
     if stage.ema_momentum.kind != 'method':
       _schedule_range(f'{key}.ema_momentum', stage.ema_momentum, stage.steps, 0.0, 1.0)
+    _stage_method(config, i)
     names.append(stage.name)
   if len(set(names)) != len(names):
     raise ValueError(f'config.pretrain.stages: stage names must be unique, got {names}')
   return names
+
+
+def _stage_method(config, i: int):
+  """The stage's method exists, its settings and optimizer overrides are valid, and it can
+  run the stage: pretext tasks build their own inputs on the device, so they need
+  config.augment_on='device' and positives='image'; a change of method from the stage
+  before hands over the encoder only, so keep_optimizer=True there is an error."""
+  stage, key = config.pretrain.stages[i], f'config.pretrain.stages[{i}]'
+  if stage.method:
+    ssl.get_method(stage.method, f'{key}.method')
+  name = ssl.stage_method(config.pretrain, i)
+  method = ssl.get_method(name)
+  if name in ssl.PRETEXT_TASKS:
+    if config.augment_on == 'host':
+      raise ValueError(f"{key}.method: the pretext task {name!r} builds its inputs on the "
+                       "device; it needs config.augment_on='device' (host augmentation cuts "
+                       'two views)')
+    if stage.positives == 'patient':
+      raise ValueError(f"{key}.positives='patient' needs a two-view method "
+                       f'{ssl.TWO_VIEW_METHODS}; the stage runs the pretext task {name!r}')
+  if i > 0 and stage.keep_optimizer and ssl.stage_method(config.pretrain, i - 1) != name:
+    raise ValueError(f'{key}.keep_optimizer=True: the stage runs {name!r} after '
+                     f'{ssl.stage_method(config.pretrain, i - 1)!r}; only the encoder carries '
+                     'over between methods, the optimizer state cannot')
+  if hasattr(method, 'check'):
+    sizes = curriculum.make_schedule(stage.image_size, stage.steps, f'{key}.image_size')
+    smallest = min(int(round(float(sizes(t)) / 8) * 8) for t in sorted({0, stage.steps // 2, stage.steps}))
+    method.check(config.pretrain[name], smallest, f'config.pretrain.{name}')
 
 
 def _finetune(config, stage_names):
@@ -341,7 +379,14 @@ ADDED_KEYS = {'explain.umap': False, 'explain.randomise': '', 'explain.data.name
               'explain.data.options': '', 'explain.data.manual_dir': '',
               'explain.data.split': 'test', 'explain.masks': 'dataset',
               'explain.finding': '', 'finetune.data.findings': '',
-              'pretrain.stages[].positives': 'image'}
+              'pretrain.stages[].positives': 'image', 'pretrain.stages[].method': ''}
+
+
+def _methods_run(config: dict) -> set[str]:
+  """The methods the stages of a config (as JSON) run; their settings matter on resume,
+  other methods' settings (config.pretrain.<method>) do not."""
+  pretrain = config.get('pretrain', {})
+  return {s.get('method', '') or pretrain.get('method', '') for s in pretrain.get('stages', [])}
 
 
 def _added(key: str) -> str:
@@ -371,8 +416,11 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: Path):
   changes = {k: [a.get(k, '<absent>'), b.get(k, '<absent>')]
              for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
              and not (k not in a and _added(k) in ADDED_KEYS and b[k] == ADDED_KEYS[_added(k)])}
-  if not changes:  # only keys added since, at the value that keeps the old behaviour
-    return
+  unused = set(ssl.METHODS) - _methods_run(saved) - _methods_run(current)
+  changes = {k: v for k, v in changes.items()
+             if not (k.startswith('pretrain.') and k.split('.')[1] in unused)}
+  if not changes:  # only keys added since, at the value that keeps the old behaviour,
+    return         # or settings of methods that no stage of either config runs
   refused = [k for k in changes if not _allowed(k, allowed)]
   if refused:
     diff = [f'{k}: {changes[k][0]!r} -> {changes[k][1]!r}' for k in refused]

@@ -293,7 +293,8 @@ def from_stage(workdir, stage: str, folder: str = 'pretrain', config=None):
   names = [s.name for s in config.pretrain.stages]
   if stage not in names:
     raise ValueError(f'--stage={stage!r} is not a stage of {workdir}; stages: {names}')
-  spec = config.pretrain.stages[names.index(stage)]
+  index = names.index(stage)
+  spec = config.pretrain.stages[index]
   directory = workdir / folder / stage
   steps = loop.saved_steps(directory)
   if not steps or steps[-1] < spec.steps:
@@ -303,8 +304,8 @@ def from_stage(workdir, stage: str, folder: str = 'pretrain', config=None):
   # the saved TrainState as a tree of arrays (no template: nothing to initialise or compile)
   restored = loop.checkpoint_manager(directory).restore(
       steps[-1], args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
-  method = ssl.get_method(config.pretrain.method)
-  model = method.build_model(state_lib.encoder_from_config(config.model),
-                             config.pretrain[config.pretrain.method])
+  name = ssl.stage_method(config.pretrain, index)  # the stage's own method, if it names one
+  model = ssl.get_method(name).build_model(state_lib.encoder_from_config(config.model),
+                                           config.pretrain[name])
   size = int(pretraining.image_sizes(spec.image_size, spec.steps, 'image_size')[-1])
   return model, {'params': restored['params'], 'batch_stats': restored['batch_stats']}, size

@@ -8,11 +8,14 @@
         -> <workdir>/<folder>/<stage>/ (Orbax checkpoints; done when the last is at
            the stage's final step)
 
-The step is `make_step`: one jit-compiled function per view size, the method's loss from
-`cxr_jax.ssl.<method>`, views cut on the device (or on the host, config.augment_on).
+The step is `make_step`: one jit-compiled function per view size, the loss of the stage's
+method (`cxr_jax.ssl.<method>`: stages[i].method, else config.pretrain.method), its inputs
+built on the device (or two views cut on the host, config.augment_on). Between stages of
+different methods only the encoder carries over (`carry_over`).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import grain
@@ -23,6 +26,7 @@ import optax
 
 from cxr_jax import curriculum
 from cxr_jax import ssl
+from cxr_jax.ssl import common as ssl_common
 from cxr_jax.data import augment
 from cxr_jax.data import host_augment
 from cxr_jax.data import pacing as pacing_lib
@@ -38,28 +42,37 @@ from cxr_jax.train import optim
 from cxr_jax.train import sharding
 from cxr_jax.train import state as state_lib
 
+log = logging.getLogger('cxr_jax')
+
 
 def make_step(model, method, mcfg, tx, schedules, image_size: int):
   """The pretraining step at one view size: (state, batch) -> (state, scalar metrics).
 
-  batch: {'image': uint8 [B,H,W,C]} (views cut here, on the device; with 'image2', view 2
-  from it: patient-aware positives) or {'view1', 'view2'} (cut on the host). `schedules` maps names to step -> value functions; their values
-  reach the method as traced scalars in `hp`, so schedules never recompile the step.
+  batch: {'image': uint8 [B,H,W,C]} (the method's inputs built here, on the device, by
+  `ssl.make_inputs(method)`: two augmented views, or a pretext task's inputs and targets;
+  with 'image2', view 2 from it: patient-aware positives) or {'view1', 'view2'} (cut on
+  the host). `schedules` maps names to step -> value functions; their values reach the
+  method as traced scalars in `hp`, so schedules never recompile the step.
   The metrics include 'finite' (`loop.checked`)."""
+  make_inputs = ssl.make_inputs(method)
+
   def step(state, batch):
     t = state.step
     hp = {name: jnp.asarray(fn(t), jnp.float32) for name, fn in schedules.items()}
     if 'view1' in batch:  # cut on the host (config.augment_on='host')
-      view1, view2 = augment.to_float(batch['view1']), augment.to_float(batch['view2'])
+      inputs = {'view1': augment.to_float(batch['view1']),
+                'view2': augment.to_float(batch['view2'])}
     else:
       rng = jax.random.fold_in(state.rng, t)
       images = batch['image'].astype(jnp.float32) / 255.0
-      # 'image2': another image of the same patient for view 2 (stage positives='patient')
-      second = batch['image2'].astype(jnp.float32) / 255.0 if 'image2' in batch else None
-      view1, view2 = augment.two_views(rng, images, hp['strength'], image_size, second=second)
+      if 'image2' in batch:  # another image of the same patient for view 2 (positives='patient')
+        second = batch['image2'].astype(jnp.float32) / 255.0
+        inputs = ssl_common.two_view_inputs(rng, images, hp, image_size, mcfg, second=second)
+      else:
+        inputs = make_inputs(rng, images, hp, image_size, mcfg)
 
     def loss_of(params):
-      return method.loss_fn(model, params, state.batch_stats, state.extra, view1, view2, hp, mcfg)
+      return method.loss_fn(model, params, state.batch_stats, state.extra, inputs, hp, mcfg)
 
     (loss, (batch_stats, metrics, aux)), grads = jax.value_and_grad(
         loss_of, has_aux=True)(state.params)
@@ -140,12 +153,19 @@ def make_loader(config, stage, source, batch_size: int, seed: int, sizes, streng
       worker_count=config.worker_count)
 
 
-def carry_over(fresh: loop.TrainState, previous: loop.TrainState, stage, key: str):
+def carry_over(fresh: loop.TrainState, previous: loop.TrainState, stage, key: str,
+               same_method: bool = True):
   """The new stage's starting state: the previous stage's network (the whole model when
   keep_head, else the encoder only), optionally its optimizer state and EMA target.
-  Strict: a stage whose network differs from the previous one's is an error."""
+  Strict: a stage whose network differs from the previous one's is an error.
+
+  same_method=False (the stage runs another method than the stage before): the encoder
+  alone carries over; heads, predictor, target and optimizer state start fresh whatever
+  keep_head and keep_target say (their defaults are True; configuration.validate refuses
+  keep_optimizer=True there), and an EMA target restarts as a copy of the carried-over
+  online network."""
   what = f'{key}: the previous stage\'s network'
-  if stage.keep_head:
+  if stage.keep_head and same_method:
     params = merge_strict(fresh.params, previous.params, what)
     batch_stats = merge_strict(fresh.batch_stats, previous.batch_stats, what)
   else:
@@ -155,6 +175,9 @@ def carry_over(fresh: loop.TrainState, previous: loop.TrainState, stage, key: st
         fresh.batch_stats['encoder'], previous.batch_stats['encoder'], what))
   opt_state = fresh.opt_state
   if stage.keep_optimizer:
+    if not same_method:
+      raise ValueError(f'{key}.keep_optimizer=True: the stage runs another method than the '
+                       'stage before, whose optimizer state belongs to other heads')
     same = jax.tree_util.tree_structure(previous.opt_state) == jax.tree_util.tree_structure(opt_state)
     if not same:
       raise ValueError(f'{key}: keep_optimizer=True needs the same optimizer state '
@@ -166,7 +189,8 @@ def carry_over(fresh: loop.TrainState, previous: loop.TrainState, stage, key: st
   extra = fresh.extra
   if isinstance(extra, dict) and 'target' in extra:
     target = extra['target']
-    if stage.keep_target and isinstance(previous.extra, dict) and 'target' in previous.extra:
+    if (stage.keep_target and same_method and isinstance(previous.extra, dict)
+        and 'target' in previous.extra):
       target = merge_strict(target, previous.extra['target'], f'{key}: the previous stage\'s target')
     else:  # the target starts as a copy of the carried-over online network (no predictor)
       online = {'params': params, 'batch_stats': batch_stats}
@@ -174,6 +198,12 @@ def carry_over(fresh: loop.TrainState, previous: loop.TrainState, stage, key: st
                             f'{key}: the online network')
     extra = dict(extra, target=target)
   return fresh.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, extra=extra)
+
+
+def hand_over_note(stage_name: str, method_name: str, previous_method: str) -> str:
+  """The log line of a hand-over between stages of different methods."""
+  return (f'stage {stage_name}: method {method_name} after {previous_method}: encoder carried '
+          'over; projector/predictor/target/optimizer fresh')
 
 
 def make_monitor(finetune_data, model, image_size: int, mesh, data_dir: Path,
@@ -221,20 +251,33 @@ def make_monitor(finetune_data, model, image_size: int, mesh, data_dir: Path,
 
 
 def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Path,
-                 folder: str = 'pretrain', imagenet=None) -> loop.Job:
-  """The Job of curriculum stage `index`, starting from `previous` (a TrainState or None);
-  the first stage of the curriculum starts from `imagenet` (an `encoder_variables` dict)
-  when given."""
+                 folder: str = 'pretrain', imagenet=None,
+                 previous_method: str | None = None) -> loop.Job:
+  """The Job of curriculum stage `index`, starting from `previous` (a TrainState or None)
+  that method `previous_method` trained (None: the method of stage index - 1); the first
+  stage of the curriculum starts from `imagenet` (an `encoder_variables` dict) when given.
+  The stage runs its own method (`ssl.stage_method`) with that method's optimizer
+  (`ssl.optimizer_config`)."""
   stage = config.pretrain.stages[index]
   key = f'config.pretrain.stages[{index}]'
-  method_name = config.pretrain.method
-  method = ssl.get_method(method_name)
+  method_name = ssl.stage_method(config.pretrain, index)
+  method = ssl.get_method(method_name, f'{key}.method')
   mcfg = config.pretrain[method_name]
+  if previous is not None and previous_method is None:
+    previous_method = ssl.stage_method(config.pretrain, max(index - 1, 0))
+  same_method = previous is None or previous_method == method_name
+  if not same_method:
+    log.info(hand_over_note(stage.name, method_name, previous_method))
+  optimizer = ssl.optimizer_config(config.pretrain, method_name)
+  overrides = dict(mcfg.get('optimizer', {}))
+  if overrides:  # say so: the method's recipe wins over config.pretrain.optimizer
+    log.info('stage %s: method %s sets its optimizer %s (config.pretrain.%s.optimizer, over '
+             'config.pretrain.optimizer)', stage.name, method_name, overrides, method_name)
   model = method.build_model(state_lib.encoder_from_config(config.model), mcfg)
   builder = pipeline.get_builder(stage.data, data_dir, key=f'{key}.data')
   source = pipeline.get_source(builder, stage.data.split, key=f'{key}.data.split')
   batch_size = pipeline.per_host_batch(stage.batch_size, f'{key}.batch_size')
-  tx, lr_schedule = optim.make_optimizer(config.pretrain.optimizer, stage.steps, stage.batch_size)
+  tx, lr_schedule = optim.make_optimizer(optimizer, stage.steps, stage.batch_size)
   # ema_momentum of kind 'method' leaves the rate to the method's own rule (BYOL's cosine)
   schedules = {
       name: curriculum.make_schedule(stage[name], stage.steps, f'{key}.{name}')
@@ -257,7 +300,7 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
         opt_state=tx.init(params), extra=method.init_extra(params, batch_stats, mcfg),
         rng=loop.fresh_rng(config.seed * 1000 + index))
     if previous is not None:
-      state = carry_over(state, previous, stage, key)
+      state = carry_over(state, previous, stage, key, same_method)
     return sharding.replicate(state, mesh)
 
   step = ResizingStep(lambda size: make_step(model, method, mcfg, tx, schedules, size),
@@ -272,17 +315,18 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
                   mesh=mesh, checkpoint_every=config.checkpoint_every,
                   log_every=config.log_every, eval_every=config.pretrain.monitor_every,
                   evaluate=monitor, advice=loop.lower_lr_advice(
-                      'pretrain.optimizer.lr', config.pretrain.optimizer.lr))
+                      ssl.optimizer_key(config.pretrain, method_name, 'lr'), optimizer.lr))
 
 
 def run_curriculum(config, mesh, writer, workdir: Path, data_dir: Path, stage_indices=None,
                    folder: str = 'pretrain', imagenet=None) -> loop.TrainState:
   """Runs the stages in order (each resumes or skips itself); returns the final TrainState.
   `imagenet`: the encoder the first stage starts from (config.pretrain.init='imagenet')."""
-  state = None
+  state, method = None, None
   indices = range(len(config.pretrain.stages)) if stage_indices is None else stage_indices
   for n, index in enumerate(indices):
     job = pretrain_job(config, index, state, mesh, workdir, data_dir, folder,
-                       imagenet=imagenet if n == 0 else None)
+                       imagenet=imagenet if n == 0 else None, previous_method=method)
     state = loop.run_job(job, writer)
+    method = ssl.stage_method(config.pretrain, index)
   return state

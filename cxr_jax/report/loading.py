@@ -177,6 +177,19 @@ def pretrain_jobs(workdir: Path) -> dict[str, dict]:
   return last
 
 
+def stage_methods(workdir: Path) -> dict[str, str]:
+  """{stage name: the SSL method or pretext task it ran} from the workdir's config.json
+  (a stage's own `method`, else pretrain.method); {} when there is no readable config."""
+  path = workdir / 'config.json'
+  if not path.exists():
+    return {}
+  try:
+    pretrain = read_json(path)['pretrain']
+    return {s['name']: s.get('method', '') or pretrain['method'] for s in pretrain['stages']}
+  except (OSError, ValueError, KeyError, TypeError):
+    return {}
+
+
 def phantom_confounding(workdir: Path) -> float:
   """confounder_strength of a phantom fine-tuning dataset (0 when not a phantom / absent)."""
   path = workdir / 'config.json'

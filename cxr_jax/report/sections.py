@@ -98,10 +98,12 @@ def _group_row(key, rs, cells: list[str]) -> str:
 def header(workdir: Path) -> list[str]:
   """Title, workdir and the final loss of each pretraining stage."""
   lines = ['# Report', '', f'Workdir: `{workdir.name}`', '']
-  pre = []
+  pre, methods = [], loading.stage_methods(workdir)
   for job, row in loading.pretrain_jobs(workdir).items():
     extras = ''.join(f', {k} {_fmt(row[k])}' for k in sorted(row) if k.startswith('monitor/'))
-    pre.append(f'- `{job}`: {row["step"]} steps, final loss {_fmt(row["train/loss"], 4)}{extras}')
+    method = methods.get(job.split('/')[-1])  # losses of different methods do not compare
+    pre.append(f'- `{job}`' + (f' ({method})' if method else '') +
+               f': {row["step"]} steps, final loss {_fmt(row["train/loss"], 4)}{extras}')
   return lines + (['## Pretraining', ''] + pre + [''] if pre else [])
 
 

@@ -18,6 +18,7 @@ DEFAULTS = ml_collections.ConfigDict({
     'proj_layers': 3,         # Dense-BN-ReLU, Dense-BN-ReLU, Dense (paper: 3)
     'lambda': 5e-3,           # off-diagonal weight lambda (paper: 5e-3)
     'eps': 1e-5,              # added to the batch variance (the reference code's BatchNorm eps)
+    'optimizer': ml_collections.ConfigDict(),  # overrides of config.pretrain.optimizer
 })
 
 
@@ -71,7 +72,8 @@ init_extra = common.no_extra
 update_extra = common.keep_extra
 
 
-def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
+def loss_fn(model, params, batch_stats, extra, inputs, hp, cfg):
+  view1, view2 = inputs['view1'], inputs['view2']
   del extra, hp
   return common.two_view_loss(model, params, batch_stats, view1, view2,
                               lambda z1, z2: (loss(z1, z2, cfg['lambda'], cfg.eps), {}))

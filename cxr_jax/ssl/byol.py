@@ -27,6 +27,7 @@ DEFAULTS = ml_collections.ConfigDict(dict(
     pred_hidden_dim=512,   # predictor hidden width (paper: 4096)
     ema_base=0.996,        # tau_base (paper: 0.996 at batch 4096; 0.99 for smaller batches)
     ema_cosine=True,       # tau increases to 1 along a cosine of hp['progress']
+    optimizer=ml_collections.ConfigDict(),  # overrides of config.pretrain.optimizer
 ))
 
 
@@ -57,8 +58,9 @@ def init_extra(params, batch_stats, cfg):
   return {'target': momentum.init_target(params, batch_stats)}
 
 
-def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
+def loss_fn(model, params, batch_stats, extra, inputs, hp, cfg):
   """Symmetrised BYOL loss (BYOL eq. 2 summed over both view orders), in [0, 8]."""
+  view1, view2 = inputs['view1'], inputs['view2']
   batch = view1.shape[0]
   views = jnp.concatenate([view1, view2], axis=0)
   # online network on both views in one pass: BatchNorm sees all 2B views

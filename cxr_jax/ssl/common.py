@@ -1,11 +1,13 @@
-"""Pieces shared by the methods: L2 normalisation (SimCLR, MoCo, BYOL) and, for the methods
-without a target network (SimCLR, Barlow Twins, VICReg), the projector model, the empty
-`extra` and the two-view loss. The EMA target network is in `cxr_jax.ssl.momentum`."""
+"""Pieces shared by the methods: L2 normalisation (SimCLR, MoCo, BYOL), the two augmented
+views every two-view method trains on (`two_view_inputs`) and, for the methods without a
+target network (SimCLR, Barlow Twins, VICReg), the projector model, the empty `extra` and
+the two-view loss. The EMA target network is in `cxr_jax.ssl.momentum`."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from cxr_jax.data import augment
 from cxr_jax.models import heads
 
 
@@ -14,6 +16,15 @@ def l2_normalize(x: jax.Array) -> jax.Array:
   of norm under 1e-6 is scaled by 1e6 instead of divided by (nearly) zero."""
   x = x.astype(jnp.float32)
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+def two_view_inputs(rng, images, hp, image_size: int, cfg, second=None):
+  """The inputs of a two-view method: {'view1', 'view2'}, two independently augmented
+  views [B, S, S, C] of each image at strength hp['strength'] (`augment.two_views`);
+  view 2 is cut from `second` when given (patient-aware positives)."""
+  del cfg
+  view1, view2 = augment.two_views(rng, images, hp['strength'], image_size, second=second)
+  return {'view1': view1, 'view2': view2}
 
 
 def projector_model(encoder, cfg):

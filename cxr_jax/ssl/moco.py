@@ -47,6 +47,7 @@ DEFAULTS = ml_collections.ConfigDict(dict(
     queue_size=4096,       # v2 negatives K (paper: 65536, more than our demo data set)
     ema_base=0.999,        # key encoder rate m (v2 paper: 0.999 constant; v3: 0.99)
     ema_cosine=False,      # v3 raises m from ema_base to 1 along a cosine of the progress
+    optimizer=ml_collections.ConfigDict(),  # overrides of config.pretrain.optimizer
 ))
 
 
@@ -123,7 +124,8 @@ def init_extra(params, batch_stats, cfg):
   return extra
 
 
-def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
+def loss_fn(model, params, batch_stats, extra, inputs, hp, cfg):
+  view1, view2 = inputs['view1'], inputs['view2']
   _check_variant(cfg)
   tau = hp['temperature']
   target = extra['target']

@@ -17,6 +17,7 @@ DEFAULTS = ml_collections.ConfigDict(dict(
     proj_hidden_dim=512,  # width of the projector's hidden layers
     proj_dim=128,         # dimension of the projection z the loss sees
     proj_layers=3,        # SimCLR v2 uses a 3-layer projector
+    optimizer=ml_collections.ConfigDict(),  # overrides of config.pretrain.optimizer
 ))
 
 
@@ -45,7 +46,8 @@ init_extra = common.no_extra
 update_extra = common.keep_extra
 
 
-def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
+def loss_fn(model, params, batch_stats, extra, inputs, hp, cfg):
+  view1, view2 = inputs['view1'], inputs['view2']
   del extra, cfg
   return common.two_view_loss(model, params, batch_stats, view1, view2,
                               lambda z1, z2: (nt_xent(z1, z2, hp['temperature']), {}))

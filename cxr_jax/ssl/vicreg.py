@@ -30,6 +30,7 @@ DEFAULTS = ml_collections.ConfigDict(dict(
     cov_weight=1.0,        # nu, covariance
     gamma=1.0,             # target standard deviation
     eps=1e-4,              # added to the variance under the square root
+    optimizer=ml_collections.ConfigDict(),  # overrides of config.pretrain.optimizer
 ))
 
 
@@ -82,7 +83,8 @@ init_extra = common.no_extra
 update_extra = common.keep_extra
 
 
-def loss_fn(model, params, batch_stats, extra, view1, view2, hp, cfg):
+def loss_fn(model, params, batch_stats, extra, inputs, hp, cfg):
+  view1, view2 = inputs['view1'], inputs['view2']
   del extra, hp
 
   def loss_of(z1, z2):  # the loss and its three terms (logged)

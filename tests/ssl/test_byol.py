@@ -115,7 +115,7 @@ def test_loss_fn_pairs_each_prediction_with_the_other_views_target():
   extra = {'target': {'params': target, 'batch_stats': {}}}
   cfg = byol.DEFAULTS.copy_and_resolve_references()
   hp = {'progress': 0.5}
-  loss, (_, metrics, aux) = byol.loss_fn(LinearModel(), params, {}, extra, view1, view2, hp,
+  loss, (_, metrics, aux) = byol.loss_fn(LinearModel(), params, {}, extra, {'view1': view1, 'view2': view2}, hp,
                                           cfg)
   flat = lambda v: v.reshape(len(v), -1)
   p1, p2 = (flat(v) @ params['projector']['w'] @ params['predictor']['w'] for v in (view1, view2))

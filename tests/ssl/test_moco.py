@@ -125,7 +125,7 @@ def test_loss_fn_v2_queries_view1_against_keys_of_view2_and_the_queue():
   extra = moco.init_extra(params, {}, cfg)
   extra['target'] = {'params': target, 'batch_stats': {}}
   hp = {'temperature': 0.2, 'progress': 0.0}
-  loss, (_, metrics, aux) = moco.loss_fn(LinearModel(False), params, {}, extra, view1, view2,
+  loss, (_, metrics, aux) = moco.loss_fn(LinearModel(False), params, {}, extra, {'view1': view1, 'view2': view2},
                                           hp, cfg)
   flat = lambda v: v.reshape(len(v), -1)
   q = flat(view1) @ params['projector']['w']
@@ -148,7 +148,7 @@ def test_loss_fn_v3_is_symmetric_in_batch_and_scaled_by_two_tau():
   cfg.update(variant='v3')
   extra = {'target': {'params': target, 'batch_stats': {}}}
   tau = 0.5
-  loss, (_, metrics, aux) = moco.loss_fn(LinearModel(), params, {}, extra, view1, view2,
+  loss, (_, metrics, aux) = moco.loss_fn(LinearModel(), params, {}, extra, {'view1': view1, 'view2': view2},
                                           {'temperature': tau, 'progress': 0.0}, cfg)
   flat = lambda v: v.reshape(len(v), -1)
   np.testing.assert_allclose(aux['features'], flat(view1), rtol=1e-6)

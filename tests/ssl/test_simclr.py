@@ -100,7 +100,7 @@ def check(name, overrides):
 
   def step(params, batch_stats, extra, hp, view1, view2):
     def f(p):
-      return method.loss_fn(model, p, batch_stats, extra, view1, view2, hp, cfg)
+      return method.loss_fn(model, p, batch_stats, extra, {'view1': view1, 'view2': view2}, hp, cfg)
     (loss, (new_stats, metrics, aux)), grads = jax.value_and_grad(f, has_aux=True)(params)
     new_extra = method.update_extra(extra, params, new_stats, hp, cfg, aux)
     return loss, grads, new_stats, metrics, aux, new_extra
