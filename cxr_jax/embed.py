@@ -66,7 +66,15 @@ def stage_encoder(config, workdir: Path, stage: str, folder: str, mesh, data_dir
   from cxr_jax import pretraining
   from cxr_jax.train import loop
   if folder == vocab.SINGLE_STAGE_FOLDERS['ssl_matched']:  # that regime's stage ran longer
-    config = configuration.matched_config(config)
+    steps = None
+    if config.pretrain.get('match', 'images') == 'flops':  # its length: in its compute.json
+      from cxr_jax.train import compute
+      record = compute.read_record(workdir / folder / stage)
+      if record is None:
+        raise SystemExit(f'{folder}/{stage} has no {compute.FILE}: its length (matched by '
+                         'FLOPs) is unknown')
+      steps = record['steps']
+    config = configuration.matched_config(config, steps=steps)
   names = [s.name for s in config.pretrain.stages]
   if stage not in names:
     raise SystemExit(f'--stage={stage!r} is not a stage of {workdir}; stages: {names}')
