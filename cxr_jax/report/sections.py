@@ -14,7 +14,7 @@ import numpy as np
 from cxr_jax import vocab
 from cxr_jax.eval import bootstrap
 from cxr_jax.eval import metrics as M
-from cxr_jax.report import attention, figures, loading
+from cxr_jax.report import accounting, attention, figures, loading
 
 NAN2 = (float('nan'), float('nan'))
 
@@ -558,6 +558,6 @@ def per_seed(run: Run) -> list[str]:
 
 
 # the sections after the header, in report order
-SECTIONS = (all_results, paired_comparisons, attention_shares, attention_sanity,
-            confounder_study,
-            figure_section, statistics_note, per_seed)
+SECTIONS = (all_results, paired_comparisons, accounting.compute_section, attention_shares,
+            attention_sanity, confounder_study,
+            figure_section, statistics_note, per_seed, accounting.timing_section)
