@@ -33,7 +33,7 @@ SOURCE = 'XLA cost analysis of the step lowered for the CPU backend (cxr_jax/tra
 
 
 def _cpu_spec(x) -> jax.ShapeDtypeStruct:
-  cpu = jax.devices('cpu')[0]
+  cpu = jax.local_devices(backend='cpu')[0]  # this process's: lowering needs no other
   return jax.ShapeDtypeStruct(np.shape(x), x.dtype,
                               sharding=jax.sharding.SingleDeviceSharding(cpu))
 
