@@ -73,7 +73,10 @@ def _run(config, workdir: Path) -> list[dict]:
     return results
   finally:
     if keeper:
-      timing.log_summary(timing.write(workdir, account))
+      try:
+        timing.log_summary(timing.write(workdir, account))
+      except OSError as e:  # never in place of the error that stopped the run (a full disk)
+        log.warning('the time account could not be written: %s', e)
 
 
 def _plan(config, workdir: Path) -> list[dict]:
