@@ -107,11 +107,13 @@ def test_matched_by_flops_finds_the_fewest_steps_of_a_resized_stage():
   FLOPs, as a search over every length finds."""
   config = default.get_config()
   config.pretrain.match = 'flops'
+  config.pretrain.stages[0].steps, config.pretrain.stages[1].steps = 12, 15  # a short search
   config.pretrain.stages[1].image_size = schedule('linear', 32, 64)
   total = _stage_total(config.pretrain)
-  target = total(0, 120) + total(1, 150)
+  target = total(0, 12) + total(1, 15)
   n = configuration.matched_steps(config.pretrain, total)
   assert total(1, n) >= target and total(1, n - 1) < target
-  assert n == next(m for m in range(1, 1000) if total(1, m) >= target)
+  assert n == next(m for m in range(1, 100) if total(1, m) >= target)
+  assert n > 15  # the 48 px stage's FLOPs on top of its own
   matched = configuration.matched_config(config, total)
-  assert matched.pretrain.stages[1].steps == n and config.pretrain.stages[1].steps == 150
+  assert matched.pretrain.stages[1].steps == n and config.pretrain.stages[1].steps == 15
