@@ -122,9 +122,6 @@ class Account:
       self._charge(job, phase, -seconds)
       self._charge(job, 'compile', seconds)
 
-  def current_job(self) -> str:
-    return self._stack[-1][0]
-
   def snapshot(self) -> dict:
     """{'started', 'wall_s', 'jobs': {job: {phase: s}}, 'phases': {phase: s}} so far."""
     with self._lock:
@@ -166,10 +163,6 @@ def start() -> Account:
   global _account
   _listen()
   _account = Account()
-  return _account
-
-
-def current() -> Account:
   return _account
 
 
