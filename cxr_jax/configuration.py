@@ -337,7 +337,7 @@ ADDED_KEYS = {'explain.umap': False, 'explain.randomise': '', 'explain.data.name
               'explain.data.options': '', 'explain.data.manual_dir': '',
               'explain.data.split': 'test', 'explain.masks': 'dataset',
               'explain.finding': '', 'finetune.data.findings': '',
-              'pretrain.stages[].positives': 'image'}
+              'pretrain.stages[].positives': 'image', 'pretrain.match': 'images'}
 
 
 def _added(key: str) -> str:
