@@ -63,6 +63,8 @@ def get_config(arg=None):
   c.pretrain.init = 'scratch'             # 'imagenet': stage 1 starts from finetune.imagenet_checkpoint
   c.pretrain.ssl_stage = ''               # the stage run alone for the 'ssl' and 'ssl_matched'
                                           # inits ('' = the last)
+  c.pretrain.match = 'images'             # ssl_matched runs as long as the curriculum in
+                                          # 'images' (steps x batch) or 'flops' (XLA's count)
   c.pretrain.method = 'simclr'            # the stages' method unless a stage names its own
                                           # (stages[i].method): simclr | moco | byol |
                                           # barlow_twins | vicreg, or a pretext task:

@@ -83,6 +83,9 @@ def _validate(config: ml_collections.ConfigDict):
   if config.pretrain.init not in ('scratch', 'imagenet'):
     raise ValueError(f"config.pretrain.init must be 'scratch' or 'imagenet', got {config.pretrain.init!r}")
   _at_least('config.pretrain.monitor_every', config.pretrain.monitor_every, 0)
+  if config.pretrain.match not in MATCH:
+    raise ValueError(f'config.pretrain.match must be one of {MATCH} (what ssl_matched '
+                     f'matches the curriculum in), got {config.pretrain.match!r}')
   _optimizer('config.pretrain.optimizer', config.pretrain.optimizer)
   for name in ssl.METHODS:  # a method's optimizer recipe, applied on top of the global one
     if config.pretrain[name].get('optimizer', None):
@@ -310,20 +313,45 @@ def ssl_stage_index(pretrain: ml_collections.ConfigDict) -> int:
   return names.index(name)
 
 
-def matched_steps(pretrain: ml_collections.ConfigDict) -> int:
-  """The 'ssl_matched' regime's steps: the ssl stage alone sees as many images as the
-  whole curriculum, sum over stages of steps * batch_size, at its own batch size
-  (rounded up to whole steps)."""
-  target = pretrain.stages[ssl_stage_index(pretrain)]
+MATCH = ('images', 'flops')
+
+
+def matched_steps(pretrain: ml_collections.ConfigDict, stage_total=None) -> int:
+  """The 'ssl_matched' regime's steps: the ssl stage alone, run as long as the whole
+  curriculum by pretrain.match:
+    'images': as many images, sum over stages of steps * batch_size, at its own batch
+              size (rounded up to whole steps);
+    'flops':  as many FLOPs, the curriculum's total over the FLOPs of one step of the ssl
+              stage at its view size (rounded up; with a size schedule, the fewest steps
+              whose total reaches it: `compute.matched_steps_by_flops`).
+  stage_total(index, steps) -> FLOPs of stage `index` run for `steps` steps (its
+  schedules stretched over them): `compute.StageFlops.stage_total`; needed for 'flops'."""
+  index = ssl_stage_index(pretrain)
+  target = pretrain.stages[index]
+  if pretrain.get('match', 'images') == 'flops':  # a config.json of before the key: images
+    if stage_total is None:
+      raise ValueError("config.pretrain.match='flops' needs the stages' FLOP counts "
+                       '(experiment.stage_flops)')
+    from cxr_jax.train import compute  # only here: configuration is imported by tools
+    curriculum_flops = sum(stage_total(i, s.steps) for i, s in enumerate(pretrain.stages))
+    return compute.matched_steps_by_flops(
+        curriculum_flops, lambda n: stage_total(index, n), target.steps)
   images = sum(s.steps * s.batch_size for s in pretrain.stages)
   return -(-images // target.batch_size)
 
 
-def matched_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def matched_config(config: ml_collections.ConfigDict, stage_total=None,
+                   steps: int | None = None) -> ml_collections.ConfigDict:
   """A copy of `config` whose ssl stage runs `matched_steps` (its schedules stretch over
-  them, as they do over any stage's steps); the 'ssl_matched' regime runs that stage."""
+  them, as they do over any stage's steps), or `steps` when given (a finished stage's
+  length, from its compute.json); the 'ssl_matched' regime runs that stage."""
   out = copy.deepcopy(config)  # deep: the stage list's entries are ConfigDicts too
-  out.pretrain.stages[ssl_stage_index(out.pretrain)].steps = matched_steps(out.pretrain)
+  stage = out.pretrain.stages[ssl_stage_index(out.pretrain)]
+  if steps is None:
+    steps = matched_steps(out.pretrain, stage_total)
+    log.info('ssl_matched: stage %s runs %d steps (config.pretrain.match=%r; %d alone)',
+             stage.name, steps, config.pretrain.get('match', 'images'), stage.steps)
+  stage.steps = steps
   return out
 
 
@@ -379,7 +407,8 @@ ADDED_KEYS = {'explain.umap': False, 'explain.randomise': '', 'explain.data.name
               'explain.data.options': '', 'explain.data.manual_dir': '',
               'explain.data.split': 'test', 'explain.masks': 'dataset',
               'explain.finding': '', 'finetune.data.findings': '',
-              'pretrain.stages[].positives': 'image', 'pretrain.stages[].method': ''}
+              'pretrain.stages[].positives': 'image', 'pretrain.stages[].method': '',
+              'pretrain.match': 'images'}
 
 
 def _methods_run(config: dict) -> set[str]:

@@ -16,12 +16,20 @@
                 -> <workdir>/<protocol folder>/<init>/<fraction>/seed<k>/  (cxr_jax.finetuning)
       report:   <workdir>/report.md                     (cxr_jax.report)
 
+Each run also keeps an account of its wall time by job and phase (data, compile, train,
+eval, checkpoint, report; `train/timing.py`) in <workdir>/timing.json, its log and its
+report, and of each pretraining stage's compute (images, views, FLOPs, wall time;
+`train/compute.py`) in <workdir>/<folder>/<stage>/compute.json.
+
 Every job skips itself when its outputs are complete and resumes from its latest
 checkpoint when they are not, so re-running the same command after a crash, a kill or a
 pre-emption finishes the work without redoing it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from pathlib import Path
 
 import jax
@@ -31,11 +39,16 @@ from cxr_jax import configuration
 from cxr_jax import finetuning
 from cxr_jax import pretraining
 from cxr_jax import report
+from cxr_jax import ssl
 from cxr_jax import vocab
+from cxr_jax.train import compute
 from cxr_jax.train import loop
 from cxr_jax.train import sharding
 from cxr_jax.train import state as state_lib
+from cxr_jax.train import timing
 from cxr_jax.train import workdir as workdir_lib
+
+log = logging.getLogger('cxr_jax')
 
 
 def run(config: ml_collections.ConfigDict, workdir) -> list[dict]:
@@ -49,10 +62,30 @@ def run(config: ml_collections.ConfigDict, workdir) -> list[dict]:
 
 def _run(config, workdir: Path) -> list[dict]:
   fresh = not (workdir / 'config.json').exists()
+  account = timing.start()  # this process start's time by job and phase
   configuration.check_or_write_config(config, workdir)
+  keeper = jax.process_index() == 0  # who writes timing.json and the report
+  try:
+    results = _plan(config, workdir, fresh)
+    if keeper:
+      timing.write(workdir, account)  # the report shows the account up to the report
+      with timing.phase('report'):
+        report.write_report(workdir)
+    return results
+  finally:
+    if keeper:
+      try:
+        timing.log_summary(timing.write(workdir, account))
+      except OSError as e:  # never in place of the error that stopped the run (a full disk)
+        log.warning('the time account could not be written: %s', e)
+
+
+def _plan(config, workdir: Path, fresh: bool) -> list[dict]:
+  """`fresh`: this call wrote the workdir's first config.json."""
   data_dir = Path(config.data_dir) if config.data_dir else workdir / 'tfds'
   try:
-    configuration.check_data(config, data_dir)
+    with timing.phase('data'):
+      configuration.check_data(config, data_dir)
   except Exception:
     if fresh and jax.process_index() == 0:
       # nothing ran under this config: the corrected command must not be refused as a
@@ -64,46 +97,127 @@ def _run(config, workdir: Path) -> list[dict]:
   inits = configuration.inits(config)
   try:
     encoders = pretrained_encoders(config, inits, mesh, writer, workdir, data_dir)
-    data = finetuning.EvalData(config.finetune.data, data_dir, config.image_cache)
+    with timing.phase('data'):
+      data = finetuning.EvalData(config.finetune.data, data_dir, config.image_cache)
     programs = finetuning.Programs(config.model, config.finetune, len(data.class_names),
                                    config.eval_batch_size, mesh, multilabel=data.multilabel)
     if config.explain.umap:  # the regimes' test embeddings, for the report's UMAP figure
-      for init in inits:
-        finetuning.save_embeddings(config, programs, init, encoders[init], data, workdir)
+      with timing.phase('eval'):
+        for init in inits:
+          finetuning.save_embeddings(config, programs, init, encoders[init], data, workdir)
     results = []
     for protocol in configuration.protocols(config):
       for init in inits:
         for fraction in map(float, config.finetune.label_fractions):
           for seed in finetuning.seeds(protocol, init, fraction, config.finetune.num_seeds):
-            results.append(finetuning.finetune_job(
-                config, programs, protocol, init, fraction, seed, encoders[init], data, mesh,
-                writer, workdir))
+            # outside its training loop (probes, test scoring, Grad-CAM) a cell evaluates
+            cell = f'{vocab.PROTOCOL_FOLDERS[protocol]}/{init}/{fraction:g}/seed{seed}'
+            with timing.phase('eval', job=cell):
+              results.append(finetuning.finetune_job(
+                  config, programs, protocol, init, fraction, seed, encoders[init], data,
+                  mesh, writer, workdir))
+            _flush_timing(workdir)
   finally:
     writer.close()
-  if jax.process_index() == 0:
-    report.write_report(workdir)
   return results
 
 
+def _flush_timing(workdir: Path):
+  """Rewrites timing.json (process 0), so a killed run keeps its finished jobs' account."""
+  if jax.process_index() == 0:
+    timing.write(workdir)
+
+
 def pretrained_encoders(config, inits, mesh, writer, workdir: Path, data_dir: Path) -> dict:
-  """{init: the encoder it fine-tunes from (`state.encoder_variables`), None for scratch}."""
+  """{init: the encoder it fine-tunes from (`state.encoder_variables`), None for scratch}.
+  Each pretraining regime's stages record their compute (`_record_compute`)."""
   imagenet = None
   if 'imagenet' in inits or config.pretrain.init == 'imagenet':
     imagenet = state_lib.load_imagenet_encoder(config.finetune.imagenet_checkpoint,
                                                config.model.name)
   encoders = {'scratch': None, 'imagenet': imagenet}
+  flops = stage_flops(config, mesh, workdir, data_dir)
+
+  def pretrain(regime, cfg, indices, folder, **kwargs):
+    _record_compute(cfg, indices, folder, flops, workdir)  # planned; wall so far
+    state = pretraining.run_curriculum(cfg, mesh, writer, workdir, data_dir,
+                                       indices, folder=folder, **kwargs)
+    total = _record_compute(cfg, indices, folder, flops, workdir)
+    log.info('%s pretraining: %d steps, %d images, %d views, %s, %.1f s', regime,
+             total['steps'], total['images'], total['views'],
+             compute.format_flops(total['flops']), total['wall_s'])
+    return state_lib.encoder_variables(state)
+
   if 'curricular' in inits:
-    encoders['curricular'] = state_lib.encoder_variables(pretraining.run_curriculum(
-        config, mesh, writer, workdir, data_dir,
-        imagenet=imagenet if config.pretrain.init == 'imagenet' else None))
+    encoders['curricular'] = pretrain(
+        'curricular', config, list(range(len(config.pretrain.stages))), 'pretrain',
+        imagenet=imagenet if config.pretrain.init == 'imagenet' else None)
   if 'ssl' in inits:  # one SSL stage on the target data, from scratch
-    encoders['ssl'] = state_lib.encoder_variables(pretraining.run_curriculum(
-        config, mesh, writer, workdir, data_dir,
-        [configuration.ssl_stage_index(config.pretrain)], folder=vocab.SINGLE_STAGE_FOLDERS['ssl']))
-  if 'ssl_matched' in inits:  # the same stage, as many images as the curriculum sees
-    matched = configuration.matched_config(config)
-    encoders['ssl_matched'] = state_lib.encoder_variables(pretraining.run_curriculum(
-        matched, mesh, writer, workdir, data_dir,
-        [configuration.ssl_stage_index(matched.pretrain)],
-        folder=vocab.SINGLE_STAGE_FOLDERS['ssl_matched']))
+    encoders['ssl'] = pretrain('ssl', config, [configuration.ssl_stage_index(config.pretrain)],
+                               vocab.SINGLE_STAGE_FOLDERS['ssl'])
+  if 'ssl_matched' in inits:  # the same stage, as many images (or FLOPs) as the curriculum
+    with timing.phase('other', job=f'{vocab.SINGLE_STAGE_FOLDERS["ssl_matched"]}/'
+                                   f'{config.pretrain.stages[configuration.ssl_stage_index(config.pretrain)].name}'):
+      matched = configuration.matched_config(config, flops.stage_total)
+    encoders['ssl_matched'] = pretrain(
+        'ssl_matched', matched, [configuration.ssl_stage_index(matched.pretrain)],
+        vocab.SINGLE_STAGE_FOLDERS['ssl_matched'])
   return encoders
+
+
+def _flops_key(config, index: int) -> str:
+  """What a stage's FLOPs per step depend on: the model, the pretraining settings and the
+  stage's own (not its length, name or size schedule: the count is per step and size),
+  JAX's version and the backend the program is traced for."""
+  stage = {k: v for k, v in config.pretrain.stages[index].to_dict().items()
+           if k not in ('name', 'steps', 'image_size')}
+  pretrain = {k: v for k, v in config.pretrain.to_dict().items()
+              if k not in ('stages', 'ssl_stage', 'monitor_every', 'match', 'init')}
+  text = json.dumps([config.model.to_dict(), pretrain, stage, jax.__version__,
+                     jax.default_backend()], sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stage_flops(config, mesh, workdir: Path, data_dir: Path) -> compute.StageFlops:
+  """The FLOP counter of config's stages: each stage's Job is built (monitors off, never
+  run) the first time one of its view sizes is counted."""
+  quiet = config.copy_and_resolve_references()
+  quiet.pretrain.monitor_every = 0  # the monitors would read the labeled data
+  return compute.StageFlops(
+      build_job=lambda index: pretraining.pretrain_job(quiet, index, None, mesh, workdir,
+                                                       data_dir),
+      sizes_of=lambda index, steps: pretraining.image_sizes(
+          config.pretrain.stages[index].image_size, steps,
+          f'config.pretrain.stages[{index}].image_size'),
+      key=lambda index: _flops_key(config, index))
+
+
+def _views_per_image(config, stage) -> int:
+  """Network inputs per image of a stage's method (two views unless the method says)."""
+  name = stage.get('method', '') or config.pretrain.method
+  return int(getattr(ssl.get_method(name), 'VIEWS_PER_IMAGE', 2))
+
+
+def _record_compute(config, indices, folder: str, flops: compute.StageFlops,
+                    workdir: Path) -> dict:
+  """Writes <workdir>/<folder>/<stage>/compute.json for the stages `indices` (process 0;
+  FLOPs are counted on every process, for the same matched lengths); returns their sum."""
+  account = timing.write(workdir)['total']['jobs'] if jax.process_index() == 0 else {}
+  records = []
+  for index in indices:
+    stage = config.pretrain.stages[index]
+    directory = workdir / folder / stage.name
+    job = f'{folder}/{stage.name}'
+    old = compute.read_record(directory)
+    if old and old.get('key') == flops.key(index):
+      flops.seed(index, old['flops_per_step'])
+    with timing.phase('other', job=job):
+      sizes = flops.sizes_of(index, stage.steps)
+      per_step = flops.per_step(index, sizes)
+    record = compute.stage_record(
+        stage.name, folder, stage.steps, stage.batch_size, _views_per_image(config, stage),
+        per_step, sizes, flops.key(index), sum(account.get(job, {}).values()))
+    if jax.process_index() == 0:
+      compute.write_record(directory, record)
+    records.append(record)
+  return compute.regime_total(records)

@@ -45,6 +45,7 @@ from cxr_jax.files import load_weights
 from cxr_jax.models import heads
 from cxr_jax.report import loading
 from cxr_jax.train import inference
+from cxr_jax.train import compute
 from cxr_jax.train import loop
 from cxr_jax.train import sharding
 from cxr_jax.train import state as state_lib
@@ -289,7 +290,14 @@ def from_stage(workdir, stage: str, folder: str = 'pretrain', config=None):
   workdir = Path(workdir)
   config = config if config is not None else config_from_json(workdir / 'config.json')
   if folder == vocab.SINGLE_STAGE_FOLDERS['ssl_matched']:  # that regime's stage ran longer
-    config = configuration.matched_config(config)
+    steps = None
+    if config.pretrain.get('match', 'images') == 'flops':  # its length: in its compute.json
+      record = compute.read_record(workdir / folder / stage)
+      if record is None:
+        raise ValueError(f'{folder}/{stage} has no {compute.FILE}: its length (matched by '
+                         'FLOPs) is unknown')
+      steps = record['steps']
+    config = configuration.matched_config(config, steps=steps)
   names = [s.name for s in config.pretrain.stages]
   if stage not in names:
     raise ValueError(f'--stage={stage!r} is not a stage of {workdir}; stages: {names}')

@@ -41,6 +41,7 @@ from cxr_jax.train import loop
 from cxr_jax.train import optim
 from cxr_jax.train import sharding
 from cxr_jax.train import state as state_lib
+from cxr_jax.train import timing
 
 log = logging.getLogger('cxr_jax')
 
@@ -103,6 +104,8 @@ class ResizingStep:
 
   def __init__(self, make_sized_step, sizes, mesh):
     self._sizes = sizes
+    self.make_sized_step = make_sized_step  # also read by train/compute.py's FLOP count
+    self.input_spec = None  # a global batch's shapes (pretrain_job sets it), for the same
     self._steps = {int(s): jax.jit(make_sized_step(int(s)), donate_argnums=0,
                                    out_shardings=sharding.replicated(mesh))
                    for s in np.unique(sizes)}
@@ -305,6 +308,10 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
 
   step = ResizingStep(lambda size: make_step(model, method, mcfg, tx, schedules, size),
                       sizes, mesh)
+  step.input_spec = {  # the FLOP count's batch (train/compute.py): views cut on the device
+      name: jax.ShapeDtypeStruct((stage.batch_size, *builder.info.features['image'].shape),
+                                 np.uint8)
+      for name in (('image', 'image2') if stage.positives == 'patient' else ('image',))}
   loader = make_loader(config, stage, source, batch_size, config.seed * 1000 + index,
                        sizes, schedules['strength'])
   monitor = (make_monitor(config.finetune.data, model, int(sizes[-1]), mesh, data_dir,
@@ -325,8 +332,9 @@ def run_curriculum(config, mesh, writer, workdir: Path, data_dir: Path, stage_in
   state, method = None, None
   indices = range(len(config.pretrain.stages)) if stage_indices is None else stage_indices
   for n, index in enumerate(indices):
-    job = pretrain_job(config, index, state, mesh, workdir, data_dir, folder,
-                       imagenet=imagenet if n == 0 else None, previous_method=method)
+    with timing.phase('data', job=f'{folder}/{config.pretrain.stages[index].name}'):
+      job = pretrain_job(config, index, state, mesh, workdir, data_dir, folder,
+                         imagenet=imagenet if n == 0 else None, previous_method=method)
     state = loop.run_job(job, writer)
     method = ssl.stage_method(config.pretrain, index)
   return state

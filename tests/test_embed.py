@@ -1,14 +1,17 @@
 """python -m cxr_jax.embed: a finished stage's embeddings of a split equal the features of
-that stage's encoder; the run's embeddings/<init>.npz (config.explain.umap)."""
+that stage's encoder; the run's embeddings/<init>.npz (config.explain.umap). The same
+finished run's time account (timing.json) and its stage's compute.json."""
+import datetime
 import json
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from cxr_jax import embed, experiment, pretraining, ssl
 from cxr_jax.data import pipeline, schema
-from cxr_jax.train import inference, sharding
+from cxr_jax.train import inference, sharding, timing
 from cxr_jax.train import state as state_lib
 from tests.test_experiment import tiny_config
 
@@ -136,3 +139,41 @@ def test_a_workdir_from_before_the_umap_switch_resumes_with_it_off(tmp_path):
   config.explain.umap = True
   with pytest.raises(ValueError, match="explain.umap: '<absent>' -> True"):
     configuration.check_or_write_config(config, tmp_path)
+
+
+def test_the_run_accounts_for_its_wall_time_by_job_and_phase(finished_run):
+  """timing.json (cxr_jax/train/timing.py): the phases are non-negative, add up to the
+  session's wall time, which is no more than the time since it started, and leave little
+  to 'other'."""
+  _, workdir = finished_run
+  [session] = json.loads((workdir / 'timing.json').read_text())['sessions']
+  started = datetime.datetime.fromisoformat(session['started']).timestamp()
+  assert 0 < session['wall_s'] <= time.time() - started + 1.0  # its clock: whole seconds
+  phases = session['phases']
+  assert set(phases) == set(timing.PHASES)
+  assert all(v >= 0 for job in session['jobs'].values() for v in job.values())
+  assert sum(phases.values()) == pytest.approx(session['wall_s'], rel=1e-3)
+  assert phases['other'] < 0.25 * session['wall_s']
+  assert all(phases[p] > 0 for p in ('data', 'compile', 'train', 'eval', 'checkpoint', 'report'))
+  jobs = session['jobs']
+  assert {'pretrain/low_res', 'finetune/scratch/1/seed0', 'finetune/curricular/1/seed0'} <= set(jobs)
+  assert jobs['pretrain/low_res']['train'] > 0 and jobs['pretrain/low_res']['compile'] > 0
+
+
+def test_the_run_records_its_stage_s_compute_and_reports_both_accounts(finished_run):
+  _, workdir = finished_run
+  record = json.loads((workdir / 'pretrain/low_res/compute.json').read_text())
+  assert record['steps'] == 6 and record['images'] == 6 * 16 and record['views'] == 2 * 6 * 16
+  assert record['steps_per_size'] == {'32': 6}
+  assert record['flops_per_step']['32'] > 0
+  assert record['flops'] == pytest.approx(6 * record['flops_per_step']['32'])
+  # the stage's time in the account when the record was written (after the stage)
+  total = json.loads((workdir / 'timing.json').read_text())['total']
+  assert 0 < record['wall_s'] == pytest.approx(
+      sum(total['jobs']['pretrain/low_res'].values()), rel=1e-3)
+  report = (workdir / 'report.md').read_text()
+  assert '## Time by phase' in report and '| `pretrain/low_res` |' in report
+  assert '| **run** |' in report
+  assert '## Pretraining compute per regime' in report
+  assert '| curricular | low_res | 6 | 96 | 192 |' in report
+  assert 'Unequal compute' not in report  # one pretrained regime

@@ -9,6 +9,8 @@ Reads, under W (nothing else):
                                                 the protocol whose folder it is in,
                                                 `cxr_jax.vocab.PROTOCOL_FOLDERS`)
   <job>/test_predictions.npz                    probs [N, K], labels [N], patient_id [N]
+  <folder>/<stage>/compute.json                 a pretraining stage's images, FLOPs, wall time
+  timing.json                                   seconds by job and phase (`report.accounting`)
   <job>/attention.npz                           optional: what
                                                 `cxr_jax.explain.analysis.attention_analysis`
                                                 returns, saved with np.savez_compressed
@@ -46,6 +48,7 @@ from pathlib import Path
 
 import markdown
 
+from cxr_jax.report import accounting
 from cxr_jax.report import sections
 from cxr_jax.report.loading import group_results, load_results, summarize
 
@@ -88,7 +91,7 @@ def write_report(workdir, n_boot: int = 1000, seed: int = 0) -> Path:
   groups = group_results(load_results(workdir))
   lines = sections.header(workdir)
   if not groups:
-    return _write(workdir, lines + sections.no_results())
+    return _write(workdir, lines + sections.no_results() + [''] + accounting.timing_lines(workdir))
   run = sections.prepare(workdir, groups, n_boot, seed)
   for section in sections.SECTIONS:
     lines += section(run)

@@ -15,7 +15,7 @@ from cxr_jax import vocab
 from cxr_jax.eval import bootstrap
 from cxr_jax.eval import metrics as M
 from cxr_jax.explain import sanity
-from cxr_jax.report import attention, figures, fmt, loading
+from cxr_jax.report import accounting, attention, figures, fmt, loading
 
 NAN2 = (float('nan'), float('nan'))
 
@@ -593,6 +593,6 @@ def per_seed(run: Run) -> list[str]:
 
 
 # the sections after the header, in report order
-SECTIONS = (all_results, paired_comparisons, attention_shares, attention_sanity,
-            confounder_study,
-            figure_section, statistics_note, per_seed)
+SECTIONS = (all_results, paired_comparisons, accounting.compute_section, attention_shares,
+            attention_sanity, confounder_study,
+            figure_section, statistics_note, per_seed, accounting.timing_section)

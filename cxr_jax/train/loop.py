@@ -45,6 +45,7 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from cxr_jax.train import sharding
+from cxr_jax.train import timing
 from cxr_jax.train import workdir as workdir_lib
 
 log = logging.getLogger('cxr_jax')
@@ -234,11 +235,13 @@ def _restore(job: Job):
   fresh = job.init_state()
   bad = {}  # step -> 'corrupt' | 'nonfinite'
   for step in reversed(mgr.all_steps()):
-    iterator = iter(job.loader)
+    with timing.phase('data'):
+      iterator = iter(job.loader)
     try:
-      state = mgr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(_abstract(fresh)),
-          data=grain.checkpoint.CheckpointRestore(iterator)))['state']
+      with timing.phase('checkpoint'):
+        state = mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(fresh)),
+            data=grain.checkpoint.CheckpointRestore(iterator)))['state']
     except Exception as e:  # pylint: disable=broad-except
       if any(m in str(e) for m in _MISMATCH):
         mgr.close()
@@ -257,7 +260,8 @@ def _restore(job: Job):
       continue
     break
   else:
-    state, iterator = fresh, iter(job.loader)
+    with timing.phase('data'):
+      state, iterator = fresh, iter(job.loader)
   if bad:
     mgr.close()
     for why in ('corrupt', 'nonfinite'):
@@ -352,9 +356,18 @@ def _diverged(job: Job, mgr, step: int, loss: float) -> NonFiniteError:
 
 
 def run_job(job: Job, writer: MetricWriter) -> TrainState:
-  """Trains `job` to `job.num_steps`, resuming from its latest usable checkpoint if any."""
-  with _quiet_orbax_errors():
-    return _run_job(job, writer)
+  """Trains `job` to `job.num_steps`, resuming from its latest usable checkpoint if any.
+
+  Its wall time is charged to job.name in the run's time account (`timing`): restores and
+  saves to 'checkpoint', evaluation to 'eval', the step loop to 'train', compilation to
+  'compile'; the job's account of this process is logged when it ends."""
+  before = sum(timing.job_seconds(job.name).values())
+  with _quiet_orbax_errors(), timing.phase('other', job=job.name):
+    state = _run_job(job, writer)
+  phases = timing.job_seconds(job.name)
+  if sum(phases.values()) - before >= 0.05:  # not for a job that was already done
+    log.info('%s: time %s', job.name, timing.describe(phases))
+  return state
 
 
 def _run_job(job: Job, writer: MetricWriter) -> TrainState:
@@ -374,8 +387,8 @@ def _run_job(job: Job, writer: MetricWriter) -> TrainState:
     pending.clear()
 
   def save(step):
-    check()  # never a non-finite state
-    with _disk_full_as_one_line(job):
+    check()  # never a non-finite state (waiting for the steps here is training time)
+    with timing.phase('checkpoint'), _disk_full_as_one_line(job):
       mgr.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)),
                force=True)
@@ -385,7 +398,7 @@ def _run_job(job: Job, writer: MetricWriter) -> TrainState:
              file=sys.stderr, mininterval=1.0)
   last_time, last_step = time.perf_counter(), start
   try:
-    with _Interrupt() as interrupt:
+    with _Interrupt() as interrupt, timing.phase('train'):
       for step in range(start, job.num_steps):
         batch = sharding.to_global(next(iterator), job.mesh)
         state, metrics = job.train_step(state, batch)
@@ -406,19 +419,20 @@ def _run_job(job: Job, writer: MetricWriter) -> TrainState:
         if job.evaluate is not None and job.eval_every and (
             done % job.eval_every == 0 or done == job.num_steps):
           check()
-          state, eval_metrics = job.evaluate(state)
+          with timing.phase('eval'):
+            state, eval_metrics = job.evaluate(state)
           writer.write(job.name, done, eval_metrics)
         if done % job.checkpoint_every == 0 or done == job.num_steps or interrupt.requested:
           save(done)
         if interrupt.requested:
-          with _disk_full_as_one_line(job):
+          with timing.phase('checkpoint'), _disk_full_as_one_line(job):
             mgr.wait_until_finished()
           mgr.close()
           bar.close()
           log.warning('%s: stopped by SIGTERM at step %d after saving a checkpoint', job.name,
                       done)
           raise SystemExit(143)
-    with _disk_full_as_one_line(job):
+    with timing.phase('checkpoint'), _disk_full_as_one_line(job):
       mgr.wait_until_finished()
   except BaseException:
     _close(mgr)
