@@ -20,6 +20,9 @@ A method module (`cxr_jax/ssl/<name>.py`) defines:
       `model.apply(variables, images, train=False)` returns a dict whose 'features' are
       the encoder's pooled features [B, C] (the online monitors and `embed` use them), and
       `model.init` on whole images creates every parameter (heads included).
+  VIEWS_PER_IMAGE: int                                          (optional, default 2)
+      the network inputs one image becomes (rotation 4, jigsaw 9 tiles, inpainting 1):
+      the compute account's view count.
   make_inputs(rng, images, hp, image_size, cfg) -> dict        (optional)
       builds the loss's inputs and targets on the device from a batch of images
       [B, H, W, C] float32 in [0, 1]: rng a PRNG key of this step, image_size the

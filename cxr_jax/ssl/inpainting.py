@@ -32,6 +32,7 @@ from cxr_jax.ssl import common
 
 POSITIONS = ('random', 'center')
 
+VIEWS_PER_IMAGE = 1  # one masked view (compute accounting)
 DEFAULTS = ml_collections.ConfigDict(dict(
     mask_fraction=0.5,      # side of the masked square / side of the view (paper: 0.5)
     position='random',      # 'random' (a place per image) or 'center'

@@ -31,6 +31,7 @@ from cxr_jax.ssl import common, pretext
 
 NUM_TILES = 9  # a 3 x 3 grid
 
+VIEWS_PER_IMAGE = 9  # the 3 x 3 tiles, each through the encoder (compute accounting)
 DEFAULTS = ml_collections.ConfigDict(dict(
     num_permutations=100,   # size of the permutation set = classes (paper: 1000; 100 here)
     permutation_seed=0,     # picks the set's first permutation (the rest follow greedily)

@@ -23,6 +23,7 @@ from cxr_jax.data import augment
 from cxr_jax.ssl import common, pretext
 
 CENTRE = 4
+VIEWS_PER_IMAGE = 2  # the centre patch and one neighbour (compute accounting)
 # label k: the neighbour in cell NEIGHBOURS[k] of the 3 x 3 grid (row-major), 0 = top left
 NEIGHBOURS = np.asarray([0, 1, 2, 3, 5, 6, 7, 8], np.int32)
 

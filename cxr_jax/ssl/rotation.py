@@ -17,6 +17,7 @@ from cxr_jax.data import augment
 from cxr_jax.ssl import common, pretext
 
 NUM_ROTATIONS = 4  # 0, 90, 180, 270 degrees (counter-clockwise)
+VIEWS_PER_IMAGE = NUM_ROTATIONS  # network inputs per image (compute accounting)
 
 DEFAULTS = ml_collections.ConfigDict(dict(
     head_hidden_dim=256,   # the classifier's hidden width
