@@ -67,7 +67,7 @@ def main():
   text = (Path(args.workdir) / 'report.md').read_text()
   start = text.index('## Attention: Grad-CAM')
   print(text[start:text.index('## ', start + 3)])
-  from cxr_jax import segment
+  from cxr_jax.cli import segment
   from cxr_jax.data import imageio  # noqa: F401  (the DICOM reader the builder uses)
   from cxr_jax.models import segmenter
   seg = segmenter.load(args.segmenter)

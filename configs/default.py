@@ -153,5 +153,5 @@ def get_config(arg=None):
   c.explain.data = ml_collections.ConfigDict(dict(
       name='', options='', manual_dir='', split='test'))
   c.explain.masks = 'dataset'               # lung masks: 'dataset' (its own) or
-                                            # 'segmenter:<folder>' (python -m cxr_jax.segment)
+                                            # 'segmenter:<folder>' (python -m cxr_jax.cli.segment)
   return c

@@ -11,7 +11,7 @@ config.explain chooses:
          are not the fine-tuning set's, its labels mean nothing to the model: only the
          predicted class is explained (true-class shares NaN, no per-class overlays).
   masks  'dataset': the set's own 'mask' field; 'segmenter:<folder>': lung masks predicted
-         by a trained U-Net (`python -m cxr_jax.segment`, `models/segmenter.py`), for sets
+         by a trained U-Net (`python -m cxr_jax.cli.segment`, `models/segmenter.py`), for sets
          without masks.
   randomise  the Grad-CAM randomisation sanity tests to run (`cxr_jax.explain.sanity`).
 

@@ -309,7 +309,7 @@ def finetune_job(config, programs: Programs, protocol: str, init: str, fraction:
   if jax.process_index() == 0:
     save_npz(directory / 'test_predictions.npz', probs=probs, labels=data.test['label'],
              patient_id=data.test['patient_id'])
-    if protocol == 'finetune':  # the selected weights, for cxr_jax.export / predict
+    if protocol == 'finetune':  # the selected weights, for cxr_jax.cli.export / predict
       save_weights(directory / BEST_WEIGHTS, best)
     if protocol == 'finetune' and config.explain.enabled:
       explain(config, programs.model, best, data, directory)

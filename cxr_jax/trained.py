@@ -1,4 +1,4 @@
-"""Rebuilding a trained model: the one way every tool does it (`cxr_jax.export` is the
+"""Rebuilding a trained model: the one way every tool does it (`cxr_jax.cli.export` is the
 writer of model folders, this module the loader).
 
   load_model(DIR)                 a classifier from an exported model folder
@@ -152,13 +152,13 @@ class Model:
 
 
 def load_model(directory, batch_size: int = 32) -> Model:
-  """The model of an exported folder (`python -m cxr_jax.export`)."""
+  """The model of an exported folder (`python -m cxr_jax.cli.export`)."""
   directory = Path(directory)
   meta_path, weights_path = directory / MODEL_JSON, directory / WEIGHTS
   for p in (meta_path, weights_path):
     if not p.exists():
       raise FileNotFoundError(f'{directory} is not an exported model: no {p.name} '
-                              '(write one with python -m cxr_jax.export --workdir=W --out=DIR)')
+                              '(write one with python -m cxr_jax.cli.export --workdir=W --out=DIR)')
   meta = json.loads(meta_path.read_text())
   variables = serialization.msgpack_restore(weights_path.read_bytes())
   return Model(meta, variables, batch_size=batch_size)

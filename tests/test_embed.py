@@ -1,4 +1,4 @@
-"""python -m cxr_jax.embed: a finished stage's embeddings of a split equal the features of
+"""python -m cxr_jax.cli.embed: a finished stage's embeddings of a split equal the features of
 that stage's encoder; the run's embeddings/<init>.npz (config.explain.umap). The same
 finished run's time account (timing.json) and its stage's compute.json."""
 import datetime
@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from cxr_jax import embed, experiment, pretraining, ssl
+from cxr_jax import experiment, pretraining, ssl
+from cxr_jax.cli import embed
 from cxr_jax.data import pipeline, schema
 from cxr_jax.train import inference, sharding, timing
 from cxr_jax.train import state as state_lib

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_jax import export, exported, predict
+from cxr_jax.cli import export, predict
+from cxr_jax import trained
 from cxr_jax.data import imageio, pipeline
 from tests.test_experiment import tiny_config
 
@@ -49,7 +50,7 @@ BATCH = 16  # one batch shape everywhere: the programs compile once (persistent 
 
 @pytest.fixture(scope='module')
 def model(run):
-  return exported.load_model(run[2], batch_size=BATCH)
+  return trained.load_model(run[2], batch_size=BATCH)
 
 
 def test_load_for_model_is_exactly_what_preparation_stores(tmp_path):
@@ -111,7 +112,7 @@ def test_the_exported_model_reproduces_the_runs_test_probabilities(run, model):
   assert 'not for diagnosis' in card and '| auroc |' in card and '[' in card  # with a CI
 
   import cxr_jax
-  assert cxr_jax.load_model is exported.load_model  # lazily exported by the package
+  assert cxr_jax.load_model is trained.load_model  # lazily exported by the package
   assert model.class_names == meta['class_names'] and model.image_size == 32
   with np.load(workdir / JOB / 'test_predictions.npz') as f:
     expected = f['probs']
@@ -125,7 +126,7 @@ def test_the_exported_model_reproduces_the_runs_test_probabilities(run, model):
 def test_from_workdir_reproduces_the_runs_test_probabilities(run):
   """The one loader of a trained classifier: rebuilt from W/config.json and best.msgpack."""
   workdir, test_images, _ = run
-  model = exported.from_workdir(workdir, JOB, batch_size=BATCH)
+  model = trained.from_workdir(workdir, JOB, batch_size=BATCH)
   with np.load(workdir / JOB / 'test_predictions.npz') as f:
     expected = f['probs']
   np.testing.assert_allclose(model.predict(test_images), expected, atol=1e-6, rtol=0)
@@ -142,16 +143,16 @@ def test_the_default_job_is_the_best_by_val_score_and_job_picks_another(run, tmp
   result = json.loads((other / 'result.json').read_text())
   result['seed'], result['val_score'] = 1, result['val_score'] + 1.0
   (other / 'result.json').write_text(json.dumps(result))
-  assert exported.select_job(tmp_path)['seed'] == 1
-  assert exported.select_job(tmp_path, JOB)['seed'] == 0
+  assert trained.select_job(tmp_path)['seed'] == 1
+  assert trained.select_job(tmp_path, JOB)['seed'] == 0
   result['val_score'] -= 1.0  # a tie: the first in report order (seed 0)
   (other / 'result.json').write_text(json.dumps(result))
-  assert exported.select_job(tmp_path)['seed'] == 0
+  assert trained.select_job(tmp_path)['seed'] == 0
   with pytest.raises(ValueError, match='no finished fine-tuning job of that name'):
-    exported.select_job(tmp_path, 'finetune/curricular/1/seed0')
+    trained.select_job(tmp_path, 'finetune/curricular/1/seed0')
   (other / 'best.msgpack').unlink()  # an older run's job: a clear error
   with pytest.raises(FileNotFoundError, match='did not keep its selected weights'):
-    exported.load_job(tmp_path, 'finetune/scratch/1/seed1')
+    trained.load_job(tmp_path, 'finetune/scratch/1/seed1')
 
 
 def _read_csv(path):
@@ -240,7 +241,7 @@ def test_onnx_of_a_densenet_matches_jax(tmp_path):
   variables = jax.device_get(state_lib.init_variables(module, jax.random.PRNGKey(0), 1))
   meta = {'class_names': ['a', 'b', 'c'], 'image_size': 32, 'storage_size': 32,
           'channels': 1, 'architecture': arch}
-  model = exported.Model(meta, variables, batch_size=4)
+  model = trained.Model(meta, variables, batch_size=4)
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 1), dtype=np.uint8)
   path = export.write_onnx(model, tmp_path / 'densenet.onnx', batch_size=4)
   session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])

@@ -92,16 +92,17 @@ def test_paper_config_runs_multilabel_and_reports_per_finding_cis(tmp_path, data
     assert results[0]['attention_class_names'] == ['no Edema', 'Edema']
     assert '## Attention: Grad-CAM share inside the lungs' in report
   if dataset == 'nih_cxr14':  # export / load_model carry the task: a sigmoid per finding
-    from cxr_jax import export, exported
+    from cxr_jax import trained
+    from cxr_jax.cli import export
     from cxr_jax.data import pipeline
     out = export.export(workdir, tmp_path / 'model', n_boot=20)
-    model = exported.load_model(out, batch_size=16)
+    model = trained.load_model(out, batch_size=16)
     assert model.multilabel and model.class_names == list(findings)
     assert json.loads((out / 'model.json').read_text())['task'] == 'findings'
     builder = pipeline.get_builder(config.finetune.data, config.data_dir)
     images = pipeline.read_all(pipeline.get_source(builder, 'test'), ('image',))['image']
     np.testing.assert_allclose(model.predict(images), preds['probs'], atol=1e-6, rtol=0)
-    from cxr_jax import predict
+    from cxr_jax.cli import predict
     import csv
     files = sorted((root / 'images').glob('*.png'))[:4]
     assert predict.run(model, files, tmp_path / 'pred.csv', progress=False) == []

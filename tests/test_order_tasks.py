@@ -1,4 +1,4 @@
-"""python -m cxr_jax.order_tasks: the ordering rules on hand-made score tables, and the
+"""python -m cxr_jax.cli.order_tasks: the ordering rules on hand-made score tables, and the
 tool end to end on the tiny phantom (scores = the monitors' logged values, val only;
 curriculum overrides accepted by launch.py's config loader)."""
 import json
@@ -8,8 +8,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from configs import default
-from cxr_jax import embed
-from cxr_jax import order_tasks
+from cxr_jax.cli import embed
+from cxr_jax.cli import order_tasks
 from cxr_jax import pretraining
 from cxr_jax import ssl
 from cxr_jax.data import pipeline

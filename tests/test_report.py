@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from cxr_jax import report
+from cxr_jax.cli import report as report_cli
 from cxr_jax.eval import metrics as M
 from tests.conftest import ROOT
 from tests.oracles import stats
@@ -108,7 +109,7 @@ def _ci(cell):
 
 def test_synthetic_workdir_report(tmp_path, capsys):
   workdir = _make_workdir(tmp_path / 'run')
-  report.main([f'--workdir={workdir}', '--n_boot=200'])
+  report_cli.main([f'--workdir={workdir}', '--n_boot=200'])
   text = (workdir / 'report.md').read_text()
   assert text == capsys.readouterr().out.rstrip('\n') + '\n'
 
@@ -355,7 +356,7 @@ def test_undefined_attention_is_a_dash_with_its_reason(tmp_path):
   """Attention files without lung masks (all lung shares NaN, as a multi-label CheXpert
   run writes them) and the sweep's table: a dash, the reason under the table, no nan."""
   import re
-  from cxr_jax import sweep
+  from cxr_jax.cli import sweep
   from cxr_jax.report import write_report
   workdir = _make_workdir(tmp_path / 'run', seeds=1)
   for path in workdir.glob('finetune/*/*/seed*/attention.npz'):

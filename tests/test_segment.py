@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cxr_jax import segment
+from cxr_jax.cli import segment
 from cxr_jax.models import segmenter
 from cxr_jax.models.unet import UNet
 

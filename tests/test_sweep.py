@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxr_jax import sweep
+from cxr_jax.cli import sweep
 
 
 def test_grid_expands_every_combination_and_names_points():
@@ -101,7 +101,7 @@ def test_failed_points_are_named_and_the_sweep_exits_1(tmp_path, monkeypatch, ca
   template = tmp_path / 'launch.py.point'  # what the fake launch.py leaves in a workdir
   _write_cell(template, 'scratch', 0, labels, probs, patients)
   (template / 'config.json').write_text('{}')
-  monkeypatch.setattr(sweep, '_launch_path', lambda: launch)
+  monkeypatch.setattr(sweep, 'launch_command', lambda: [sys.executable, str(launch)])
   workdir = tmp_path / 'sweep'
   with pytest.raises(SystemExit) as exit_:
     sweep.main(['--config=configs/default.py', f'--workdir={workdir}', '--n_boot=10',
@@ -128,7 +128,7 @@ def test_a_sweep_of_a_bad_key_exits_1_in_one_line(tmp_path):
   import sys
   from tests.conftest import ROOT, subprocess_env
   result = subprocess.run(
-      [sys.executable, '-m', 'cxr_jax.sweep', '--config=configs/default.py',
+      [sys.executable, '-m', 'cxr_jax.cli.sweep', '--config=configs/default.py',
        f'--workdir={tmp_path / "sweep"}', '--grid=pretrain.methodd=byol'],
       cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
   lines = result.stderr.strip().splitlines()

@@ -1,14 +1,14 @@
 """Embeddings of a dataset split by a trained encoder of a workdir:
 
-    python -m cxr_jax.embed --workdir=W (--stage=NAME [--folder=pretrain|pretrain_ssl|pretrain_ssl_matched] |
+    python -m cxr_jax.cli.embed --workdir=W (--stage=NAME [--folder=pretrain|pretrain_ssl|pretrain_ssl_matched] |
         --job=finetune/<init>/<fraction>/seed<k>) --data=BUILDER:SPLIT [--data_dir=...] \\
         [--options=k=v,...] [--image_size=PX] --out=emb.npz
 
 --stage: the encoder of the stage's last Orbax checkpoint, which must be at the stage's
-final step (a finished stage; nothing is trained here): `exported.from_stage` rebuilds the
+final step (a finished stage; nothing is trained here): `trained.from_stage` rebuilds the
 SSL model from W/config.json and restores the weights from that checkpoint directly.
 --job: the encoder of a finished fine-tuning cell's best weights (model selection on val,
-its best.msgpack), through `exported.from_workdir`. Neither reads the labelled splits nor
+its best.msgpack), through `trained.from_workdir`. Neither reads the labelled splits nor
 compiles a training step.
 
 Writes `out` (np.savez_compressed):
@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from cxr_jax import exported
+from cxr_jax import trained
 from cxr_jax.data import pipeline
 from cxr_jax.files import save_npz
 from cxr_jax.train import inference
@@ -41,12 +41,12 @@ from cxr_jax.train import sharding
 def job_encoder(workdir: Path, job: str):
   """(classifier, its best {'params', 'batch_stats'} (model selection on val), the
   fine-tuning image size) of a finished fine-tuning cell 'finetune/<init>/<fraction>/seed<k>'
-  (`exported.from_workdir`)."""
+  (`trained.from_workdir`)."""
   parts = job.strip('/').split('/')
   if len(parts) != 4 or parts[0] != 'finetune' or not parts[3].startswith('seed'):
     raise SystemExit(f'--job={job!r}: give finetune/<init>/<fraction>/seed<k>')
   try:
-    model = exported.from_workdir(workdir, job)
+    model = trained.from_workdir(workdir, job)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(str(e)) from None
   return model.module, model.variables, model.image_size
@@ -97,7 +97,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   workdir = Path(args.workdir)
-  config = exported.config_from_json(workdir / 'config.json')
+  config = trained.config_from_json(workdir / 'config.json')
   name, _, split = args.data.partition(':')
   if not name or not split:
     raise SystemExit(f'--data={args.data!r}: give BUILDER:SPLIT, e.g. phantom:test')
@@ -111,7 +111,7 @@ def main(argv=None):
   mesh = sharding.make_mesh()
   if args.stage:
     try:
-      model, variables, size = exported.from_stage(workdir, args.stage, args.folder, config)
+      model, variables, size = trained.from_stage(workdir, args.stage, args.folder, config)
     except ValueError as e:
       raise SystemExit(str(e)) from None
     what = f'{args.folder}/{args.stage}'

@@ -1,6 +1,6 @@
 """Export a fine-tuned classifier of a workdir as a self-contained model folder.
 
-    python -m cxr_jax.export --workdir=W [--job=finetune/curricular/1/seed0] --out=DIR [--onnx]
+    python -m cxr_jax.cli.export --workdir=W [--job=finetune/curricular/1/seed0] --out=DIR [--onnx]
 
 DIR gets `weights.msgpack`, `model.json` (architecture, input sizes, channels, class names,
 preprocessing, provenance: the run's config, its sha256, the cxr_jax version and git
@@ -8,7 +8,7 @@ commit), `README.md` (the model card: training data, label fraction, regime, see
 metrics with patient-bootstrap 95% CIs, intended use) and, with --onnx, `model.onnx`.
 Load it with `cxr_jax.load_model(DIR)`.
 
-The default job (`exported.select_job`): among the protocol 'finetune' jobs, the one with the
+The default job (`trained.select_job`): among the protocol 'finetune' jobs, the one with the
 highest `val_score` in its result.json (model selection on val, never on test); ties go to
 the first in the report's order (regime, label fraction, seed).
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from flax import serialization
 
-from cxr_jax import exported
+from cxr_jax import trained
 from cxr_jax.eval import bootstrap
 from cxr_jax.models import layers
 from cxr_jax.report import loading
@@ -81,12 +81,12 @@ def model_card(meta: dict, cis: dict | None) -> str:
   lines += ['', '## Use', '', '```python', 'import cxr_jax',
             "model = cxr_jax.load_model('.')",
             "probs = model.predict(model.preprocess('image.png')[None])", '```', '',
-            'or `python -m cxr_jax.predict --model=. --input=FOLDER --output=preds.csv`.',
+            'or `python -m cxr_jax.cli.predict --model=. --input=FOLDER --output=preds.csv`.',
             '', f'Preprocessing: {meta["preprocessing"]}', '']
   return '\n'.join(lines)
 
 
-def write_onnx(model: exported.Model, path: Path, batch_size: int | None = None) -> Path:
+def write_onnx(model: trained.Model, path: Path, batch_size: int | None = None) -> Path:
   """model.onnx of `model.probs_function()` (input float32 [B, image_size, image_size, C]
   in [0, 1] = model.model_inputs(images)); a symbolic batch 'B' unless batch_size.
   Every backbone's stem max-pool is traced as `layers.max_pool_by_slices` (onnxruntime
@@ -105,19 +105,19 @@ def export(workdir, out, job: str | None = None, onnx: bool = False,
            n_boot: int = N_BOOT) -> Path:
   """Writes the model folder `out` of a workdir's job; returns `out`."""
   out = Path(out)
-  meta, variables, result = exported.load_job(workdir, job)
+  meta, variables, result = trained.load_job(workdir, job)
   meta['n_boot'] = n_boot
   out.mkdir(parents=True, exist_ok=True)
-  (out / exported.WEIGHTS).write_bytes(serialization.msgpack_serialize(variables))
-  (out / exported.MODEL_JSON).write_text(json.dumps(meta, indent=2, default=str))
+  (out / trained.WEIGHTS).write_bytes(serialization.msgpack_serialize(variables))
+  (out / trained.MODEL_JSON).write_text(json.dumps(meta, indent=2, default=str))
   (out / 'README.md').write_text(model_card(meta, test_cis(result, n_boot)))
   if onnx:
-    write_onnx(exported.Model(meta, variables), out / 'model.onnx')
+    write_onnx(trained.Model(meta, variables), out / 'model.onnx')
   return out
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m cxr_jax.export', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m cxr_jax.cli.export', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--job', default=None,
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  meta = json.loads((out / exported.MODEL_JSON).read_text())
+  meta = json.loads((out / trained.MODEL_JSON).read_text())
   print(f'exported {meta["provenance"]["job"]} to {out}')
   return 0
 

@@ -1,4 +1,11 @@
-"""Runs an experiment: python launch.py --config=configs/X.py --workdir=DIR [--config.a.b=v ...]
+"""Runs an experiment:
+
+    python -m cxr_jax.cli.launch --config=CONFIG[:ARG] --workdir=DIR [--config.a.b=v ...]
+
+(also `cxr-launch ...` once installed, and `python launch.py ...` from a checkout).
+CONFIG is a config file (`configs/paper.py`) or an installed config by module name
+(`configs.paper`, or `paper` for `configs.paper`), so an installed package runs without a
+checkout: `cxr-launch --config=default --workdir=runs/demo`.
 
 Re-running the same command resumes an interrupted run and skips finished jobs.
 On several hosts, start one process per host with JAX's usual variables (or flags) and
@@ -9,6 +16,7 @@ there or not prepared, prepared data built from other files, a workdir in use, a
 disk, a diverged run) is printed as one line `error: ...` and the exit code is 1;
 `--verbose` prints the traceback before it.
 """
+import importlib
 import importlib.util
 import logging
 import os
@@ -62,13 +70,10 @@ def load_config(argv: list[str]):
   """
   given = [a for a in argv[1:] if a.startswith('--config=')]
   if len(given) != 1:
-    sys.exit('error: give the config file once: --config=configs/X.py[:arg]')
-  path, _, arg = given[0].split('=', 1)[1].partition(':')
-  spec = importlib.util.spec_from_file_location('_config_module', path)
-  if spec is None or not os.path.isfile(path):
-    sys.exit(f'error: --config={path}: no such config file')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+    sys.exit('error: give the config once: --config=configs/X.py[:arg] (a file) or '
+             '--config=X[:arg] (an installed config, configs.X)')
+  name, _, arg = given[0].split('=', 1)[1].partition(':')
+  module = config_module(name)
   try:
     config = module.get_config(arg) if arg else module.get_config()
   except ValueError as e:  # a config argument: the message names it and what it allows
@@ -79,6 +84,33 @@ def load_config(argv: list[str]):
       continue
     rest += _expand(config, a) if a.startswith('--config.') else [a]
   return config, rest
+
+
+def config_module(name: str):
+  """The config module of `--config=NAME`: a file (`configs/paper.py`), else an importable
+  module (`configs.paper`), else `configs.NAME` (`paper`: a config of the installed
+  package). SystemExit naming what was tried when none is found."""
+  if name.endswith('.py') or os.sep in name or os.path.isfile(name):
+    if not os.path.isfile(name):
+      sys.exit(f'error: --config={name}: no such config file')
+    folder = os.path.dirname(os.path.abspath(name))
+    if os.path.isfile(os.path.join(folder, '__init__.py')):
+      # a config inside a package (the checkout's configs/) imports its siblings as
+      # `configs.common`: the checkout's own, before any installed copy
+      sys.path.insert(0, os.path.dirname(folder))
+    spec = importlib.util.spec_from_file_location('_config_module', name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  tried = [name] if name.startswith('configs.') else [name, f'configs.{name}']
+  for candidate in (tried if '.' in name else tried[::-1]):
+    try:
+      return importlib.import_module(candidate)
+    except ModuleNotFoundError as e:
+      if e.name is None or not candidate.startswith(e.name):
+        raise  # the config itself imports something missing: not a wrong name
+  sys.exit(f'error: --config={name}: no such config file, nor config module '
+           f'({" or ".join(tried)})')
 
 
 def _expand(config, arg: str) -> list[str]:
@@ -164,11 +196,15 @@ def main(argv):
   print(f'report: {os.path.join(_WORKDIR.value, "report.md")}')
 
 
-if __name__ == '__main__':
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  config, argv = load_config(sys.argv)
+def run(argv: list[str] | None = None):
+  """The command: loads the config, defines the --config flag over it, runs `main`."""
+  config, argv = load_config(list(sys.argv if argv is None else argv))
   # sys_argv: ml_collections reads the overrides from sys.argv by default, where
   # --config=FILE (a config file's flag) makes it wait for a value it never gets here
   config_flags.DEFINE_config_dict('config', config, 'The run\'s config (--config=FILE[:ARG]).',
                                   lock_config=True, sys_argv=argv)
   app.run(main, argv=argv, flags_parser=_parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,7 +1,7 @@
 """Orders a curriculum of pretext tasks: each candidate trained alone for an equal, short
 budget, scored on val, and the stage list written by a documented rule.
 
-    python -m cxr_jax.order_tasks --config=configs/default.py[:arg] --workdir=W \\
+    python -m cxr_jax.cli.order_tasks --config=configs/default.py[:arg] --workdir=W \\
         --tasks=rotation,jigsaw,simclr [--steps=N] [--rule=ascending] [--score=mean] \\
         [--stage=NAME] [--config.a.b=v ...]
 
@@ -67,6 +67,7 @@ from cxr_jax import platform
 from cxr_jax import pretraining
 from cxr_jax import ssl
 from cxr_jax import vocab
+from cxr_jax.cli import launch
 from cxr_jax.data import pipeline
 from cxr_jax.data import schema
 from cxr_jax.eval import metrics as M
@@ -143,25 +144,11 @@ def choose(rows: dict[str, dict], rule: str, score: str) -> tuple[list[str], dic
 
 # ------------------------------------------------------------------------------ config
 
-def _launch_module():
-  """launch.py of this checkout (its config loader: file, shorthands, unknown keys)."""
-  # a function-local import: launch.py is the repository's entry script, not a package
-  # module; found upwards from here so the module may move to a subpackage
-  for folder in Path(__file__).resolve().parents:
-    if (folder / 'launch.py').exists():
-      if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-      import launch  # the entry script, not a package module
-      return launch
-  raise SystemExit(f'cxr_jax.order_tasks reads configs with launch.py; none found above '
-                   f'{Path(__file__).resolve().parent}')
-
-
 def parse_config(argv: list[str]) -> ml_collections.ConfigDict:
   """The config of `['prog', '--config=FILE[:ARG]', '--config.a.b=v', ...]`, loaded and
-  overridden exactly as launch.py does (`launch.load_config`, then ml_collections' flag
+  overridden exactly as the launcher does (`launch.load_config`, then ml_collections' flag
   parser over a private flag registry)."""
-  config, rest = _launch_module().load_config(list(argv))
+  config, rest = launch.load_config(list(argv))
   values = flags.FlagValues()
   config_flags.DEFINE_config_dict('config', config, flag_values=values, lock_config=True,
                                   sys_argv=rest)
@@ -402,7 +389,7 @@ def write_outputs(workdir: Path, rows: dict[str, dict], rule: str, score: str,
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else list(argv)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--config', required=True, help='config file[:arg], as for launch.py')
+  parser.add_argument('--config', required=True, help='config file[:arg], as for cxr_jax.cli.launch')
   parser.add_argument('--workdir', required=True, help='the candidates\' runs and the outputs')
   parser.add_argument('--tasks', required=True,
                       help=f'comma-separated candidates among {", ".join(ssl.METHODS)}')
@@ -428,7 +415,7 @@ def main(argv=None):
   config = parse_config(['order_tasks', f'--config={args.config}', *extra])
   platform.setup()
   if not jax.config.jax_compilation_cache_dir:  # the candidates share compiled programs
-    # launch.py's default cache, so the candidates also reuse a run's compiled programs
+    # the launcher's default cache, so the candidates also reuse a run's compiled programs
     cache = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'cxr_jax' / 'jax'
     jax.config.update('jax_compilation_cache_dir', str(cache))
     jax.config.update('jax_compilation_cache_max_size', 4 * 2**30)
@@ -436,7 +423,7 @@ def main(argv=None):
   logging.getLogger('cxr_jax').setLevel(logging.INFO)
   workdir = Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  command = ' '.join(['python -m cxr_jax.order_tasks', *argv])
+  command = ' '.join(['python -m cxr_jax.cli.order_tasks', *argv])
   with workdir_lib.lock(workdir, active=jax.process_index() == 0):
     rows, index = run_candidates(config, workdir, tasks, args.steps, args.stage)
     chosen = (write_outputs(workdir, rows, args.rule, args.score, index,

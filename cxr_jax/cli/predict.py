@@ -1,9 +1,9 @@
 """Score new chest X-rays with a trained classifier.
 
-    python -m cxr_jax.predict --model=MODEL_DIR_OR_WORKDIR --input=FILE|FOLDER|CSV \\
+    python -m cxr_jax.cli.predict --model=MODEL_DIR_OR_WORKDIR --input=FILE|FOLDER|CSV \\
         --output=preds.csv [--gradcam=DIR] [--job=finetune/curricular/1/seed0] [--batch_size=32]
 
---model: an exported model folder (python -m cxr_jax.export) or a run's workdir (its best
+--model: an exported model folder (python -m cxr_jax.cli.export) or a run's workdir (its best
 fine-tuned job by val score, as export chooses; --job picks another). --input: one image
 file, a folder (its PNG/JPEG/DICOM/... files, recursively, sorted) or a CSV with a `path`
 column (relative to the CSV's folder, or absolute). Every file goes through the
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cxr_jax import exported
+from cxr_jax import trained
 from cxr_jax.explain import overlay
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.dcm', '.dicom', '.dic', '.bmp', '.tif',
@@ -52,15 +52,15 @@ def list_inputs(path) -> list[Path]:
 
 
 def open_model(model: str, job: str | None = None, batch_size: int = 32):
-  """An exported folder (has model.json) or a workdir (`exported.from_workdir`)."""
-  if (Path(model) / exported.MODEL_JSON).exists():
+  """An exported folder (has model.json) or a workdir (`trained.from_workdir`)."""
+  if (Path(model) / trained.MODEL_JSON).exists():
     if job:
       raise ValueError('--job applies to a workdir; --model is an exported model folder')
-    return exported.load_model(model, batch_size=batch_size)
+    return trained.load_model(model, batch_size=batch_size)
   if not (Path(model) / 'config.json').exists():
     raise ValueError(f'--model {model} is neither an exported model folder (model.json) '
                      'nor a workdir (config.json)')
-  return exported.from_workdir(model, job, batch_size=batch_size)
+  return trained.from_workdir(model, job, batch_size=batch_size)
 
 
 def read_images(model, files) -> tuple[list[Path], list[np.ndarray], list[tuple[Path, str]]]:
@@ -133,7 +133,7 @@ def run(model, files, output: Path, gradcam: Path | None = None, progress: bool 
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m cxr_jax.predict', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m cxr_jax.cli.predict', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--model', required=True, help='exported model folder or workdir')
   parser.add_argument('--input', required=True, help='image file, folder, or CSV (`path`)')

@@ -1,6 +1,6 @@
 """Train a lung segmenter (a small U-Net) on datasets with lung masks; predict masks.
 
-    python -m cxr_jax.segment --workdir=W --train=cxr_collection:DIR[:OPTIONS] \
+    python -m cxr_jax.cli.segment --workdir=W --train=cxr_collection:DIR[:OPTIONS] \
         [--train=covid_qu_ex:DIR:config=lung] [--external=covid_qu_ex:DIR:config=infection] \
         [--size=64] [--steps=300] [--batch_size=16]
 

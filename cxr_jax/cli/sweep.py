@@ -1,19 +1,19 @@
 """A grid of config overrides, each point its own run, and one table of their results.
 
-    python -m cxr_jax.sweep --config=configs/default.py --workdir=runs/sweep \
+    python -m cxr_jax.cli.sweep --config=configs/default.py --workdir=runs/sweep \
         --grid='pretrain.method=byol,moco;pretrain.optimizer.lr=1e-3,3e-3' \
         [--config.finetune.num_seeds=5 ...]
 
 `--grid`: axes separated by ';', each `key=value,value,...` (keys as after `--config.`,
-e.g. `pretrain.stages[1].strength`; shorthands as in launch.py); the points are every
-combination. Each point is a run of `launch.py` in `<workdir>/<point>/` (its name: the
+e.g. `pretrain.stages[1].strength`; shorthands as for the launcher); the points are every
+combination. Each point is a run of `cxr_jax.cli.launch` in `<workdir>/<point>/` (its name: the
 point's `key=value` pairs joined by '+'), in a process of its own, with the other
 `--config.` flags given here applied to every point. Like any run, a point resumes from
 its checkpoints and skips finished jobs, so the same command finishes an interrupted
 sweep, and a grid with more values runs only the new points.
 A point whose run fails (a bad value on its axis, a diverged run) does not stop the
-others; at the end the sweep names every failed point with its one-line error (launch.py's
-`error:` line; `--verbose` passes launch.py's tracebacks through) and exits with 1, after
+others; at the end the sweep names every failed point with its one-line error (the launcher's
+`error:` line; `--verbose` passes the launcher's tracebacks through) and exits with 1, after
 writing the table of the points that succeeded.
 
 Scratch fine-tuning does not depend on pretraining: when every grid key is under
@@ -25,7 +25,7 @@ training them again.
 test macro AUROC over seeds and, for every regime but scratch, the paired difference
 from scratch with its 95% patient-bootstrap CI and p (the report's statistics,
 `cxr_jax.eval.bootstrap`); each point's own report.md has the rest.
-`python -m cxr_jax.sweep --workdir=W --table_only` rewrites the table from what is there.
+`python -m cxr_jax.cli.sweep --workdir=W --table_only` rewrites the table from what is there.
 
 Cost: a point costs its run. Demo-sized points (configs/default.py, 3 seeds) took 2.5-12
 minutes each on a 2-core CPU VM shared with other jobs (jax 0.10.2, 2026-12-01; the
@@ -82,11 +82,10 @@ def point_name(point: dict[str, str]) -> str:
   return '+'.join(f'{k}={v}' for k, v in point.items()).replace('/', '_')
 
 
-def _launch_path() -> Path:
-  path = Path(__file__).resolve().parents[1] / 'launch.py'
-  if not path.exists():
-    raise SystemExit(f'cxr_jax.sweep runs launch.py from the repository; not found at {path}')
-  return path
+def launch_command() -> list[str]:
+  """The command that runs one point: the launcher of the installed package, in a process
+  of its own (the same Python; no checkout needed)."""
+  return [sys.executable, '-m', 'cxr_jax.cli.launch']
 
 
 def copy_scratch(source: Path, target: Path) -> int:
@@ -105,9 +104,9 @@ def copy_scratch(source: Path, target: Path) -> int:
 
 
 def _run_point(args: list[str]) -> tuple[int, str]:
-  """Runs one point's launch.py, its stdout and stderr passed through as they come
+  """Runs one point's launcher, its stdout and stderr passed through as they come
   (progress bars included); returns its exit code and its one-line error: the `error: `
-  line launch.py ends with (not passed through: the sweep repeats it), else the last line
+  line the launcher ends with (not passed through: the sweep repeats it), else the last line
   it wrote to stderr (a traceback's), '' when it succeeded."""
   proc = subprocess.Popen(args, stderr=subprocess.PIPE)
   out = getattr(sys.stderr, 'buffer', None)
@@ -158,7 +157,7 @@ def run_sweep(config: str, workdir: Path, axes, extra: list[str]) -> list[dict]:
     if share_scratch:
       for earlier in done:
         copy_scratch(workdir / earlier, target)
-    args = [sys.executable, str(_launch_path()), f'--config={config}', f'--workdir={target}',
+    args = [*launch_command(), f'--config={config}', f'--workdir={target}',
             *[f'--config.{k}={v}' for k, v in point.items()], *extra]
     print(f'[sweep] {name}', flush=True)
     start = time.time()
@@ -244,14 +243,14 @@ def write_table(workdir: Path, n_boot: int = 1000, seed: int = 0) -> Path:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--config', help='config file[:arg], as for launch.py')
+  parser.add_argument('--config', help='config file[:arg], as for cxr_jax.cli.launch')
   parser.add_argument('--workdir', required=True, help='parent folder of the points')
   parser.add_argument('--grid', default='', help="'key=v1,v2;key2=v3,v4'")
   parser.add_argument('--table_only', action='store_true',
                       help='only (re)write <workdir>/sweep.md from the points there')
   parser.add_argument('--n_boot', type=int, default=1000, help='bootstrap resamples')
   parser.add_argument('--verbose', action='store_true',
-                      help="each point's launch.py prints its error's traceback too")
+                      help="each point's launcher prints its error's traceback too")
   args, extra = parser.parse_known_args(argv)
   unknown = [a for a in extra if not a.startswith('--config.')]
   if unknown:

@@ -10,7 +10,7 @@ holds the pixel side of that contract so that all builders agree on it:
   resize_pad(x, S)       -> [S, S] keeping aspect; area for images, nearest for masks
   to_uint8(x)            -> uint8 image from a [0, 1] float image
   load_for_model(path, S) -> uint8 [S, S, 1]: a file as preparation stores it and as
-                           prediction (cxr_jax.predict, load_model) reads it -- one function
+                           prediction (cxr_jax.cli.predict, load_model) reads it -- one function
   encode_item(item, S)   -> the stored record of one listed example (`ImageItem`)
 """
 from __future__ import annotations

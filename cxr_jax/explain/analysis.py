@@ -90,7 +90,7 @@ def overlay_indices(labels, per_class: int) -> np.ndarray:
 def marker_region_masks(confounder, size: int) -> np.ndarray:
   """Where the phantom's burned-in marker can be, per image (for `extra_masks`).
 
-  The phantom (`cxr_jax.data.builders.phantom.render`) draws an m x m glyph,
+  The phantom (`cxr_jax.data.phantom_render.render`) draws an m x m glyph,
   m = max(3, round(0.09 S)), at corner v (0 top-left, 1 top-right, 2 bottom-left,
   3 bottom-right), inset by off = max(1, round(0.03 S)) plus a jitter of up to
   J = max(1, int(0.03 S)) pixels per axis. The region returned is the union of all

@@ -1,4 +1,4 @@
-"""A trained lung segmenter (`python -m cxr_jax.segment` writes it): the U-Net applied to
+"""A trained lung segmenter (`python -m cxr_jax.cli.segment` writes it): the U-Net applied to
 images of any size, and `load(folder)` of what training wrote; `mask_choice` reads
 config.explain.masks ('dataset' or 'segmenter:<folder>').
 """
@@ -28,7 +28,7 @@ def mask_choice(masks: str) -> tuple[str, str]:
   if masks.startswith(SEGMENTER_PREFIX) and masks[len(SEGMENTER_PREFIX):].strip():
     return 'segmenter', masks[len(SEGMENTER_PREFIX):].strip()
   raise ValueError(f"config.explain.masks={masks!r}: 'dataset' (the set's own lung masks) "
-                   "or 'segmenter:<folder written by python -m cxr_jax.segment>'")
+                   "or 'segmenter:<folder written by python -m cxr_jax.cli.segment>'")
 
 
 class Segmenter:
@@ -75,11 +75,11 @@ def save(workdir: Path, variables, features, image_size: int, meta: dict):
 
 
 def load(folder) -> Segmenter:
-  """The segmenter `python -m cxr_jax.segment` wrote to `folder`."""
+  """The segmenter `python -m cxr_jax.cli.segment` wrote to `folder`."""
   folder = Path(folder)
   if not (folder / WEIGHTS).exists() or not (folder / META).exists():
     raise FileNotFoundError(f'{folder}: no trained segmenter ({WEIGHTS} and {META}); train '
-                            'one with python -m cxr_jax.segment --workdir=FOLDER --train=...')
+                            'one with python -m cxr_jax.cli.segment --workdir=FOLDER --train=...')
   meta = json.loads((folder / META).read_text())
   return Segmenter(files.load_weights(folder / WEIGHTS), meta['features'],
                    meta['image_size'], meta)

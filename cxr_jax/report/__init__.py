@@ -1,6 +1,9 @@
 """The run's report, regenerable from the workdir alone:
 
-    python -m cxr_jax.report --workdir=W [--n_boot=1000] [--seed=0]
+    python -m cxr_jax.cli.report --workdir=W [--n_boot=1000] [--seed=0]
+
+(or `python -m cxr_jax.report ...`, `cxr-report ...` once installed; library:
+`write_report(W)`).
 
 Reads, under W (nothing else):
   config.json                                   the run's config (confounder detection)
@@ -42,7 +45,6 @@ Modules: `loading` (the files), `attention` (attention summaries), `figures` (PN
 """
 from __future__ import annotations
 
-import argparse
 import html
 from pathlib import Path
 
@@ -96,13 +98,3 @@ def write_report(workdir, n_boot: int = 1000, seed: int = 0) -> Path:
   for section in sections.SECTIONS:
     lines += section(run)
   return _write(workdir, lines)
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', required=True)
-  parser.add_argument('--n_boot', type=int, default=1000,
-                      help='bootstrap resamples for CIs and paired tests (0: none)')
-  parser.add_argument('--seed', type=int, default=0, help='bootstrap seed')
-  args = parser.parse_args(argv)
-  print(write_report(args.workdir, n_boot=args.n_boot, seed=args.seed).read_text())

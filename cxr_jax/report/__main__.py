@@ -1,4 +1,4 @@
-"""python -m cxr_jax.report --workdir=W [--n_boot=1000] [--seed=0]"""
-from cxr_jax.report import main
+"""python -m cxr_jax.report --workdir=W: the command `cxr_jax.cli.report`, by its old name."""
+from cxr_jax.cli import report
 
-main()
+report.main()

@@ -371,7 +371,7 @@ def attention_shares(run: Run) -> list[str]:
               'No lung masks were available for the explained images (a dataset without '
               "masks, config.explain.masks='dataset'), so no attention was measured; use "
               'config.explain.data (a masked set) or config.explain.masks='
-              "'segmenter:<folder>' (python -m cxr_jax.segment).", '']
+              "'segmenter:<folder>' (python -m cxr_jax.cli.segment).", '']
     return []
   regions = sorted({k.rsplit('_share_pred', 1)[0] for a in run.atts.values()
                     for k in attention.share_keys(a)}, key=lambda r: (r != 'lung', r))

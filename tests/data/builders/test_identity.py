@@ -7,6 +7,7 @@ import types
 
 import pytest
 
+from cxr_jax.cli import prepare as prepare_cli
 from cxr_jax.data import identity, pipeline, prepare
 from cxr_jax.data.builders import _common, image_folder
 from cxr_jax.data.identity import DataIdentityError
@@ -58,7 +59,7 @@ def test_another_source_is_refused_naming_both(h, tmp_path, capsys):
   with pytest.raises(DataIdentityError, match='another folder'):
     pipeline.get_builder(spec, str(data_dir))
   # The command line prints the message, exit status 1.
-  rc = prepare.main(['--dataset=image_folder', f'--manual_dir={b}', f'--data_dir={data_dir}',
+  rc = prepare_cli.main(['--dataset=image_folder', f'--manual_dir={b}', f'--data_dir={data_dir}',
                      '--size=16', '--workers=1'])
   assert rc == 1 and str(b.resolve()) in capsys.readouterr().err
   # Without a manual_dir the prepared data is read as it is.

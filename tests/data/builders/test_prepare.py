@@ -4,6 +4,7 @@ import re
 import numpy as np
 import pytest
 
+from cxr_jax.cli import prepare as prepare_cli
 from cxr_jax.data import prepare
 
 
@@ -16,7 +17,7 @@ def _folder(h, root, n_per_class):
 
 def test_cli_prepares_and_reports(h, tmp_path, capsys):
   root = _folder(h, tmp_path / 'imgs', 3)
-  rc = prepare.main(['--dataset=image_folder', f'--manual_dir={root}',
+  rc = prepare_cli.main(['--dataset=image_folder', f'--manual_dir={root}',
                      f'--data_dir={tmp_path / "tfds"}', '--size=16', '--workers=1',
                      '--option=split_seed=3'])
   out = capsys.readouterr().out
@@ -31,7 +32,7 @@ def test_cli_bad_input_exit_code_and_message(h, tmp_path, capsys):
   root = tmp_path / 'x'
   h.save(root / 'ok.png', h.chest())
   h.write(root / 'labels.csv', 'path,label\nok.png,a\nmissing.png,b\n')
-  rc = prepare.main(['--dataset=image_folder', f'--manual_dir={root}',
+  rc = prepare_cli.main(['--dataset=image_folder', f'--manual_dir={root}',
                      f'--data_dir={tmp_path / "tfds"}', '--workers=1'])
   err = capsys.readouterr().err
   assert rc == 1
