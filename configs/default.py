@@ -123,7 +123,7 @@ def get_config(arg=None):
                                             # ssl_matched (the ssl stage alone for as many
                                             # images as the curriculum), curricular
   c.finetune.protocols = 'finetune'         # comma-separated: finetune, linear, knn
-  c.finetune.imagenet_checkpoint = ''       # a converted .msgpack (python -m cxr_jax.models.convert)
+  c.finetune.imagenet_checkpoint = ''       # a converted .msgpack (python -m cxr_jax.cli.convert)
   c.finetune.label_fractions = (1.0,)       # fractions of the train split's patients
   c.finetune.num_seeds = 3
   c.finetune.steps = 200

@@ -37,7 +37,7 @@ Real data (meant for one GPU; prepare the data first, see docs/datasets.md):
   chest X-rays. Regimes scratch, ssl (stage 2 alone, from scratch), ssl_matched (stage 2
   alone for as many images as both stages), curricular, and
   imagenet when `imagenet=` names a converted checkpoint (python -m
-  cxr_jax.models.convert, see docs/paper.md); stage1_init=imagenet starts the curriculum
+  python -m cxr_jax.cli.convert, see docs/paper.md); stage1_init=imagenet starts the curriculum
   from it. Label fractions 0.01, 0.1, 1.0; 3 seeds.
   Expected runtime: not yet measured (on one H100: not yet measured).
 
@@ -130,7 +130,7 @@ def get_config(arg=None):
     raise ValueError(f'configs/paper.py: stage1_init={a.stage1_init!r}; scratch or imagenet')
   if a.stage1_init == 'imagenet' and not a.imagenet:
     raise ValueError('configs/paper.py: stage1_init=imagenet needs imagenet=<converted '
-                     'checkpoint .msgpack> (python -m cxr_jax.models.convert)')
+                     'checkpoint .msgpack> (python -m cxr_jax.cli.convert)')
 
   c = default.get_config()  # the phantom demo; the study changes fields, keeps the rest
   c.data_dir = a.data_dir
@@ -157,7 +157,7 @@ def get_config(arg=None):
     c.finetune.label_fractions = tuple(float(f) for f in _list(a.fractions))
   c.finetune.num_seeds = a.seeds
   c.finetune.protocols = ','.join(_list(a.protocols))  # finetune, linear, knn
-  c.finetune.imagenet_checkpoint = a.imagenet  # converted encoder (cxr_jax.models.convert)
+  c.finetune.imagenet_checkpoint = a.imagenet  # converted encoder (python -m cxr_jax.cli.convert)
   c.pretrain.init = a.stage1_init             # 'imagenet': curricular stage 1 starts from it
   c.pretrain.ssl_stage = ''                   # the stage run alone as 'ssl' ('' = the last)
   if a.imagenet:

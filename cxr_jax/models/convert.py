@@ -1,10 +1,11 @@
-"""Import supervised ImageNet weights from a torchvision or timm ResNet/DenseNet checkpoint.
+"""Import supervised ImageNet weights from a torchvision or timm ResNet/DenseNet checkpoint:
+reading the file, the family registry, the encoder file format.
 
 The 'imagenet' initialisation regime starts fine-tuning (or curricular stage 1) from a
 supervised ImageNet ResNet that the user already has on disk, since nothing can be
 downloaded at run time:
 
-    python -m cxr_jax.models.convert --src=resnet50-11ad3fa6.pth --arch=resnet50 \
+    python -m cxr_jax.cli.convert --src=resnet50-11ad3fa6.pth --arch=resnet50 \
         --out=imagenet_resnet50.msgpack [--in_channels=1] [--normalize=imagenet]
 
 The source is a torchvision (`torchvision.models.resnet50().state_dict()`) or timm
@@ -40,6 +41,11 @@ modules 'norm.1', 'conv.2', ...; they are renamed as torchvision's own loader do
 first convolution (conv0) and norm (norm0) take the channel fold and the normalisation
 below exactly as conv1/bn1 of a ResNet.
 
+Each family's mapping sits beside its model, big_vision's `load()` pattern:
+`resnet_convert.py` (`convert_torch_resnet`) and `densenet_convert.py`
+(`convert_torch_densenet`), over what they share in `torch_weights.py`; here
+`convert_state_dict(state_dict, arch)` picks the family by `arch`.
+
 `num_batches_tracked` buffers are ignored. The converted encoder is meant for
 `build_encoder(arch, width=1.0, stem='imagenet')` (config.model.width=1.0,
 config.model.stem='imagenet').
@@ -66,138 +72,34 @@ mismatch (width, stem, arch) instead of silently keeping random weights.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import re
 from typing import Any, Mapping
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from cxr_jax.models import densenet_convert
+from cxr_jax.models import resnet_convert
+from cxr_jax.models import torch_weights
 from cxr_jax.models.merge import merge_strict
-from cxr_jax.models.registry import build_encoder
 from cxr_jax.models.registry import ENCODERS
+from cxr_jax.models.torch_weights import (  # noqa: F401  (re-exported)
+    IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, flax_shapes, strip_prefix)
 
-# torchvision's ImageNet input normalisation (transforms.Normalize in its model cards).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZATIONS = {'imagenet': (IMAGENET_MEAN, IMAGENET_STD)}
-
-# flax leaf -> torch parameter name (conv/dense 'kernel', BN 'scale'/'bias'/'mean'/'var')
-_LEAF_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
-               'var': 'running_var'}
-_BLOCK = re.compile(r'^stage(\d+)_block(\d+)$')
+# the families' torch namings and converters, by the `ENCODERS` names of each
+FAMILIES = {'resnet': (resnet_convert.FAMILY, resnet_convert.convert_torch_resnet),
+            'densenet': (densenet_convert.FAMILY, densenet_convert.convert_torch_densenet)}
 # wrappers that training scripts put around a state dict
 _CONTAINER_KEYS = ('state_dict', 'model_state_dict', 'model', 'module', 'net')
 
 
-_DENSE_LAYER = re.compile(r'^denseblock(\d+)_denselayer(\d+)$')
-# torchvision's DenseNet loader: 'denselayer1.norm.1.weight' -> 'denselayer1.norm1.weight'
-_OLD_DENSENET_KEY = re.compile(
-    r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$')
-
-# per family: torch keys of the first convolution, of the norm after it, and the head prefix
-_FAMILIES = {
-    'resnet': {'conv': 'conv1.weight', 'norm': 'bn1', 'head': 'fc.'},
-    'densenet': {'conv': 'features.conv0.weight', 'norm': 'features.norm0',
-                 'head': 'classifier.'},
-}
-
-
-def _family(arch: str) -> str:
-  return 'densenet' if arch.startswith('densenet') else 'resnet'
-
-
-def _densenet_torch_prefix(module: str) -> str:
-  """Torch module path of a flax module name in a DenseNet (top level or nested)."""
-  if module == 'head':
-    return 'classifier'
-  m = _DENSE_LAYER.match(module)
-  if m:
-    return f'features.denseblock{m.group(1)}.denselayer{m.group(2)}'
-  if module in ('conv0', 'norm0', 'norm5') or module.startswith('transition'):
-    return f'features.{module}'
-  return module  # norm1/conv1/norm2/conv2 in a layer, norm/conv in a transition
-
-
-def _torch_prefix(module: str) -> str:
-  """Torch module path of a flax module name at the ResNet's top level or in a block."""
-  if module == 'conv_init':
-    return 'conv1'
-  if module == 'bn_init':
-    return 'bn1'
-  if module == 'head':
-    return 'fc'
-  if module == 'proj_conv':
-    return 'downsample.0'
-  if module == 'proj_bn':
-    return 'downsample.1'
-  m = _BLOCK.match(module)
-  if m:
-    return f'layer{m.group(1)}.{m.group(2)}'
-  return module  # conv1..3 and bn1..3 inside a block keep their names
-
-
-def torch_key(collection: str, path: tuple[str, ...], arch: str = 'resnet18') -> str:
-  """The torch state-dict key of one flax leaf.
-
-  Args:
-    collection: 'params' or 'batch_stats'.
-    path: the leaf's path inside the encoder's collection, e.g.
-      ('stage2_block0', 'proj_bn', 'scale').
-    arch: the encoder (only its family, ResNet or DenseNet, matters).
-
-  Returns:
-    e.g. 'layer2.0.downsample.1.weight', or for a DenseNet
-    'features.denseblock1.denselayer2.norm1.running_var'.
-  """
-  *modules, leaf = path
-  if leaf not in _LEAF_TORCH:
-    raise ValueError(f'no torch name for flax {collection}/{"/".join(path)}')
-  to_torch = _densenet_torch_prefix if _family(arch) == 'densenet' else _torch_prefix
-  prefix = '.'.join(to_torch(m) for m in modules)
-  name = _LEAF_TORCH[leaf]
-  return f'{prefix}.{name}'
-
-
-def _flax_to_torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-  if len(shape) == 4:  # conv kernel [kh, kw, I, O] <- torch [O, I, kh, kw]
-    return (shape[3], shape[2], shape[0], shape[1])
-  if len(shape) == 2:  # dense kernel [I, O] <- torch [O, I]
-    return (shape[1], shape[0])
-  return tuple(shape)
-
-
-def _to_flax(value: np.ndarray) -> np.ndarray:
-  if value.ndim == 4:
-    return np.transpose(value, (2, 3, 1, 0))
-  if value.ndim == 2:
-    return value.T
-  return value
-
-
-def _encoder(arch: str, num_classes: int | None = None):
-  if arch not in ENCODERS:
-    raise ValueError(f'unknown arch {arch!r}; the converter knows {sorted(ENCODERS)}')
-  return build_encoder(arch, width=1.0, stem='imagenet', num_classes=num_classes)
-
-
-def flax_shapes(arch: str, in_channels: int = 1, num_classes: int | None = None) -> dict:
-  """Shapes of the ResNet variables {'params': ..., 'batch_stats': ...} (nested dicts).
-
-  Args:
-    arch: a name in `ENCODERS` (resnet18/34/50, densenet121/169).
-    in_channels: input channels of the first convolution.
-    num_classes: None for the encoder alone, else the size of a 'head' Dense layer.
-  """
-  model = _encoder(arch, num_classes)
-  # 64 px is enough for shapes: parameter shapes do not depend on the image size
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 64, 64, in_channels), jnp.float32), train=False))
-  return jax.tree_util.tree_map(lambda s: tuple(s.shape), flax.core.unfreeze(shapes),
-                                is_leaf=lambda x: hasattr(x, 'shape'))
+def family_of(arch: str) -> str:
+  """'resnet' or 'densenet': the family whose converter reads an `arch` checkpoint."""
+  for name, (family, _) in FAMILIES.items():
+    if arch in family.archs:
+      return name
+  raise ValueError(f'unknown arch {arch!r}; the converter knows {sorted(ENCODERS)}')
 
 
 def torch_key_shapes(arch: str, in_channels: int = 3,
@@ -209,152 +111,26 @@ def torch_key_shapes(arch: str, in_channels: int = 3,
     in_channels: input channels of torch's first conv (3 for ImageNet checkpoints).
     num_classes: classes of fc / classifier (1000 for ImageNet); None leaves it out.
   """
-  shapes = flax_shapes(arch, in_channels, num_classes)
-  flat = flax.traverse_util.flatten_dict(shapes, is_leaf=lambda _, v: isinstance(v, tuple))
-  return {torch_key(path[0], path[1:], arch): _flax_to_torch_shape(shape)
-          for path, shape in flat.items()}
+  family, _ = FAMILIES[family_of(arch)]
+  return torch_weights.torch_key_shapes(family, arch, in_channels, num_classes)
 
 
-def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """Drops a 'module.' (DataParallel) or 'model.' prefix shared by every key, and renames
-  old torchvision DenseNet keys ('denselayer1.norm.1.weight' -> 'denselayer1.norm1.weight')."""
-  keys = list(state_dict)
-  out = dict(state_dict)
-  for prefix in ('module.', 'model.'):
-    if keys and all(k.startswith(prefix) for k in keys):
-      out = {k[len(prefix):]: v for k, v in state_dict.items()}
-      break
-  return {_OLD_DENSENET_KEY.sub(r'\1\2', k): v for k, v in out.items()}
-
-
-def _mismatch_report(state_dict: Mapping[str, np.ndarray], arch: str, in_channels_src: int,
-                     num_classes: int | None) -> str | None:
-  """Why `state_dict` is not an `arch` checkpoint, or None when it is one."""
-  expected = torch_key_shapes(arch, in_channels_src, num_classes)
-  head = _FAMILIES[_family(arch)]['head']
-  present = {k: tuple(np.shape(v)) for k, v in state_dict.items()
-             if not k.endswith('num_batches_tracked') and
-             not (num_classes is None and k.startswith(head))}
-  missing = sorted(set(expected) - set(present))
-  unexpected = sorted(set(present) - set(expected))
-  wrong = sorted(k for k in set(expected) & set(present) if expected[k] != present[k])
-  if not (missing or unexpected or wrong):
-    return None
-  show = lambda keys: ', '.join(keys[:5]) + (f' ... ({len(keys)} in all)' if len(keys) > 5 else '')
-  parts = []
-  if missing:
-    parts.append(f'missing keys: {show(missing)}')
-  if unexpected:
-    parts.append(f'unexpected keys: {show(unexpected)}')
-  if wrong:
-    parts.append('shape mismatch: ' + '; '.join(
-        f'{k} is {present[k]}, {arch} expects {expected[k]}' for k in wrong[:5]) +
-                 (f' ... ({len(wrong)} in all)' if len(wrong) > 5 else ''))
-  return '; '.join(parts)
-
-
-def _guess_arch(state_dict, in_channels_src, num_classes, family: str) -> str | None:
-  for other in sorted(a for a in ENCODERS if _family(a) == family):
-    if _mismatch_report(state_dict, other, in_channels_src, num_classes) is None:
-      return other
-  return None
-
-
-def convert_torch_resnet(state_dict: Mapping[str, np.ndarray], arch: str, in_channels: int = 1,
-                         normalize: str | None = 'imagenet',
-                         include_head: bool = False) -> dict[str, dict]:
-  """Converts a torchvision/timm ResNet or DenseNet state dict into our encoder's variables.
-
-  (The name is historical; `convert_torch` is the same function.) For a DenseNet read
-  features.conv0 / features.norm0 / classifier wherever conv1 / bn1 / fc appear below.
-
-  Args:
-    state_dict: torch key -> array (numpy, or anything `np.asarray` takes, e.g. CPU
-      tensors); an ImageNet checkpoint has conv1.weight [64, 3, 7, 7] and fc [1000, C].
-    arch: which ResNet the checkpoint must be: 'resnet18' | 'resnet34' | 'resnet50'.
-    in_channels: input channels of the converted model: 1 folds the RGB kernels of conv1
-      into one by summing them (a gray image replicated to RGB then gives the same
-      output); 3 keeps them. A 1-channel checkpoint converts only to in_channels=1.
-    normalize: 'imagenet' folds torchvision's input normalisation into conv1 and bn1 so
-      that the converted model takes images in [0, 1] (see the module docstring); None
-      converts the weights unchanged.
-    include_head: also convert fc into params['head'] (for `build_encoder(arch,
-      num_classes=K)`); fine-tuning uses its own head, so by default fc is dropped.
-
-  Returns:
-    {'params': tree, 'batch_stats': tree}: the variables of
-    `build_encoder(arch, width=1.0, stem='imagenet', num_classes=K or None)`, float32 numpy.
-
-  Raises:
-    ValueError: the checkpoint is not an `arch` ResNet (naming missing, unexpected and
-      mis-shaped keys, and the architecture it does match when there is one), or the
-      options are invalid.
-  """
-  if in_channels not in (1, 3):
-    raise ValueError(f'in_channels must be 1 or 3, got {in_channels}')
-  if normalize is not None and normalize not in NORMALIZATIONS:
-    raise ValueError(f'normalize must be None or one of {sorted(NORMALIZATIONS)}, '
-                     f'got {normalize!r}')
-  _encoder(arch)  # names the valid archs for a typo
-  sd = {k: np.asarray(v, dtype=np.float32) for k, v in _strip_prefix(state_dict).items()
-        if not k.endswith('num_batches_tracked')}
-  family = _family(arch)
-  names = _FAMILIES[family]
-  conv_key, norm_key, head_key = names['conv'], names['norm'], names['head'] + 'weight'
-  if conv_key not in sd:
-    other = next((f for f, n in _FAMILIES.items() if n['conv'] in sd), None)
-    hint = (f' It looks like a {other} checkpoint: pass a {other} --arch '
-            f'({", ".join(sorted(a for a in ENCODERS if _family(a) == other))}).'
-            if other else '')
-    kind = 'DenseNet' if family == 'densenet' else 'ResNet'
-    raise ValueError(f'not a torchvision/timm {kind} checkpoint: no key {conv_key} '
-                     f'(keys start with {sorted(sd)[:5]}); expected an {arch} state dict.'
-                     f'{hint}')
-  src_channels = sd[conv_key].shape[1]
-  num_classes = int(sd[head_key].shape[0]) if head_key in sd else None
-  head_classes = num_classes if include_head else None
-  if include_head and num_classes is None:
-    raise ValueError(f'include_head=True but the checkpoint has no {head_key}')
-  problem = _mismatch_report(sd, arch, src_channels, head_classes)
-  if problem is not None:
-    guess = _guess_arch(sd, src_channels, head_classes, family)
-    hint = f' It looks like a {guess} checkpoint: pass --arch={guess}.' if guess else ''
-    raise ValueError(f'checkpoint is not a torchvision/timm {arch}: {problem}.{hint}')
-  if src_channels not in (1, 3) or (src_channels == 1 and in_channels == 3):
-    raise ValueError(f'cannot convert a checkpoint with {src_channels} input channels '
-                     f'({conv_key} {sd[conv_key].shape}) to in_channels={in_channels}')
-  if normalize is not None and src_channels != 3:
-    raise ValueError(f'normalize={normalize!r} folds an RGB normalisation, but {conv_key} '
-                     f'has {src_channels} input channel(s); pass normalize=None')
-
-  conv1 = sd[conv_key].astype(np.float64)  # [O, I, 7, 7]; float64 while folding
-  bn1_mean = sd[norm_key + '.running_mean'].astype(np.float64)
-  if normalize is not None:
-    mean, std = (np.asarray(v, np.float64) for v in NORMALIZATIONS[normalize])
-    # conv(W, (x - m) / s) = conv(W / s, x) - sum_c (m_c / s_c) sum_taps W_c: the constant
-    # moves into the BN that follows, whose output is (conv - running_mean) / ...
-    bn1_mean = bn1_mean + np.einsum('oihw,i->o', conv1, mean / std)
-    conv1 = conv1 / std[None, :, None, None]
-  if in_channels == 1 and conv1.shape[1] == 3:
-    conv1 = conv1.sum(axis=1, keepdims=True)
-  sd[conv_key] = conv1.astype(np.float32)
-  sd[norm_key + '.running_mean'] = bn1_mean.astype(np.float32)
-
-  shapes = flax_shapes(arch, in_channels, head_classes)
-  out = {}
-  for collection in ('params', 'batch_stats'):
-    flat = flax.traverse_util.flatten_dict(shapes[collection],
-                                           is_leaf=lambda _, v: isinstance(v, tuple))
-    tree = {}
-    for path, shape in flat.items():
-      value = _to_flax(sd[torch_key(collection, path, arch)])
-      assert value.shape == shape, (path, value.shape, shape)  # _mismatch_report checked
-      tree[path] = np.ascontiguousarray(value, dtype=np.float32)
-    out[collection] = flax.traverse_util.unflatten_dict(tree)
-  return out
-
-
-convert_torch = convert_torch_resnet
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str, in_channels: int = 1,
+                       normalize: str | None = 'imagenet',
+                       include_head: bool = False) -> dict[str, dict]:
+  """An `arch` checkpoint (ResNet or DenseNet) as our encoder's variables, by its family's
+  converter (the arguments: `resnet_convert.convert_torch_resnet`). A checkpoint of the
+  other family is named as such (which --arch to pass)."""
+  name = family_of(arch)
+  family, convert = FAMILIES[name]
+  keys = {family.rename(k) for k in strip_prefix(state_dict)}
+  if family.conv not in keys:
+    other = next((n for n, (f, _) in FAMILIES.items() if n != name and f.conv in keys), None)
+    if other is not None:
+      raise ValueError(f'not a torchvision/timm {family.name} checkpoint: no key '
+                       f'{family.conv}; it looks like a {other} checkpoint: pass a {other} '
+                       f'--arch ({", ".join(FAMILIES[other][0].archs)}).')
+  return convert(state_dict, arch, in_channels, normalize, include_head)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -402,7 +178,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise ValueError(f'{path}: expected a state dict (a mapping of tensors), got '
                      f'{type(raw).__name__}; save model.state_dict(), not the model')
   out = {}
-  for k, v in _strip_prefix(raw).items():
+  for k, v in strip_prefix(raw).items():
     if not hasattr(v, 'shape'):
       continue  # e.g. a stray epoch counter next to the tensors
     if hasattr(v, 'detach'):  # a torch tensor; bf16/fp16 go through float32
@@ -428,7 +204,7 @@ def save_encoder(path: str | os.PathLike, variables: Mapping[str, Any],
 
   Args:
     path: output file (conventionally `.msgpack`); parent folders are created.
-    variables: {'params', 'batch_stats'} of a ResNet (as `convert_torch_resnet` returns),
+    variables: {'params', 'batch_stats'} of a ResNet (as `convert_state_dict` returns),
       or of a model holding it under 'encoder' (only the encoder is written).
     meta: strings/numbers stored beside the weights (arch, in_channels, ...).
 
@@ -451,7 +227,7 @@ def _read(path) -> dict:
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f'encoder file {path} does not exist (convert a checkpoint with '
-                            'python -m cxr_jax.models.convert --src=... --arch=... --out=...)')
+                            'python -m cxr_jax.cli.convert --src=... --arch=... --out=...)')
   with open(path, 'rb') as f:
     payload = flax.serialization.msgpack_restore(f.read())
   if not isinstance(payload, dict) or 'params' not in payload or 'batch_stats' not in payload:
@@ -513,32 +289,3 @@ def merge_into(variables: Mapping[str, Any], encoder_vars: Mapping[str, Any],
         out[collection]['encoder'], encoder_vars[collection], f'{what} ({collection}/encoder)',
         hint)
   return out
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-      description='Convert a torchvision/timm ResNet or DenseNet checkpoint to cxr_jax '
-      'encoder weights.')
-  parser.add_argument('--src', required=True, help='.pth/.pt state dict or .safetensors')
-  parser.add_argument('--arch', required=True, choices=sorted(ENCODERS))
-  parser.add_argument('--out', required=True, help='output .msgpack')
-  parser.add_argument('--in_channels', type=int, default=1, choices=(1, 3),
-                      help='1: fold RGB into one gray channel (sum); 3: keep RGB')
-  parser.add_argument('--normalize', default='imagenet', choices=('imagenet', 'none'),
-                      help="fold torchvision's ImageNet normalisation into the first layer so "
-                      'the model takes [0, 1] images (default), or leave the weights as they are')
-  args = parser.parse_args(argv)
-  normalize = None if args.normalize == 'none' else args.normalize
-  variables = convert_torch_resnet(load_state_dict(args.src), args.arch, args.in_channels,
-                                   normalize=normalize)
-  meta = {'arch': args.arch, 'in_channels': args.in_channels,
-          'normalize': args.normalize, 'source': os.path.basename(args.src)}
-  save_encoder(args.out, variables, meta)
-  count = sum(np.size(x) for x in jax.tree_util.tree_leaves(variables['params']))
-  print(f'wrote {args.out}: {args.arch} encoder, {count / 1e6:.2f}M parameters, '
-        f'in_channels={args.in_channels}, normalize={args.normalize}')
-  return args.out
-
-
-if __name__ == '__main__':
-  main()

@@ -18,7 +18,7 @@ last stage (Grad-CAM's default) is the last dense block's output after the final
 BN + ReLU, exactly what torchvision pools; an earlier stage's map is that dense block's
 concatenated output (before its transition), at twice the resolution per stage.
 
-Names map one to one onto torchvision/timm state dicts (see `cxr_jax/models/convert.py`):
+Names map one to one onto torchvision/timm state dicts (see `cxr_jax/models/densenet_convert.py`):
 'conv0', 'norm0', 'denseblock{i}_denselayer{j}' (features.denseblock{i}.denselayer{j})
 holding 'norm1', 'conv1', 'norm2', 'conv2', 'transition{i}' holding 'norm', 'conv',
 'norm5', and 'head' (classifier).

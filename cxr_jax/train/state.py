@@ -59,12 +59,12 @@ def with_encoder(variables: dict, encoder_vars: dict, what: str,
 
 
 def load_imagenet_encoder(path: str, arch: str) -> dict:
-  """A converted ImageNet ResNet (`python -m cxr_jax.models.convert`) as an
+  """A converted ImageNet ResNet (`python -m cxr_jax.cli.convert`) as an
   `encoder_variables` dict."""
   if not path:
     raise ValueError('config.finetune.imagenet_checkpoint is empty, but the run asks for '
                      'ImageNet weights; convert a torchvision/timm checkpoint with '
-                     '`python -m cxr_jax.models.convert` and give its path')
+                     '`python -m cxr_jax.cli.convert` and give its path')
   enc = convert.load_encoder(path, arch=arch)
   return {'params': {'encoder': enc['params']}, 'batch_stats': {'encoder': enc['batch_stats']}}
 

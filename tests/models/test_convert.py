@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from cxr_jax.models import build_encoder
+from cxr_jax.cli import convert as convert_cli
 from cxr_jax.models import convert
+from cxr_jax.models import resnet_convert
 from cxr_jax.models import heads
 
 
@@ -132,7 +134,7 @@ def test_gray_image_matches_torch_on_replicated_rgb(arch):
   model = _torch_resnet(arch)
   gray = np.random.default_rng(1).uniform(size=(2, 64, 64, 1)).astype(np.float32)
   ref = _torch_np(model, np.repeat(gray.transpose(0, 3, 1, 2), 3, axis=1))
-  variables = convert.convert_torch_resnet(_state_dict_np(model), arch, in_channels=1,
+  variables = resnet_convert.convert_torch_resnet(_state_dict_np(model), arch, in_channels=1,
                                            normalize=None)
   assert variables['params']['conv_init']['kernel'].shape == (7, 7, 1, 64)
   assert 'head' not in variables['params']
@@ -145,7 +147,7 @@ def test_rgb_kept_and_head_match_torch_logits():
   torch = pytest.importorskip('torch')
   with torch.no_grad():
     ref = model(torch.from_numpy(rgb.transpose(0, 3, 1, 2))).numpy()
-  variables = convert.convert_torch_resnet(_state_dict_np(model), 'resnet18', in_channels=3,
+  variables = resnet_convert.convert_torch_resnet(_state_dict_np(model), 'resnet18', in_channels=3,
                                            normalize=None, include_head=True)
   _assert_close(_ours('resnet18', variables, rgb, num_classes=1000), ref)
 
@@ -166,7 +168,7 @@ def test_imagenet_normalisation_is_folded_into_the_stem():
   normed = (np.repeat(gray.transpose(0, 3, 1, 2), 3, axis=1) - mean) / std
   with torch.no_grad():
     ref = model.bn1(model.conv1(torch.from_numpy(normed))).numpy().transpose(0, 2, 3, 1)
-  v = convert.convert_torch_resnet(_state_dict_np(model), 'resnet18', in_channels=1)
+  v = resnet_convert.convert_torch_resnet(_state_dict_np(model), 'resnet18', in_channels=1)
   x = jax.lax.conv_general_dilated(gray, v['params']['conv_init']['kernel'], (2, 2),
                                    ((3, 3), (3, 3)),
                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -188,14 +190,14 @@ def _fake_state_dict(arch, seed=0, in_channels=3):
 def test_wrong_architecture_is_refused_by_name():
   sd = _fake_state_dict('resnet18')
   with pytest.raises(ValueError) as e:
-    convert.convert_torch_resnet(sd, 'resnet50')
+    resnet_convert.convert_torch_resnet(sd, 'resnet50')
   msg = str(e.value)
   assert 'not a torchvision/timm resnet50' in msg
   assert 'layer1.0.conv3.weight' in msg  # a bottleneck key the checkpoint lacks
   assert 'looks like a resnet18 checkpoint' in msg
   # resnet18 and resnet34 differ only in depth: the extra blocks are named missing
   with pytest.raises(ValueError, match=r'missing keys: .*layer1\.2\.'):
-    convert.convert_torch_resnet(sd, 'resnet34')
+    resnet_convert.convert_torch_resnet(sd, 'resnet34')
 
 
 def test_shape_mismatch_and_unknown_keys_are_named():
@@ -203,22 +205,22 @@ def test_shape_mismatch_and_unknown_keys_are_named():
   sd['layer2.0.conv1.weight'] = np.zeros((64, 64, 3, 3), np.float32)
   with pytest.raises(ValueError, match=r'layer2\.0\.conv1\.weight is \(64, 64, 3, 3\), '
                      r'resnet18 expects \(128, 64, 3, 3\)'):
-    convert.convert_torch_resnet(sd, 'resnet18')
+    resnet_convert.convert_torch_resnet(sd, 'resnet18')
   sd = _fake_state_dict('resnet18')
   sd['layer1.0.se.fc1.weight'] = np.zeros((4, 64), np.float32)
   with pytest.raises(ValueError, match=r'unexpected keys: layer1\.0\.se\.fc1\.weight'):
-    convert.convert_torch_resnet(sd, 'resnet18')
+    resnet_convert.convert_torch_resnet(sd, 'resnet18')
   with pytest.raises(ValueError, match='no key conv1.weight'):
-    convert.convert_torch_resnet({'blocks.0.weight': np.zeros(3)}, 'resnet18')
+    resnet_convert.convert_torch_resnet({'blocks.0.weight': np.zeros(3)}, 'resnet18')
   with pytest.raises(ValueError, match='unknown arch'):
-    convert.convert_torch_resnet(sd, 'resnet101')
+    resnet_convert.convert_torch_resnet(sd, 'resnet101')
 
 
 def test_layout_without_torch():
   """Transposes and the RGB fold, checked leaf by leaf on a numpy state dict."""
   sd = _fake_state_dict('resnet18', seed=4)
   sd = dict(sd, **{'bn1.num_batches_tracked': np.array(7)})  # ignored buffer
-  v = convert.convert_torch_resnet(sd, 'resnet18', in_channels=1, normalize=None)
+  v = resnet_convert.convert_torch_resnet(sd, 'resnet18', in_channels=1, normalize=None)
   np.testing.assert_allclose(v['params']['conv_init']['kernel'][..., 0, :],
                              sd['conv1.weight'].sum(axis=1).transpose(1, 2, 0), atol=1e-6)
   np.testing.assert_array_equal(v['params']['stage2_block0']['proj_conv']['kernel'][0, 0],
@@ -243,9 +245,9 @@ def test_files_cli_and_merge(tmp_path):
   loaded = convert.load_state_dict(src)
   assert set(loaded) == set(sd)  # DataParallel prefix stripped
   out = tmp_path / 'enc' / 'r18.msgpack'
-  convert.main([f'--src={src}', '--arch=resnet18', f'--out={out}'])
+  convert_cli.main([f'--src={src}', '--arch=resnet18', f'--out={out}'])
   enc = convert.load_encoder(out, arch='resnet18', in_channels=1)
-  direct = convert.convert_torch_resnet(sd, 'resnet18')
+  direct = resnet_convert.convert_torch_resnet(sd, 'resnet18')
   jax.tree_util.tree_map(np.testing.assert_array_equal, enc, direct)
   assert convert.load_encoder_meta(out)['normalize'] == 'imagenet'
   with pytest.raises(ValueError, match='in_channels=1 encoder'):

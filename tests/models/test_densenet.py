@@ -16,6 +16,8 @@ import pytest
 
 from cxr_jax.models import build_encoder
 from cxr_jax.models import convert
+from cxr_jax.models import densenet_convert
+from cxr_jax.models import resnet_convert
 from cxr_jax.models import ENCODERS
 from cxr_jax.models import heads
 from cxr_jax.models.densenet import DenseNet
@@ -170,7 +172,7 @@ def test_imported_weights_match_a_reference_forward(monkeypatch):
   gray = np.random.default_rng(1).uniform(size=(2, 32, 32, 1)).astype(np.float32)
   rgb = np.repeat(gray.transpose(0, 3, 1, 2), 3, axis=1)
   ref = np.asarray(_ref_forward(sd, jnp.asarray(rgb), _LaxOps()))
-  v = convert.convert_torch_resnet(sd, 'densenet121', in_channels=1, normalize=None)
+  v = convert.convert_state_dict(sd, 'densenet121', in_channels=1, normalize=None)
   assert v['params']['conv0']['kernel'].shape == (7, 7, 1, 8)
   assert 'head' not in v['params']
   _assert_close(_ours(v, gray), ref)
@@ -182,12 +184,12 @@ def test_imported_weights_match_a_reference_forward(monkeypatch):
   old = {('module.' + k.replace('norm1.', 'norm.1.').replace('conv2.', 'conv.2.')
           if 'denselayer' in k else 'module.' + k): val for k, val in sd.items()}
   old['module.features.denseblock1.denselayer1.norm.1.num_batches_tracked'] = np.array(3)
-  v_old = convert.convert_torch_resnet(old, 'densenet121', in_channels=1, normalize=None)
+  v_old = convert.convert_state_dict(old, 'densenet121', in_channels=1, normalize=None)
   jax.tree_util.tree_map(np.testing.assert_array_equal, v_old, v)
 
   # the normalisation fold and the head: ours on [0, 1] == reference on normalised input,
   # away from the border; here just check they run and the head maps one to one
-  with_head = convert.convert_torch_resnet(sd, 'densenet121', in_channels=3,
+  with_head = convert.convert_state_dict(sd, 'densenet121', in_channels=3,
                                            include_head=True)
   np.testing.assert_array_equal(with_head['params']['head']['kernel'], sd['classifier.weight'].T)
 
@@ -214,16 +216,16 @@ def test_imported_weights_match_torch(monkeypatch):
              torch.relu, lambda x: F.max_pool2d(x, 3, 2, 1), lambda x: F.avg_pool2d(x, 2, 2)))
   with torch.no_grad():
     ref = _ref_forward(t, torch.from_numpy(rgb.transpose(0, 3, 1, 2)), ops).numpy()
-  v = convert.convert_torch_resnet(sd, 'densenet121', in_channels=3, normalize=None)
+  v = convert.convert_state_dict(sd, 'densenet121', in_channels=3, normalize=None)
   _assert_close(_ours(v, rgb), ref)
 
 
 def test_wrong_family_is_named():
   sd = {'features.conv0.weight': np.zeros((64, 3, 7, 7), np.float32)}
   with pytest.raises(ValueError, match='looks like a densenet checkpoint'):
-    convert.convert_torch_resnet(sd, 'resnet18')
+    convert.convert_state_dict(sd, 'resnet18')
   with pytest.raises(ValueError, match='no key features.conv0.weight.*looks like a resnet'):
-    convert.convert_torch_resnet({'conv1.weight': np.zeros((64, 3, 7, 7))}, 'densenet121')
+    convert.convert_state_dict({'conv1.weight': np.zeros((64, 3, 7, 7))}, 'densenet121')
 
 
 def test_a_densenet_run_pretrains_finetunes_explains_and_reports(tmp_path, tiny_data_dir,
@@ -253,3 +255,8 @@ def test_a_densenet_run_pretrains_finetunes_explains_and_reports(tmp_path, tiny_
     assert f['overlay_cam_pred'].shape[1:] == (32, 32)
     assert np.isfinite(f['lung_share_pred']).any()
   assert '| curricular | 1 | 1 |' in (tmp_path / 'report.md').read_text()
+  # each family's own converter takes only its own archs
+  with pytest.raises(ValueError, match="'densenet121' is not a ResNet"):
+    resnet_convert.convert_torch_resnet(sd, 'densenet121')
+  with pytest.raises(ValueError, match="'resnet18' is not a DenseNet"):
+    densenet_convert.convert_torch_densenet(sd, 'resnet18')
