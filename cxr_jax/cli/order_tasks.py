@@ -436,5 +436,11 @@ def main(argv=None):
   return chosen
 
 
+def run():
+  """The console script: `main` with its return value (for callers) left out of the exit
+  code."""
+  main()
+
+
 if __name__ == '__main__':
   main()
