@@ -2,6 +2,7 @@
 fine-tuning from scratch and from the curriculum's encoder on few labels.
 
     python launch.py --config=configs/default.py --workdir=runs/demo
+    cxr-launch --config=default --workdir=runs/demo      # installed, outside a checkout
 
 Expected (2-core CPU, jax 0.10.2): about 4-5 minutes; <workdir>/report.md shows curricular
 SSL ahead of scratch in test macro AUROC over 3 seeds (numbers in README.md).

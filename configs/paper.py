@@ -7,6 +7,7 @@ Phantom study (default; synthetic radiographs with a confounding marker in train
 
     python launch.py --config=configs/paper.py --workdir=runs/paper_phantom
     python launch.py --config=configs/paper.py:method=byol,seeds=5 --workdir=runs/paper_byol
+    cxr-launch --config=paper:method=byol --workdir=W   # installed, outside a checkout
 
   Tiny ResNet-18 (width 0.25, as configs/default.py) at 64 px; regimes scratch, ssl,
   ssl_matched (stage 2 alone for as many images as the curriculum: 270 steps),

@@ -190,8 +190,7 @@ def test_a_real_dataset_builder_by_config_alone(tmp_path, jax_cache_dir):
 def test_spec_shorthands_expand():
   """`--config.curriculum.pacing=root` sets the pacing kind; a number given for a schedule
   makes it constant (that the expanded flags reach the config: test_bad_config_is_named)."""
-  sys.path.insert(0, str(ROOT))
-  import launch
+  from cxr_jax.cli import launch
   argv = ['launch.py', '--config=configs/default.py', '--workdir=/unused',
           '--config.curriculum.pacing=root', '--config.pretrain.stages[1].strength=0.7',
           '--config.pretrain.method=byol']
@@ -201,3 +200,19 @@ def test_spec_shorthands_expand():
                       '--config.pretrain.stages[1].strength.kind=constant',
                       '--config.pretrain.stages[1].strength.start=0.7',
                       '--config.pretrain.method=byol']
+
+
+def test_a_config_by_module_name_is_the_config_file(monkeypatch, capsys):
+  """--config=default and --config=configs.default (an installed config) load what
+  --config=configs/default.py loads, arguments included; an unknown name is one line."""
+  from cxr_jax.cli import launch
+  monkeypatch.chdir(ROOT)
+  load = lambda c: launch.load_config(['cxr-launch', f'--config={c}'])[0].to_dict()
+  by_file = load('configs/default.py:task=findings')
+  assert load('default:task=findings') == by_file
+  assert load('configs.default:task=findings') == by_file
+  assert load('default') != by_file  # the argument reached get_config
+  with pytest.raises(SystemExit) as e:
+    load('defualt')
+  assert e.value.code == ('error: --config=defualt: no such config file, nor config module '
+                          '(defualt or configs.defualt)')
