@@ -2,6 +2,7 @@
 regime identical to scratch, attention shares, a confounded phantom), its CIs against the
 reference bootstrap, and its HTML. (The bootstrap engine itself: tests/eval/test_bootstrap.py.)"""
 import json
+import re
 import subprocess
 import sys
 
@@ -258,7 +259,13 @@ def test_html_is_rendered_by_the_markdown_library(tmp_path):
   assert '<table>' in body and '<th>auroc</th>' in body
   assert '<td>scratch</td>' in body and '<td>0.610 ± 0.000</td>' in body
   assert '<td>0.400 ± 0.000</td>' in body
-  assert '<h2>Fine-tuning: test metrics' in body and '<h1>Report</h1>' in body
+  assert re.search(r'<h2 id="fine-tuning-test-metrics[^"]*">Fine-tuning: test metrics', body)
+  assert '<h1 id="report">Report</h1>' in body
+  # the contents link every section, by the ids the headings get
+  ids = re.findall(r'<h2 id="([^"]+)">', body)
+  toc = body.split('<p>Contents: ', 1)[1].split('</p>', 1)[0]
+  assert len(ids) > 2 and re.findall(r'<a href="#([^"]+)">', toc) == ids
+  assert 'seeds [95% CI])</a>' in toc  # a title's brackets are text, not link syntax
   assert f'<code>{tmp_path.name}</code>' in body
   assert report.render_html('a <b & c\n\n| x |\n|---|\n| 1 |\n', 't').count('<td>1</td>') == 1
 

@@ -46,6 +46,7 @@ Modules: `loading` (the files), `attention` (attention summaries), `figures` (PN
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import markdown
@@ -54,8 +55,7 @@ from cxr_jax.report import accounting
 from cxr_jax.report import sections
 from cxr_jax.report.loading import group_results, load_results, summarize
 
-__all__ = ['write_report', 'load_results', 'group_results', 'summarize', 'render_html',
-           'main']
+__all__ = ['write_report', 'load_results', 'group_results', 'summarize', 'render_html']
 
 _STYLE = ('body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}'
           'table{border-collapse:collapse;margin:1em 0;font-size:0.9em}'
@@ -63,9 +63,26 @@ _STYLE = ('body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:
           'th{background:#f3f3f3}code{background:#f3f3f3;padding:0 3px}img{max-width:100%}')
 
 
+def anchor(title: str) -> str:
+  """A heading's link target as GitHub makes it (lower case, punctuation but '-' and '_'
+  dropped, each space a '-'); report.html gives its headings the same ids."""
+  return re.sub(r'[^\w\- ]', '', title.strip().lower()).replace(' ', '-')
+
+
+def contents(lines: list[str]) -> list[str]:
+  """The table of contents of report.md: one line linking every '## ' section."""
+  titles = list(dict.fromkeys(l[3:].strip() for l in lines if l.startswith('## ')))
+  if not titles:
+    return []
+  text = lambda t: t.replace('[', '\\[').replace(']', '\\]')  # brackets in a title
+  return ['Contents: ' + ' · '.join(f'[{text(t)}](#{anchor(t)})' for t in titles), '']
+
+
 def render_html(text: str, title: str) -> str:
-  """A standalone HTML page of Markdown `text` (Python-Markdown with pipe tables)."""
-  body = markdown.markdown(text, extensions=['tables'])
+  """A standalone HTML page of Markdown `text` (Python-Markdown with pipe tables; headings
+  get `anchor` ids, so the contents' links work in both)."""
+  body = markdown.markdown(text, extensions=['tables', 'toc'], extension_configs={
+      'toc': {'slugify': lambda value, separator: anchor(value)}})
   return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
           f'</title><style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n')
 
@@ -97,4 +114,5 @@ def write_report(workdir, n_boot: int = 1000, seed: int = 0) -> Path:
   run = sections.prepare(workdir, groups, n_boot, seed)
   for section in sections.SECTIONS:
     lines += section(run)
-  return _write(workdir, lines)
+  top = lines.index('') + 3  # after '# Report', the workdir line
+  return _write(workdir, lines[:top] + contents(lines) + lines[top:])
