@@ -8,6 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from configs import default
+from cxr_jax import trained
 from cxr_jax.cli import embed
 from cxr_jax.cli import order_tasks
 from cxr_jax import pretraining
@@ -225,4 +226,4 @@ def test_a_rerun_resumes_without_training_and_applies_another_rule(ordered, tiny
 
 def _tiny_config(task_dir):
   """The candidate's config as its run saved it."""
-  return embed.config_from_json(task_dir / 'config.json')
+  return trained.config_from_json(task_dir / 'config.json')

@@ -1,6 +1,7 @@
 """The sweep tool: grid expansion, scratch cells shared between points, and the table of
 results, checked against scikit-learn on fake result files (no training)."""
 import json
+import sys
 
 import numpy as np
 import pytest

@@ -226,6 +226,11 @@ def test_wrong_family_is_named():
     convert.convert_state_dict(sd, 'resnet18')
   with pytest.raises(ValueError, match='no key features.conv0.weight.*looks like a resnet'):
     convert.convert_state_dict({'conv1.weight': np.zeros((64, 3, 7, 7))}, 'densenet121')
+  # each family's own converter takes only its own archs
+  with pytest.raises(ValueError, match="'densenet121' is not a ResNet"):
+    resnet_convert.convert_torch_resnet(sd, 'densenet121')
+  with pytest.raises(ValueError, match="'resnet18' is not a DenseNet"):
+    densenet_convert.convert_torch_densenet(sd, 'resnet18')
 
 
 def test_a_densenet_run_pretrains_finetunes_explains_and_reports(tmp_path, tiny_data_dir,
@@ -255,8 +260,3 @@ def test_a_densenet_run_pretrains_finetunes_explains_and_reports(tmp_path, tiny_
     assert f['overlay_cam_pred'].shape[1:] == (32, 32)
     assert np.isfinite(f['lung_share_pred']).any()
   assert '| curricular | 1 | 1 |' in (tmp_path / 'report.md').read_text()
-  # each family's own converter takes only its own archs
-  with pytest.raises(ValueError, match="'densenet121' is not a ResNet"):
-    resnet_convert.convert_torch_resnet(sd, 'densenet121')
-  with pytest.raises(ValueError, match="'resnet18' is not a DenseNet"):
-    densenet_convert.convert_torch_densenet(sd, 'resnet18')
