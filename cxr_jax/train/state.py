@@ -10,6 +10,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from cxr_jax import platform
 from cxr_jax.models import build_encoder
 from cxr_jax.models import convert
 from cxr_jax.train import loop
@@ -18,9 +19,10 @@ _INIT_SIZE = 32  # ResNets and heads have the same parameters at every input siz
 
 
 def encoder_from_config(model_config):
-  """The ResNet encoder of a config.model."""
+  """The ResNet encoder of a config.model (dtype 'auto' resolved by `platform.compute_dtype`)."""
   m = model_config
-  return build_encoder(m.name, width=m.width, stem=m.stem, dtype=jnp.dtype(m.dtype), remat=m.remat)
+  return build_encoder(m.name, width=m.width, stem=m.stem,
+                       dtype=jnp.dtype(platform.compute_dtype(m.dtype)), remat=m.remat)
 
 
 def init_key(seed: int) -> jax.Array:
