@@ -37,7 +37,10 @@ def main():
   def on_duration(event, seconds, **kwargs):
     totals[event] += seconds
     if event == BACKEND:
-      per_program[kwargs.get('fun_name', '?')].append(seconds)
+      name = kwargs.get('fun_name', '?')
+      per_program[name].append(seconds)
+      if programs:  # as it happens, to see which part of the run compiles what
+        print(f'[compile] {time.time() - start:7.1f}s {seconds:6.2f}s {name}', file=sys.stderr)
 
   monitoring.register_event_duration_secs_listener(on_duration)
 
