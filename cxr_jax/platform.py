@@ -117,7 +117,17 @@ def compute_dtype(name: str) -> str:
   if name != 'auto':
     return name
   import jax
-  return 'bfloat16' if jax.default_backend() in _BF16_BACKENDS else 'float32'
+  backend = jax.default_backend()
+  resolved = 'bfloat16' if backend in _BF16_BACKENDS else 'float32'
+  if (backend, resolved) not in _LOGGED:  # once per process, in the run's log
+    _LOGGED.add((backend, resolved))
+    import logging
+    logging.getLogger('cxr_jax').info("config.model.dtype='auto': %s compute on the %s "
+                                      'backend', resolved, backend)
+  return resolved
+
+
+_LOGGED: set = set()
 
 
 def num_workers(worker_count: int, cores: int | None = None) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from cxr_jax import curriculum
+from cxr_jax import platform
 from cxr_jax import ssl
 from cxr_jax.data import augment
 from cxr_jax.data import pipeline
@@ -135,7 +136,8 @@ def make_loader(config, stage, source, batch_size: int, seed: int, sizes, streng
       shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
       operations=[pipeline.SelectFields(('image',)),
                   grain.transforms.Batch(batch_size, drop_remainder=True)],
-      worker_count=config.worker_count)
+      # its state names the worker count: resume a paced run with the same count
+      worker_count=platform.num_workers(config.worker_count))
 
 
 def carry_over(fresh: loop.TrainState, previous: loop.TrainState, stage, key: str):
