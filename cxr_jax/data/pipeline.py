@@ -530,6 +530,12 @@ class BatchIterator:
     if start is not None:
       start()
 
+  def close(self) -> None:
+    """Stops the worker processes, if any (they also stop when the iterator is freed)."""
+    close = getattr(self._it, 'close', None)
+    if close is not None:
+      close()
+
 
 def per_host_batch(global_batch: int, key: str = 'batch_size') -> int:
   """The per-process share of a global batch; it must divide evenly over devices."""
