@@ -255,7 +255,8 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
           variables, imagenet, 'config.finetune.imagenet_checkpoint', convert.IMAGENET_HINT)
     state = loop.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-        opt_state=tx.init(params), extra=method.init_extra(params, batch_stats, mcfg),
+        opt_state=jax.jit(tx.init)(params),  # one program, not one per leaf shape
+        extra=method.init_extra(params, batch_stats, mcfg),
         rng=loop.fresh_rng(config.seed * 1000 + index))
     if previous is not None:
       state = carry_over(state, previous, stage, key)
