@@ -22,6 +22,18 @@ Rates are images per CPU-second of this process (time.process_time, all threads)
 images/s per core: on a shared machine the wall-clock rate depends on what else runs,
 the CPU time much less. With W Grain workers the host paths scale with the cores given
 (up to memory bandwidth).
+
+    python -m benchmarks.input_pipeline --feed [--store=224] [--num=2048] [--batch=128]
+        [--workers=0,1,2]
+
+What feeds a GPU at 224 px (docs/scaling.md): an image cache of `--num` synthetic uint8
+images at `--store` px (written straight as `pipeline.image_cache` writes it; the loader
+only copies bytes, so the content does not matter), its disk bytes per image, then
+`pipeline.make_loader` over it with 0 / 1 / 2 ... worker processes: the default
+pipeline (uint8 images batched, views cut on the device: 2 views per image) and host
+augmentation (`host_augment.TwoViews`, both views cut in the loader at --store px).
+Rates in views/s: per core (CPU time of this process) without workers, wall clock with
+workers; then the resident memory while reading the whole cache once.
 """
 from __future__ import annotations
 
@@ -33,6 +45,65 @@ os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')  # one core per host contende
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
+def _rss_mib() -> float:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def feed(a):
+  """The loader's views/s at --store px (see the module docstring)."""
+  from absl import flags
+  import numpy as np
+  from array_record.python.array_record_module import ArrayRecordWriter
+  from benchmarks import common
+  from cxr_jax.data import host_augment, pipeline
+  if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags
+    flags.FLAGS.mark_as_parsed()
+  common.print_facts(common.machine_facts())
+  os.makedirs(a.data_dir, exist_ok=True)
+  path = os.path.join(a.data_dir, f'feed_{a.store}_{a.num}.image-cache.array_record')
+  shape = (a.store, a.store, 1)
+  if not os.path.exists(path):
+    rng = np.random.default_rng(0)
+    writer = ArrayRecordWriter(path + '.tmp', pipeline._CACHE_OPTIONS)  # pylint: disable=protected-access
+    for _ in range(a.num):
+      writer.write(rng.integers(0, 256, shape, np.uint8).tobytes())
+    writer.close()
+    os.replace(path + '.tmp', path)
+  print(f'# cache: {a.num} images {a.store}px, {os.path.getsize(path) / a.num:,.0f} bytes per '
+        f'image on disk ({a.store * a.store} pixel bytes)')
+  rss0 = _rss_mib()
+  cache = pipeline.RawImages(path, shape, np.uint8)
+  rows = []
+  for host in (False, True):
+    for workers in (int(w) for w in a.workers.split(',')):
+      maps = (host_augment.TwoViews(a.store, 1.0, batch_size=a.batch, seed=0).map_with_index
+              if host else None)
+      loader = pipeline.make_loader(cache, batch_size=a.batch, seed=0, worker_count=workers,
+                                    map_with_index=maps)
+      it = iter(loader)
+      next(it)  # start the workers, open the file
+      n = max(2, (a.num // a.batch) // (4 if host else 1))
+      t0, c0 = time.time(), time.process_time()
+      for _ in range(n):
+        next(it)
+      wall, cpu = time.time() - t0, time.process_time() - c0
+      views = 2 * n * a.batch
+      what = 'host augmentation (2 views in the loader)' if host else 'default (uint8 images; views on device)'
+      rate = f'{views / cpu:8.0f} views/s per core (CPU time)' if workers == 0 else \
+          f'{views / wall:8.0f} views/s wall'
+      rows.append(f'{what:<44} workers {workers}: {rate}; wall {views / wall:.0f} views/s')
+      print(rows[-1], flush=True)
+      del it
+  order = np.random.default_rng(1).permutation(len(cache))
+  for i in order:
+    cache[int(i)]
+  print(f'# resident memory reading all {a.num} images once (random order): '
+        f'{_rss_mib() - rss0:+.0f} MiB (the cache is {os.path.getsize(path) / 2**20:.0f} MiB); '
+        f'load {common.load_average()}')
+  return rows
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--store', type=int, default=256)
@@ -41,7 +112,11 @@ def main(argv=None):
   p.add_argument('--num', type=int, default=2048)
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--data_dir', default='/tmp/cxr_bench_tfds')
+  p.add_argument('--feed', action='store_true', help='the loader at --store px (docstring)')
+  p.add_argument('--workers', default='0,1,2', help='--feed: worker counts to time')
   a = p.parse_args(argv)
+  if a.feed:
+    return feed(a)
   from cxr_jax import platform
   platform.setup()
   import grain

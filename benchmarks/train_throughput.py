@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from unittest import mock
 
-import grain
 
 from benchmarks import common, flops
 from cxr_jax import platform as cxr_platform
@@ -87,13 +85,16 @@ def config_for(a):
   return c
 
 
-class _TimedIterator(grain.DatasetIterator):
-  """The loader's iterator, with the seconds spent in each next() recorded (Grain's
-  checkpointing sees a DatasetIterator, whose state is its parent's)."""
+class _TimedIterator:
+  """The loader's iterator, with the seconds spent in each next() recorded; its position
+  (get_state/set_state/start_prefetch, as the checkpoint reads and restores it) is the
+  wrapped iterator's."""
 
   def __init__(self, parent, waits: list):
-    super().__init__(parent)
-    self._waits = waits
+    self._parent, self._waits = parent, waits
+
+  def __iter__(self):
+    return self
 
   def __next__(self):
     t0 = time.perf_counter()
@@ -101,11 +102,8 @@ class _TimedIterator(grain.DatasetIterator):
     self._waits.append(time.perf_counter() - t0)
     return batch
 
-  def get_state(self):
-    return self._parent.get_state()
-
-  def set_state(self, state):
-    self._parent.set_state(state)
+  def __getattr__(self, name):  # get_state, set_state, start_prefetch, ...
+    return getattr(self._parent, name)
 
 
 class _TimedLoader:

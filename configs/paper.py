@@ -211,12 +211,14 @@ def _real(c, a, builder):
   from cxr_jax.data import schema
   size = a.size or 224
   options = ','.join(_list(a.options))
+  # 'auto': bfloat16 compute on a GPU/TPU (parameters stay float32; agreement with
+  # float32 tested in tests/train/test_mixed_precision.py), float32 on CPU
   c.model.update(dict(name=a.backbone or 'resnet50', width=1.0, stem='imagenet',
-                      dtype='float32'))
+                      dtype='auto'))
   c.checkpoint_every = 1000
   c.log_every = 50
   c.eval_batch_size = 256
-  c.worker_count = 8
+  c.worker_count = -1  # from the host's cores: min(cores - 1, 8), 0 on <= 2 cores
   c.pretrain.monitor_every = 2000
   for name in METHODS:  # the methods' own defaults: the demo's recipes are for 270 steps
     c.pretrain[name] = get_method(name).DEFAULTS.copy_and_resolve_references()

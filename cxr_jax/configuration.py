@@ -35,7 +35,7 @@ STAGE_KEYS = ('name', 'data', 'steps', 'batch_size', 'image_size', 'strength', '
               'method')
 POSITIVES = ('image', 'patient')
 AUGMENT_ON = ('device', 'host')
-DTYPES = ('float32', 'bfloat16', 'float16')
+DTYPES = ('float32', 'bfloat16', 'float16', 'auto')  # auto: platform.compute_dtype
 STEMS = ('imagenet', 'small')
 _NAME = re.compile(r'^[A-Za-z0-9_.-]+$')
 
@@ -119,8 +119,8 @@ def _one_of(key: str, value, choices):
 
 
 def _run_fields(config):
-  for key in ('worker_count', 'read_threads'):
-    _at_least(f'config.{key}', config[key], 0)
+  _at_least('config.worker_count', config.worker_count, -1)  # -1: platform.num_workers
+  _at_least('config.read_threads', config.read_threads, 0)
   for key in ('checkpoint_every', 'log_every', 'eval_batch_size'):
     _at_least(f'config.{key}', config[key], 1)
   if config.augment_on not in AUGMENT_ON:

@@ -151,6 +151,8 @@ class Programs:
     self.model = heads.ClassifierModel(encoder=state_lib.encoder_from_config(model_config),
                                        num_classes=num_classes)
     self.tx, _ = optim.make_optimizer(ft.optimizer, ft.steps, ft.batch_size)
+    # one program for the optimizer's zero state (eager, one per leaf shape)
+    self.init_optimizer = jax.jit(self.tx.init)
     self.step = jax.jit(make_step(self.model, self.tx, ft.image_size, ft.strength, multilabel),
                         donate_argnums=0, out_shardings=sharding.replicated(mesh))
     self.predict = inference.make_predict(self.model, ft.image_size, mesh, eval_batch_size,
@@ -226,7 +228,7 @@ def _train(config, programs: Programs, job_name: str, directory: Path, seed: int
              'best_score': jnp.asarray(-jnp.inf, jnp.float32),
              'best_step': jnp.zeros((), jnp.int32)}
     state = loop.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                            batch_stats=batch_stats, opt_state=programs.tx.init(params),
+                            batch_stats=batch_stats, opt_state=programs.init_optimizer(params),
                             extra=extra, rng=loop.fresh_rng(seed))
     return sharding.replicate(state, mesh)
 

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from cxr_jax import curriculum
+from cxr_jax import platform
 from cxr_jax import ssl
 from cxr_jax.ssl import common as ssl_common
 from cxr_jax.data import augment
@@ -153,7 +154,8 @@ def make_loader(config, stage, source, batch_size: int, seed: int, sizes, streng
       shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
       operations=[pipeline.SelectFields(('image',)),
                   grain.transforms.Batch(batch_size, drop_remainder=True)],
-      worker_count=config.worker_count)
+      # its state names the worker count: resume a paced run with the same count
+      worker_count=platform.num_workers(config.worker_count))
 
 
 def carry_over(fresh: loop.TrainState, previous: loop.TrainState, stage, key: str,
@@ -300,7 +302,8 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
           variables, imagenet, 'config.finetune.imagenet_checkpoint', convert.IMAGENET_HINT)
     state = loop.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-        opt_state=tx.init(params), extra=method.init_extra(params, batch_stats, mcfg),
+        opt_state=jax.jit(tx.init)(params),  # one program, not one per leaf shape
+        extra=method.init_extra(params, batch_stats, mcfg),
         rng=loop.fresh_rng(config.seed * 1000 + index))
     if previous is not None:
       state = carry_over(state, previous, stage, key, same_method)

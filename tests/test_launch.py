@@ -202,6 +202,32 @@ def test_spec_shorthands_expand():
                       '--config.pretrain.method=byol']
 
 
+def test_the_compilation_cache_keeps_small_programs_and_tests_keep_out_of_the_users(
+    tmp_path, monkeypatch):
+  # JAX's default leaves out programs compiled in under a second (most of a run's small
+  # ones on a GPU); the launcher caches every program, in its folder, unless the
+  # environment names another (as conftest.py does for the tests: never ~/.cache)
+  import os
+  from cxr_jax.cli import launch
+  code = ('import sys, jax\nfrom cxr_jax.cli import launch\n'
+          'print(launch.use_compilation_cache(sys.argv[1]))\n'
+          'jax.jit(lambda x: x * 2 + 1)(jax.numpy.ones(3)).block_until_ready()\n')
+  env = subprocess_env()
+  for name in ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'):
+    env.pop(name, None)
+  result = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'user')], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == [str(tmp_path / 'user')]
+  assert os.listdir(tmp_path / 'user')  # the tiny program was written
+  # off, and redirected by the environment: JAX's config is left alone
+  import jax
+  monkeypatch.setattr(jax.config, 'update', lambda *a: pytest.fail(f'config changed: {a}'))
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path / 'tests'))
+  assert launch.use_compilation_cache(str(tmp_path / 'user2')) == str(tmp_path / 'tests')
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR')
+  assert launch.use_compilation_cache('') == ''
+
 def test_a_config_by_module_name_is_the_config_file(monkeypatch, capsys):
   """--config=default and --config=configs.default (an installed config) load what
   --config=configs/default.py loads, arguments included; an unknown name is one line."""

@@ -165,16 +165,34 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f'error: {e}')
 
 
+def use_compilation_cache(directory: str) -> str:
+  """Turns on JAX's persistent compilation cache in `directory` ('' leaves it off) unless
+  JAX_COMPILATION_CACHE_DIR is set (it wins: the tests point it at a temporary folder so
+  they never write into the user's cache); returns the folder in use ('' if none).
+
+  A resumed run, a repeated one and an ablation in another workdir with the same shapes
+  reuse the compiled programs (keyed by program, compiler version and device), and so do
+  the jobs of one run that compile the same program. Every program is cached: JAX's
+  default keeps out those that compiled in under a second, which on a GPU is most of a
+  run's small programs (initialisation, evaluation, probes)."""
+  import jax
+  env = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  if env or not directory:
+    return env or ''
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_compilation_cache_max_size', 4 * 2**30)  # LRU-evicted beyond
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  if 'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES' not in os.environ:
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return directory
+
+
 def main(argv):
   del argv
   from cxr_jax import platform
   platform.setup(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  import jax
-  if not os.environ.get('JAX_COMPILATION_CACHE_DIR') and _CACHE_DIR.value:
-    # a resumed run, a repeated one and an ablation in another workdir with the same
-    # shapes reuse the compiled steps (keyed by program, compiler version and device)
-    jax.config.update('jax_compilation_cache_dir', _CACHE_DIR.value)
-    jax.config.update('jax_compilation_cache_max_size', 4 * 2**30)  # LRU-evicted beyond
+  use_compilation_cache(_CACHE_DIR.value)
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TFDS are chatty below ERROR
   logging.getLogger('cxr_jax').setLevel(logging.INFO)
   from cxr_jax import experiment

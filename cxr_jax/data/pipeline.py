@@ -11,6 +11,7 @@ through grain.checkpoint), so a resumed run sees the same data order.
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import os
 import pkgutil
@@ -422,8 +423,8 @@ class EpochShuffle(grain.MapDataset):
 def make_loader(source, *, batch_size: int, seed: int, fields: Sequence[str] = ('image',),
                 shuffle: bool = True, num_epochs: int | None = None,
                 drop_remainder: bool = True, worker_count: int = 0,
-                shard: bool = True, read_threads: int = 0, map_with_index=None):
-  """A Grain iterable of per-host batches of `fields` from `source`.
+                shard: bool = True, read_threads: int = 0, map_with_index=None) -> 'Batches':
+  """An iterable of per-host batches of `fields` from `source` (`Batches`).
 
   batch_size is the per-host batch (global batch / jax.process_count()). Each JAX process
   reads a disjoint, contiguous shard; with `shuffle` the order changes every epoch,
@@ -436,8 +437,9 @@ def make_loader(source, *, batch_size: int, seed: int, fields: Sequence[str] = (
   Built on `grain.MapDataset` (source -> shard -> shuffle, new every epoch -> repeat
   -> fields -> batch), iterated with `read_threads` prefetch threads (0: in the caller's
   thread, the cheapest per image; JAX's asynchronous dispatch already overlaps it with the
-  device step) and, with worker_count > 0, that many worker processes. Its iterator's
-  state is saved and restored through grain.checkpoint. (Grain's DataLoader does the same
+  device step) and, with worker_count > 0, that many worker processes (-1: from the
+  host's cores, `platform.num_workers`). Its iterator's state is saved and restored
+  through grain.checkpoint, and resumes with any worker count (`Batches`). (Grain's DataLoader does the same
   per record through its sampler and 16 read threads by default: 2.4-3x more CPU per
   image on the dev machine, docs/benchmarks.md.)
   """
@@ -456,12 +458,83 @@ def make_loader(source, *, batch_size: int, seed: int, fields: Sequence[str] = (
   if map_with_index is not None:
     ds = ds.map_with_index(map_with_index)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  # prefetch counts batches here: a few in flight, not Grain's default 500
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                            prefetch_buffer_size=max(1, 2 * read_threads)))
-  if worker_count:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return it
+  from cxr_jax import platform
+  return Batches(ds, read_threads=read_threads,
+                 worker_count=platform.num_workers(worker_count))
+
+
+class Batches:
+  """The batches of a `grain.MapDataset`, iterated with `read_threads` prefetch threads
+  and `worker_count` worker processes, whose iterators' state is the number of batches
+  read, whatever the worker count.
+
+  Grain's own iterator states differ with the worker count (a `mp_prefetch` state lists
+  one position per worker), so a checkpoint written with W workers could not be resumed
+  with another count (config.worker_count=-1 picks it from the host's cores). Batches
+  are random access here, so a position is all a resumed iterator needs: it restarts at
+  batch k and yields what an uninterrupted one would (any worker count gives the same
+  batches: every record's read and map depend on its index only). The state is
+  {'next_index': k}, as Grain's iterator over the same dataset without workers wrote it.
+  """
+
+  def __init__(self, batches: 'grain.MapDataset', read_threads: int = 0, worker_count: int = 0):
+    self.batches, self.read_threads, self.worker_count = batches, read_threads, worker_count
+
+  def __iter__(self) -> 'BatchIterator':
+    return BatchIterator(self)
+
+
+class BatchIterator:
+  """An iterator of `Batches`; `get_state`/`set_state` as grain.checkpoint expects of a
+  non-Grain iterator (bytes of JSON), `start_prefetch` as it calls after a restore."""
+
+  def __init__(self, loader: Batches, start: int = 0):
+    self._loader = loader
+    self._open(start)
+
+  def _open(self, start: int):
+    loader = self._loader
+    ds = loader.batches[start:] if start else loader.batches
+    # prefetch counts batches here: a few in flight, not Grain's default 500
+    it = ds.to_iter_dataset(grain.ReadOptions(
+        num_threads=loader.read_threads, prefetch_buffer_size=max(1, 2 * loader.read_threads)))
+    if loader.worker_count:
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=loader.worker_count))
+    self._it, self._next = iter(it), start
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self._it)
+    self._next += 1
+    return batch
+
+  def get_state(self) -> bytes:
+    return json.dumps({'next_index': self._next}).encode()
+
+  def set_state(self, state) -> None:
+    """Moves to the position of `state`: what `get_state` returned (bytes or str of
+    JSON, or its dict), e.g. read from a checkpoint."""
+    if isinstance(state, (bytes, str)):
+      state = json.loads(state)
+    if 'next_index' not in state:
+      raise ValueError(f'not a loader position: {state!r} (expected {{"next_index": k}})')
+    close = getattr(self._it, 'close', None)
+    if close is not None:  # stops the worker processes of the old position
+      close()
+    self._open(int(state['next_index']))
+
+  def start_prefetch(self) -> None:
+    start = getattr(self._it, 'start_prefetch', None)
+    if start is not None:
+      start()
+
+  def close(self) -> None:
+    """Stops the worker processes, if any (they also stop when the iterator is freed)."""
+    close = getattr(self._it, 'close', None)
+    if close is not None:
+      close()
 
 
 def per_host_batch(global_batch: int, key: str = 'batch_size') -> int:

@@ -1,4 +1,6 @@
 """The Grain pipeline: determinism, epochs, sharding of batches, iterator save/restore."""
+import json
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,31 @@ def test_iterator_state_restores_the_same_continuation(source):
   resumed = iter(pipeline.make_loader(source, batch_size=8, seed=1, fields=('id',)))
   resumed.set_state(state)
   assert _ids(_take(resumed, 5)) == _ids(expected)
+
+
+def test_a_position_saved_with_workers_resumes_with_any_worker_count():
+  # config.worker_count=-1 picks the count from the host's cores: a run resumed on
+  # another host must continue the same stream of batches
+  from absl import flags
+  if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags (launch.py parses them)
+    flags.FLAGS.mark_as_parsed()
+  records = [{'image': np.full((2, 2, 1), i, np.uint8)} for i in range(24)]
+  ids = lambda batches: [b['image'][:, 0, 0, 0].tolist() for b in batches]
+  loader = lambda workers: pipeline.make_loader(records, batch_size=4, seed=2,
+                                                worker_count=workers)
+  uninterrupted = ids(_take(iter(loader(0)), 12))  # crosses epoch boundaries
+  first = iter(loader(0))
+  _take(first, 4)
+  state = first.get_state()
+  assert json.loads(state) == {'next_index': 4}
+  with_worker = iter(loader(1))  # one worker process (each costs seconds to start)
+  with_worker.set_state(state)
+  assert ids(_take(with_worker, 6)) == uninterrupted[4:10]
+  without = iter(loader(0))
+  without.set_state(with_worker.get_state())
+  assert ids(_take(without, 2)) == uninterrupted[10:]
+  with pytest.raises(ValueError, match='not a loader position'):
+    without.set_state({'next_index_in_cycle': 1})
 
 
 def test_subset_and_read_all(source):
