@@ -9,7 +9,6 @@ from sklearn.metrics import roc_auc_score
 
 from configs import default
 from cxr_jax import trained
-from cxr_jax.cli import embed
 from cxr_jax.cli import order_tasks
 from cxr_jax import pretraining
 from cxr_jax import ssl
@@ -19,6 +18,7 @@ from cxr_jax.eval import probes
 from cxr_jax.train import inference
 from cxr_jax.train import sharding
 from cxr_jax.train import state as state_lib
+from tests import test_embed
 from tests.conftest import tiny_overrides
 
 NAN = float('nan')
@@ -157,7 +157,7 @@ def test_scores_are_the_monitors_on_val_and_the_order_follows_them(ordered, tiny
     config = _tiny_config(workdir / task)
     assert config.pretrain.method == task and len(config.pretrain.stages) == 1
     assert config.pretrain.stages[0].steps == STEPS
-    state = pretraining.run_curriculum(config, mesh, embed._NoWriter(), workdir / task,
+    state = pretraining.run_curriculum(config, mesh, test_embed._NoWriter(), workdir / task,
                                        tiny_data_dir)
     assert int(state.step) == STEPS
     model = ssl.get_method(task).build_model(state_lib.encoder_from_config(config.model),
