@@ -25,6 +25,7 @@ from cxr_jax.data import schema
 from cxr_jax.explain import sanity
 from cxr_jax.models import segmenter
 from cxr_jax.models.registry import ENCODERS
+from cxr_jax.train import compute
 from cxr_jax.train import optim
 from cxr_jax.train import workdir as workdir_lib
 
@@ -332,7 +333,6 @@ def matched_steps(pretrain: ml_collections.ConfigDict, stage_total=None) -> int:
     if stage_total is None:
       raise ValueError("config.pretrain.match='flops' needs the stages' FLOP counts "
                        '(experiment.stage_flops)')
-    from cxr_jax.train import compute  # only here: configuration is imported by tools
     curriculum_flops = sum(stage_total(i, s.steps) for i, s in enumerate(pretrain.stages))
     return compute.matched_steps_by_flops(
         curriculum_flops, lambda n: stage_total(index, n), target.steps)

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -116,12 +117,11 @@ def compute_dtype(name: str) -> str:
   to 'bfloat16' on a GPU/TPU backend and 'float32' otherwise; other names pass through."""
   if name != 'auto':
     return name
-  import jax
+  import jax  # platform.py sets XLA flags before jax starts: never at the top here
   backend = jax.default_backend()
   resolved = 'bfloat16' if backend in _BF16_BACKENDS else 'float32'
   if (backend, resolved) not in _LOGGED:  # once per process, in the run's log
     _LOGGED.add((backend, resolved))
-    import logging
     logging.getLogger('cxr_jax').info("config.model.dtype='auto': %s compute on the %s "
                                       'backend', resolved, backend)
   return resolved

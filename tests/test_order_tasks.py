@@ -18,7 +18,6 @@ from cxr_jax.eval import probes
 from cxr_jax.train import inference
 from cxr_jax.train import sharding
 from cxr_jax.train import state as state_lib
-from tests import test_embed
 from tests.conftest import tiny_overrides
 
 NAN = float('nan')
@@ -157,7 +156,7 @@ def test_scores_are_the_monitors_on_val_and_the_order_follows_them(ordered, tiny
     config = _tiny_config(workdir / task)
     assert config.pretrain.method == task and len(config.pretrain.stages) == 1
     assert config.pretrain.stages[0].steps == STEPS
-    state = pretraining.run_curriculum(config, mesh, test_embed._NoWriter(), workdir / task,
+    state = pretraining.run_curriculum(config, mesh, _NoWriter(), workdir / task,
                                        tiny_data_dir)
     assert int(state.step) == STEPS
     model = ssl.get_method(task).build_model(state_lib.encoder_from_config(config.model),
@@ -223,6 +222,16 @@ def test_a_rerun_resumes_without_training_and_applies_another_rule(ordered, tiny
 
 
 # ---------------------------------------------------------------------------- helpers
+
+class _NoWriter:
+  """run_job's metric writer for a finished job: nothing is trained, nothing written."""
+
+  def write(self, *args, **kwargs):
+    del args, kwargs
+
+  def close(self):
+    pass
+
 
 def _tiny_config(task_dir):
   """The candidate's config as its run saved it."""

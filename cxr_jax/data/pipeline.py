@@ -23,6 +23,8 @@ import jax
 import numpy as np
 import tqdm
 
+from cxr_jax import platform
+
 
 def parse_options(text: str, key: str = 'options') -> dict:
   """'size=64,num_train=100' -> {'size': 64, 'num_train': 100} (values as Python literals)."""
@@ -458,7 +460,6 @@ def make_loader(source, *, batch_size: int, seed: int, fields: Sequence[str] = (
   if map_with_index is not None:
     ds = ds.map_with_index(map_with_index)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  from cxr_jax import platform
   return Batches(ds, read_threads=read_threads,
                  worker_count=platform.num_workers(worker_count))
 

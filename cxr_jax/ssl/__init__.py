@@ -65,6 +65,8 @@ per-device.
 """
 import importlib
 
+from cxr_jax.ssl import common
+
 TWO_VIEW_METHODS = ('simclr', 'moco', 'byol', 'barlow_twins', 'vicreg')
 PRETEXT_TASKS = ('rotation', 'jigsaw', 'relative_position', 'inpainting')
 METHODS = TWO_VIEW_METHODS + PRETEXT_TASKS
@@ -85,7 +87,6 @@ def stage_method(pretrain, index: int) -> str:
 
 def make_inputs(method):
   """The method's `make_inputs`, or the two augmented views of the two-view methods."""
-  from cxr_jax.ssl import common  # here, not at the top: keeps `import cxr_jax.ssl` light
   return getattr(method, 'make_inputs', common.two_view_inputs)
 
 
