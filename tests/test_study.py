@@ -1,0 +1,150 @@
+"""A study of curricula in one workdir: the regime families alone:<method>,
+curriculum:<name> and ssl_matched:<name> (names, folders, checks, an end-to-end run to
+the report), and the Grad-CAM stage chosen for maps of at least 8x8."""
+import copy
+import json
+
+import pytest
+
+from configs import default
+from cxr_jax import configuration, experiment, vocab
+from cxr_jax.attention_job import cam_stage
+from cxr_jax.curriculum import schedule
+from tests.test_experiment import tiny_config
+
+
+@pytest.mark.parametrize('regime, folder', [
+    ('curricular', 'pretrain'), ('ssl', 'pretrain_ssl'), ('ssl_matched', 'pretrain_ssl_matched'),
+    ('alone:rotation', 'pretrain_alone_rotation'),
+    ('alone:relative_position', 'pretrain_alone_relative_position'),
+    ('curriculum:stages', 'pretrain_curriculum_stages'),
+    ('ssl_matched:stages', 'pretrain_ssl_matched_stages'),
+    ('ssl_matched:ssl', 'pretrain_ssl_matched_ssl')])
+def test_each_pretraining_regime_has_its_own_folder_and_back(regime, folder):
+  assert vocab.pretrain_folder(regime) == folder
+  assert vocab.regime_of_folder(folder) == regime
+
+
+def test_scratch_imagenet_and_foreign_names_have_no_pretraining_folder():
+  assert [vocab.pretrain_folder(r) for r in ('scratch', 'imagenet', 'alone:', 'bogus:x')] == \
+      [None] * 4
+  assert [vocab.regime_of_folder(f) for f in ('pretrain_alone_', 'finetune', 'tfds')] == \
+      [None] * 3
+
+
+def test_the_report_lists_tasks_alone_before_their_curriculum_and_a_control_before_its_own():
+  regimes = ['curriculum:stages', 'zz', 'curricular', 'alone:simclr', 'ssl_matched:stages',
+             'scratch', 'alone:rotation', 'ssl_matched', 'curriculum:a']
+  assert sorted(regimes, key=vocab.regime_order) == [
+      'scratch', 'ssl_matched', 'alone:rotation', 'alone:simclr', 'curricular',
+      'curriculum:a', 'ssl_matched:stages', 'curriculum:stages', 'zz']
+
+
+def test_the_task_study_config_plans_each_regime():
+  c = default.get_config('curriculum=tasks')
+  configuration.validate(c)
+  plans = {r: configuration.regime_plan(c, r) for r in configuration.inits(c)
+           if vocab.pretrain_folder(r)}
+  runs = {r: [(p.config.pretrain.stages[i].name, configuration.ssl.stage_method(
+      p.config.pretrain, i)) for i in p.indices] for r, p in plans.items()}
+  assert runs == {
+      'alone:rotation': [('full_res', 'rotation')], 'alone:simclr': [('full_res', 'simclr')],
+      'curricular': [('low_res', 'rotation'), ('full_res', 'simclr')],
+      'ssl_matched:stages': [('full_res', 'simclr')],
+      'curriculum:stages': [('low_res', 'simclr'), ('full_res', 'simclr')]}
+  # alone:<m> matches the run's curriculum, ssl_matched:<name> its own
+  assert plans['alone:rotation'].reference is c
+  assert plans['ssl_matched:stages'].reference is plans['ssl_matched:stages'].config
+  assert plans['curriculum:stages'].reference is None
+  # by images: the curriculum's 270 x 128 images, the alone stage at its batch of 128
+  by_images = copy.deepcopy(c)
+  by_images.pretrain.match = 'images'
+  alone = configuration.regime_plan(by_images, 'alone:rotation')
+  matched = configuration.matched_config(alone.config, reference=alone.reference)
+  assert matched.pretrain.stages[0].steps == 270
+  assert default.get_config().finetune.inits == 'scratch,curricular'  # the demo keeps its own
+
+
+@pytest.mark.parametrize('inits, message', [
+    ('scratch,alone:colour', "config.finetune.inits: unknown init 'alone:colour'; 'colour' is not a method"),
+    ('scratch,curriculum:tasks', "'tasks' is not a curriculum of config.pretrain.curricula (it has none)"),
+    ('scratch,ssl_matched:x', "'x' is not a curriculum"),
+    ('scratch,later:simclr', 'alone:<method>, curriculum:<name> or ssl_matched:<name>'),
+])
+def test_an_unknown_regime_is_one_config_error_naming_the_inits(inits, message):
+  c = default.get_config()
+  c.finetune.inits = inits
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.validate(c)
+  assert message in str(e.value)
+
+
+def test_a_named_curriculum_is_checked_as_a_stage_list_naming_its_key():
+  c = default.get_config('curriculum=tasks')
+  c.pretrain.curricula.stages[1].steps = 0
+  with pytest.raises(configuration.ConfigError, match=r'config\.pretrain\.curricula\.stages\[1\]'
+                                                      r'\.steps must be > 0'):
+    configuration.validate(c)
+  c = default.get_config('curriculum=tasks')
+  c.augment_on, c.curriculum.pacing.kind = 'host', 'none'  # pretext tasks need the device
+  c.pretrain.stages[0].method = 'simclr'
+  with pytest.raises(configuration.ConfigError,
+                     match=r"alone:rotation cannot run the target stage config\.pretrain\."
+                           r"stages\[1\]: .*augment_on='device'"):
+    configuration.validate(c)
+
+
+@pytest.mark.parametrize('setting, size, stem, stage', [
+    ('auto', 64, 'imagenet', 2),    # 16, 8, 4, 2: stage 2's 8x8
+    ('auto', 128, 'imagenet', 3),   # stage 3's 8x8 (the last is 4x4)
+    ('auto', 224, 'imagenet', 3),   # 14x14 (the last is 7x7)
+    ('auto', 256, 'imagenet', None),  # the last stage is 8x8
+    ('auto', 64, 'small', None),    # 64, 32, 16, 8: the last
+    ('auto', 48, 'small', 3),       # 48, 24, 12, 6
+    ('auto', 36, 'imagenet', 1),    # 9, 5, 3, 2: only stage 1 reaches 8
+    ('auto', 16, 'imagenet', 1),    # none does: the finest there is
+    (0, 64, 'imagenet', None), (3, 64, 'imagenet', 3), (4, 224, 'small', 4)])
+def test_auto_takes_the_deepest_stage_with_a_map_of_at_least_8x8(setting, size, stem, stage):
+  assert cam_stage(setting, size, stem) == stage
+
+
+def test_the_default_explains_maps_of_at_least_8x8_and_paper_keeps_its_choice():
+  from configs import paper
+  assert default.get_config().explain.stage == 'auto'
+  assert paper.get_config().explain.stage == 3  # documented there: 4x4 at 64 px
+
+
+def test_a_study_runs_to_its_report_with_each_regime_compute_and_pairs(tmp_path,
+                                                                         tiny_data_dir):
+  c = tiny_config(tiny_data_dir)
+  c.pretrain.curricula.stages = copy.deepcopy(c.pretrain.stages)
+  c.pretrain.stages[0].method = 'rotation'
+  c.pretrain.rotation.head_hidden_dim = 16
+  c.pretrain.stages[0].steps, c.pretrain.stages[1].steps = 2, 2
+  c.pretrain.curricula.stages[0].steps, c.pretrain.curricula.stages[1].steps = 2, 2
+  c.pretrain.match = 'flops'
+  c.finetune.update(dict(inits='scratch,alone:rotation,curricular,curriculum:stages',
+                         steps=2, eval_every=1, batch_size=8, image_size=32, num_seeds=1))
+  c.eval_batch_size = 64
+  experiment.run(c, tmp_path)
+  for folder, stages in [('pretrain', ['low_res', 'full_res']),
+                         ('pretrain_alone_rotation', ['full_res']),
+                         ('pretrain_curriculum_stages', ['low_res', 'full_res'])]:
+    assert sorted(p.parent.name for p in (tmp_path / folder).glob('*/compute.json')) == \
+        sorted(stages), folder
+  alone = json.loads((tmp_path / 'pretrain_alone_rotation/full_res/compute.json').read_text())
+  curriculum = [json.loads((tmp_path / f'pretrain/{s}/compute.json').read_text())
+                for s in ('low_res', 'full_res')]
+  total = sum(r['flops'] for r in curriculum)
+  # matched by FLOPs: the fewest whole steps of the alone stage that reach the curriculum's
+  per_step = alone['flops'] / alone['steps']
+  assert alone['flops'] >= total > alone['flops'] - per_step
+  assert alone['views'] == alone['steps'] * 16 * 4  # four rotations per image
+  report = (tmp_path / 'report.md').read_text()
+  compute = report.split('## Pretraining compute per regime')[1].split('##')[0]
+  for regime in ('alone:rotation', 'curricular', 'curriculum:stages'):
+    assert f'| {regime} |' in compute
+  pairs = report.split('## Paired comparisons')[1].split('##')[0]
+  assert '| curricular | alone:rotation |' in pairs  # claim (i): the curriculum vs a task alone
+  assert '| curriculum:stages | curricular |' in pairs
+  assert '| alone:rotation | scratch |' in pairs
