@@ -117,34 +117,34 @@ def test_the_default_explains_maps_of_at_least_8x8_and_paper_keeps_its_choice():
 def test_a_study_runs_to_its_report_with_each_regime_compute_and_pairs(tmp_path,
                                                                          tiny_data_dir):
   c = tiny_config(tiny_data_dir)
-  c.pretrain.curricula.stages = copy.deepcopy(c.pretrain.stages)
-  c.pretrain.stages[0].method = 'rotation'
+  c.pretrain.curricula.one = [copy.deepcopy(c.pretrain.stages[1])]  # SimCLR alone, its steps
+  c.pretrain.stages[0].method = 'rotation'  # the task curriculum rotation -> SimCLR
   c.pretrain.rotation.head_hidden_dim = 16
-  c.pretrain.stages[0].steps, c.pretrain.stages[1].steps = 2, 2
-  c.pretrain.curricula.stages[0].steps, c.pretrain.curricula.stages[1].steps = 2, 2
-  c.pretrain.match = 'flops'
-  c.finetune.update(dict(inits='scratch,alone:rotation,curricular,curriculum:stages',
+  c.pretrain.stages[0].steps, c.pretrain.stages[1].steps = 2, 3
+  c.pretrain.curricula.one[0].steps = 2
+  c.finetune.update(dict(inits='alone:rotation,curricular,curriculum:one',
                          steps=2, eval_every=1, batch_size=8, image_size=32, num_seeds=1))
   c.eval_batch_size = 64
   experiment.run(c, tmp_path)
   for folder, stages in [('pretrain', ['low_res', 'full_res']),
                          ('pretrain_alone_rotation', ['full_res']),
-                         ('pretrain_curriculum_stages', ['low_res', 'full_res'])]:
+                         ('pretrain_curriculum_one', ['full_res'])]:
     assert sorted(p.parent.name for p in (tmp_path / folder).glob('*/compute.json')) == \
         sorted(stages), folder
-  alone = json.loads((tmp_path / 'pretrain_alone_rotation/full_res/compute.json').read_text())
-  curriculum = [json.loads((tmp_path / f'pretrain/{s}/compute.json').read_text())
-                for s in ('low_res', 'full_res')]
-  total = sum(r['flops'] for r in curriculum)
-  # matched by FLOPs: the fewest whole steps of the alone stage that reach the curriculum's
-  per_step = alone['flops'] / alone['steps']
-  assert alone['flops'] >= total > alone['flops'] - per_step
-  assert alone['views'] == alone['steps'] * 16 * 4  # four rotations per image
+
+  def record(path):
+    return json.loads((tmp_path / path / 'compute.json').read_text())
+  alone = record('pretrain_alone_rotation/full_res')
+  # matched by images (config.pretrain.match): the curriculum's (2 + 3) x 16 images
+  assert (alone['steps'], alone['images']) == (5, 80)
+  assert alone['views'] == 80 * 4  # four rotations per image
+  assert record('pretrain/low_res')['views'] == 2 * 16 * 4
+  assert record('pretrain_curriculum_one/full_res')['steps'] == 2  # a curriculum: its own
   report = (tmp_path / 'report.md').read_text()
-  compute = report.split('## Pretraining compute per regime')[1].split('##')[0]
-  for regime in ('alone:rotation', 'curricular', 'curriculum:stages'):
-    assert f'| {regime} |' in compute
-  pairs = report.split('## Paired comparisons')[1].split('##')[0]
+  compute = report.split('## Pretraining compute per regime')[1].split('\n## ')[0]
+  assert [line.split(' | ')[0] for line in compute.splitlines() if line.startswith('| ')][1:] == \
+      ['| alone:rotation', '| curricular', '| curriculum:one']
+  pairs = report.split('## Paired comparisons')[1].split('\n## ')[0]
   assert '| curricular | alone:rotation |' in pairs  # claim (i): the curriculum vs a task alone
-  assert '| curriculum:stages | curricular |' in pairs
-  assert '| alone:rotation | scratch |' in pairs
+  assert '| curriculum:one | curricular |' in pairs
+  assert '| curriculum:one | alone:rotation |' in pairs
