@@ -148,3 +148,23 @@ def test_a_study_runs_to_its_report_with_each_regime_compute_and_pairs(tmp_path,
   assert '| curricular | alone:rotation |' in pairs  # claim (i): the curriculum vs a task alone
   assert '| curriculum:one | curricular |' in pairs
   assert '| curriculum:one | alone:rotation |' in pairs
+
+
+@pytest.mark.parametrize('arg, stages', [
+    ('curriculum=tasks', [('rotation', 'rotation'), ('simclr', 'simclr')]),
+    ('curriculum=tasks,tasks=rotation+jigsaw+byol', [('rotation', 'rotation'),
+                                                     ('jigsaw', 'jigsaw'), ('byol', 'byol')])])
+def test_the_paper_config_runs_a_task_curriculum_against_each_task_alone(arg, stages):
+  from configs import paper
+  c = paper.get_config(arg)
+  configuration.validate(c)
+  assert [(s.name, s.method) for s in c.pretrain.stages] == stages
+  assert [s.name for s in c.pretrain.curricula.stages] == ['low_res', 'full_res']
+  assert configuration.inits(c) == ['scratch', *(f'alone:{t}' for t, _ in stages), 'curricular',
+                                    'ssl_matched:stages', 'curriculum:stages']
+  assert c.pretrain.match == 'flops'
+  c.phantom = 'size=32,seed=1'  # every stage's data follows the config's phantom
+  assert {s.data.options for s in [*c.pretrain.stages, *c.pretrain.curricula.stages]} == \
+      {'size=32,seed=1'}
+  with pytest.raises(ValueError, match='tasks= needs curriculum=tasks'):
+    paper.get_config('tasks=rotation')
