@@ -127,7 +127,9 @@ def get_config(arg=None):
       findings='all' if a.task == 'findings' else ''))
   c.finetune.inits = 'scratch,curricular'  # comma-separated: scratch, imagenet, ssl,
                                             # ssl_matched (the ssl stage alone for as many
-                                            # images as the curriculum), curricular
+                                            # images as the curriculum), curricular,
+                                            # alone:<method>, curriculum:<name>,
+                                            # ssl_matched:<name> (docs/paper.md)
   c.finetune.protocols = 'finetune'         # comma-separated: finetune, linear, knn
   c.finetune.imagenet_checkpoint = ''       # a converted .msgpack (python -m cxr_jax.models.convert)
   c.finetune.label_fractions = (1.0,)       # fractions of the train split's patients

@@ -7,7 +7,8 @@ SSL method names live with the methods (`cxr_jax.ssl.METHODS`), ECE bins with th
 metrics (`cxr_jax.eval.metrics.ECE_BINS`).
 """
 
-# fine-tuning initialisations, in the order the report lists them (the baseline first).
+# fine-tuning initialisations, in the order the report lists them (the baseline first);
+# the families below add alone:<method>, curriculum:<name> and ssl_matched:<name>.
 # 'ssl': the target stage alone, its own steps; 'ssl_matched': the target stage alone for
 # as many images as the whole curriculum (the compute-matched control of 'curricular')
 REGIMES = ('scratch', 'imagenet', 'ssl', 'ssl_matched', 'curricular')

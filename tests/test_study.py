@@ -168,3 +168,17 @@ def test_the_paper_config_runs_a_task_curriculum_against_each_task_alone(arg, st
       {'size=32,seed=1'}
   with pytest.raises(ValueError, match='tasks= needs curriculum=tasks'):
     paper.get_config('tasks=rotation')
+
+
+def test_a_workdir_of_before_the_families_resumes_under_todays_default(tmp_path):
+  old = json.loads(default.get_config().to_json_best_effort())
+  del old['pretrain']['curricula']
+  old['explain']['stage'] = 0  # the default before 'auto'; unused with explain off
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  configuration.check_or_write_config(default.get_config(), tmp_path)  # no error
+  explained = default.get_config()
+  explained.explain.enabled = True  # then the maps would change: refused, naming the key
+  old['explain']['enabled'] = True
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  with pytest.raises(configuration.ConfigError, match="explain.stage: 0 -> 'auto'"):
+    configuration.check_or_write_config(explained, tmp_path)
