@@ -10,10 +10,16 @@ Multi-label variant: `configs/default.py:task=findings` builds the phantom with 
 findings (opacity, effusion, cardiomegaly, device; docs/phantom.md) and fine-tunes one
 sigmoid per finding; the report then shows per-finding AUROC and the mean AUROC with CIs
 (3 min 10 s on a quiet 2-core CPU VM with a warm compilation cache, README.md).
+Study of curricula: `configs/default.py:curriculum=tasks` (docs/paper.md, "Task curriculum
+vs its tasks alone"): the task curriculum rotation -> SimCLR (the regime curricular)
+against each task alone at equal FLOPs (alone:rotation, alone:simclr), and today's stage
+curriculum low_res -> full_res (curriculum:stages) against its ssl_matched control
+(ssl_matched:stages), with scratch; monitors off.
 Knobs worth trying: --config.pretrain.stages[1].steps=400, --config.finetune.num_seeds=5,
 --config.phantom='size=64,num_train=200,...' (all phantom options: cxr_jax/data/builders/phantom.py).
 """
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common
 from cxr_jax import curriculum
@@ -22,12 +28,15 @@ from cxr_jax import ssl
 
 
 TASKS = ('label', 'findings')
+CURRICULA = ('stages', 'tasks')
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, task='label')
+  a = common.parse_arg(arg, task='label', curriculum='stages')
   if a.task not in TASKS:
     raise ValueError(f'configs/default.py: task={a.task!r}; choose from {TASKS}')
+  if a.curriculum not in CURRICULA:
+    raise ValueError(f'configs/default.py: curriculum={a.curriculum!r}; choose from {CURRICULA}')
   c = ml_collections.ConfigDict()
   c.seed = 0                  # root of every random key of the run
   c.data_dir = ''             # TFDS data_dir; '' -> <workdir>/tfds
@@ -99,13 +108,10 @@ def get_config(arg=None):
   # chance; 0.2-0.5 leaves the instance recognisable. A stage's positives='patient' takes
   # view 2 from another image of the same patient (the phantom's images_per_patient option
   # makes patients with follow-ups); default 'image'.
-  c.pretrain.stages = [
-      common.stage('low_res', common.data('phantom', 'unlabeled', phantom), steps=120,
-                   batch_size=128, image_size=48, strength=schedule('linear', 0.2, 0.4),
-                   temperature=0.2),
-      common.stage('full_res', common.data('phantom', 'unlabeled', phantom), steps=150,
-                   batch_size=128, image_size=64, strength=0.5, temperature=0.2),
-  ]
+  c.pretrain.stages = stage_curriculum(phantom)
+  # named curricula, each a stage list like stages above: the regimes curriculum:<name>
+  # and ssl_matched:<name> of config.finetune.inits (none here; curriculum=tasks has one)
+  c.pretrain.curricula = ml_collections.ConfigDict()
 
   # data-difficulty curriculum inside each stage (Hacohen & Weinshall 2019): batches drawn
   # from the easiest g(t) fraction of the stage's data; kind 'none' = uniform shuffling
@@ -122,7 +128,9 @@ def get_config(arg=None):
       findings='all' if a.task == 'findings' else ''))
   c.finetune.inits = 'scratch,curricular'  # comma-separated: scratch, imagenet, ssl,
                                             # ssl_matched (the ssl stage alone for as many
-                                            # images as the curriculum), curricular
+                                            # images as the curriculum), curricular,
+                                            # alone:<method>, curriculum:<name>,
+                                            # ssl_matched:<name> (docs/paper.md)
   c.finetune.protocols = 'finetune'         # comma-separated: finetune, linear, knn
   c.finetune.imagenet_checkpoint = ''       # a converted .msgpack (python -m cxr_jax.cli.convert)
   c.finetune.label_fractions = (1.0,)       # fractions of the train split's patients
@@ -140,7 +148,10 @@ def get_config(arg=None):
   c.explain.enabled = False                 # Grad-CAM lung-attention shares on test (needs masks)
   c.explain.extra_masks = ''                # comma-separated extra mask fields of the dataset
   c.explain.num_overlays = 2                # overlay examples per class in the report
-  c.explain.stage = 0                       # encoder stage (ResNet stage / DenseNet block) Grad-CAM looks at (0 = the last)
+  # encoder stage (ResNet stage / DenseNet block) Grad-CAM looks at: 'auto' = the deepest
+  # whose map is at least 8x8 (stage 2 at 64 px, 3 at 128-255 px with the imagenet stem),
+  # 0 = the last, or 1-4 (a field of any type: it takes the word or a number)
+  c.explain.stage = config_dict.FieldReference('auto', field_type=object)
   c.explain.finding = ''                    # multi-label tasks: the finding Grad-CAM explains
                                             # (absent vs present; '' = the first of
                                             # config.finetune.data.findings)
@@ -155,4 +166,36 @@ def get_config(arg=None):
       name='', options='', manual_dir='', split='test'))
   c.explain.masks = 'dataset'               # lung masks: 'dataset' (its own) or
                                             # 'segmenter:<folder>' (python -m cxr_jax.cli.segment)
+  if a.curriculum == 'tasks':
+    task_study(c, phantom)
   return c
+
+
+def stage_curriculum(phantom):
+  """This project's curriculum of one method (SimCLR): low resolution and gentle views
+  first, then full resolution, stronger views."""
+  return [
+      common.stage('low_res', common.data('phantom', 'unlabeled', phantom), steps=120,
+                   batch_size=128, image_size=48, strength=schedule('linear', 0.2, 0.4),
+                   temperature=0.2),
+      common.stage('full_res', common.data('phantom', 'unlabeled', phantom), steps=150,
+                   batch_size=128, image_size=64, strength=0.5, temperature=0.2),
+  ]
+
+
+def task_study(c, phantom):
+  """curriculum=tasks: a curriculum of pretext tasks (Sirotkin et al. 2021's meaning of
+  'curricular'), rotation prediction then SimCLR, against each task alone at equal FLOPs,
+  and the stage curriculum against its FLOP-matched control. The task curriculum is the
+  stage curriculum with its first stage's method swapped to rotation (same steps, size,
+  views' strength), so the two curricula differ in that stage's task only.
+  ssl_matched (the SimCLR stage matched to the task curriculum) would be alone:simclr
+  again, so it is left out."""
+  stages = stage_curriculum(phantom)  # names kept: stage folders say which step it is
+  stages[0].method, stages[1].method = 'rotation', 'simclr'
+  c.pretrain.stages = stages
+  c.pretrain.curricula.stages = stage_curriculum(phantom)
+  c.pretrain.match = 'flops'
+  c.pretrain.monitor_every = 0  # monitors off: they cost time and change no result
+  c.finetune.inits = ('scratch,alone:rotation,alone:simclr,curricular,ssl_matched:stages,'
+                      'curriculum:stages')

@@ -82,6 +82,18 @@ arguments):
                last stage's map: 2x2 at 64 px with the imagenet stem, so the phantom study
                takes stage 3's 4x4 map there (config.explain.stage=3); 8x8 at the last
                stage with stem=small, at ~16x the compute of the encoder's early stages.
+  curriculum   stages (default): the regime curricular is the stage curriculum above (one
+               method; this project's design) | tasks: a curriculum of pretext tasks, one
+               stage per task (the authors' earlier paper's meaning, Sirotkin et al. 2021,
+               arXiv 2112.12086), and the regimes scratch, alone:<task> for each task (the
+               target stage alone running it, as many FLOPs as the task curriculum),
+               curricular (the task curriculum), curriculum:stages (the stage curriculum)
+               and ssl_matched:stages (its FLOP-matched control), plus imagenet when given;
+               docs/paper.md, "Task curriculum vs its tasks alone"
+  tasks        curriculum=tasks: the tasks in order, '+'-separated, e.g. rotation+jigsaw+simclr
+               (default rotation+<method>; `python -m cxr_jax.order_tasks` proposes an
+               order). Each task's stage is a copy of the stage curriculum's target-domain
+               stage (data, size, views' strength, steps) running that task
   runlocal     shrink everything to a smoke run through every code path (minutes on 2 cores)
 Single fields can still be overridden after, e.g. --config.finetune.steps=500.
 """
@@ -120,7 +132,8 @@ def get_config(arg=None):
       arg, dataset='phantom', method='simclr', backbone='', fractions='', seeds=3, inits='',
       protocols='finetune+linear+knn', imagenet='', stage1_init='scratch',
       stage1='image_folder', data_root='', natural_dir='', stage1_dir='', data_dir='',
-      size=0, stem='', findings='', options='', runlocal=False)
+      size=0, stem='', findings='', options='', curriculum='stages', tasks='',
+      runlocal=False)
   if a.method not in METHODS:
     raise ValueError(f'configs/paper.py: method={a.method!r}; choose from {METHODS}')
   builder = real_builder(a.dataset) if a.dataset != 'phantom' else None
@@ -132,6 +145,18 @@ def get_config(arg=None):
   if a.stage1_init == 'imagenet' and not a.imagenet:
     raise ValueError('configs/paper.py: stage1_init=imagenet needs imagenet=<converted '
                      'checkpoint .msgpack> (python -m cxr_jax.cli.convert)')
+
+  if a.curriculum not in ('stages', 'tasks'):
+    raise ValueError(f'configs/paper.py: curriculum={a.curriculum!r}; stages or tasks')
+  if a.tasks and a.curriculum != 'tasks':
+    raise ValueError('configs/paper.py: tasks= needs curriculum=tasks')
+  tasks = _list(a.tasks) or ['rotation', a.method]
+  for task in tasks:
+    if task not in METHODS:
+      raise ValueError(f'configs/paper.py: tasks: {task!r} is not a method; choose from '
+                       f'{METHODS}')
+  if len(set(tasks)) != len(tasks):
+    raise ValueError(f'configs/paper.py: tasks={a.tasks!r}: each task once')
 
   c = default.get_config()  # the phantom demo; the study changes fields, keeps the rest
   c.data_dir = a.data_dir
@@ -146,6 +171,10 @@ def get_config(arg=None):
   inits = _list(a.inits) or ['scratch', 'ssl', 'ssl_matched', 'curricular']
   if not a.inits and len(c.pretrain.stages) < 2:  # one stage: ssl_matched would be ssl again
     inits.remove('ssl_matched')
+  if a.curriculum == 'tasks':
+    _task_curriculum(c, tasks)
+    inits = _list(a.inits) or ['scratch', *(f'alone:{t}' for t in tasks), 'curricular',
+                               'ssl_matched:stages', 'curriculum:stages']
   if a.imagenet and not a.inits:
     inits.insert(1, 'imagenet')
   if 'imagenet' in inits and not a.imagenet:
@@ -160,7 +189,8 @@ def get_config(arg=None):
   c.finetune.protocols = ','.join(_list(a.protocols))  # finetune, linear, knn
   c.finetune.imagenet_checkpoint = a.imagenet  # converted encoder (python -m cxr_jax.cli.convert)
   c.pretrain.init = a.stage1_init             # 'imagenet': curricular stage 1 starts from it
-  c.pretrain.ssl_stage = ''                   # the stage run alone as 'ssl' ('' = the last)
+  if a.curriculum != 'tasks':
+    c.pretrain.ssl_stage = ''                 # the stage run alone as 'ssl' ('' = the last)
   if a.imagenet:
     # converted ImageNet weights exist only for the full-width ResNet with the 7x7 stem
     c.model.width = 1.0
@@ -204,6 +234,24 @@ def _phantom(c, a):
   # tell lungs from borders. Stage 3's map (4x4 at 64 px, 8x8 at 128 px) can, at no
   # training cost.
   c.explain.stage = 3 if (c.model.stem == 'imagenet' and c.finetune.image_size <= 128) else 0
+
+
+def _task_curriculum(c, tasks: list[str]):
+  """curriculum=tasks: the stage curriculum moves to config.pretrain.curricula.stages and
+  config.pretrain.stages becomes one stage per task, each a copy of the target-domain
+  stage (the stage curriculum's last) running that task; FLOP-matched controls."""
+  target = c.pretrain.stages[-1]
+  c.pretrain.curricula.stages = list(c.pretrain.stages)
+  stages = []
+  for task in tasks:
+    # the same data spec object: its options stay the phantom's FieldReference
+    stage = ml_collections.ConfigDict({k: target[k] for k in target.keys()})
+    stage.name, stage.method = task, task
+    stage.keep_optimizer = False  # a change of method hands over the encoder only
+    stages.append(stage)
+  c.pretrain.stages = stages
+  c.pretrain.ssl_stage = ''  # each task alone runs the target stage: the last
+  c.pretrain.match = 'flops'
 
 
 def _real(c, a, builder):
@@ -284,7 +332,7 @@ def _shrink(c, a):
   if a.dataset == 'phantom':
     c.phantom = PHANTOM_LOCAL
   c.model.width = 0.125 if not a.imagenet else c.model.width
-  for stage in c.pretrain.stages:
+  for stage in [*c.pretrain.stages, *c.pretrain.curricula.get('stages', [])]:
     stage.steps, stage.batch_size = 4, 16
     stage.image_size = schedule('constant', 32)
   c.pretrain[a.method].proj_hidden_dim = 32

@@ -14,6 +14,8 @@ config.explain chooses:
          by a trained U-Net (`python -m cxr_jax.cli.segment`, `models/segmenter.py`), for sets
          without masks.
   randomise  the Grad-CAM randomisation sanity tests to run (`cxr_jax.explain.sanity`).
+  stage  the encoder stage whose map Grad-CAM reads: 'auto' (`cam_stage`: the deepest
+         whose map is at least 8x8), 0 (the last) or 1-4.
 
 With no lung masks at all (masks='dataset' on a set without them) nothing is written and
 the report says so. `<cell>/attention.npz` (written by `cxr_jax.finetuning.explain`) holds `analysis.attention_analysis`'s arrays
@@ -108,8 +110,29 @@ def explain_set(explain_config, data, data_dir: Path, test_split: str,
                     masks=masks, mask_source=source_name, extra=extra)
 
 
+# the encoders' downsampling before stage 1, by stem; each later stage halves the map
+STEM_STRIDE = {'imagenet': 4, 'small': 1}
+MIN_CAM_SIDE = 8  # a coarser map cannot tell the lungs from their borders (4x4 at 128 px)
+NUM_STAGES = 4    # ResNet stages, DenseNet blocks
+
+
+def cam_stage(setting, image_size: int, stem: str, min_side: int = MIN_CAM_SIDE) -> int | None:
+  """The encoder stage Grad-CAM reads for config.explain.stage=`setting`: None for the
+  last stage (setting 0, or 'auto' when the last stage's map is at least min_side wide),
+  else the stage number. 'auto' takes the deepest stage whose map at `image_size` is at
+  least `min_side` wide (stage s's map: image_size / (stem stride * 2^(s-1)), rounded up
+  as the encoders pad), and stage 1 when none is."""
+  if setting != 'auto':
+    return int(setting) or None
+  stride = STEM_STRIDE[stem]
+  for stage in range(NUM_STAGES, 0, -1):
+    if -(-image_size // (stride * 2 ** (stage - 1))) >= min_side:
+      return None if stage == NUM_STAGES else stage
+  return 1
+
+
 def explain_cell(explain_config, model, variables, images: ExplainSet, image_size: int,
-                 batch_size: int, where: str) -> dict | None:
+                 batch_size: int, where: str, stem: str = 'imagenet') -> dict | None:
   """Grad-CAM attention (and the sanity tests explain_config.randomise names; config.explain)
   of one fine-tuned classifier on `images` at its input size `image_size`: the arrays of
   attention.npz, or None when there are no lung masks (`where` names the cell in the
@@ -127,7 +150,8 @@ def explain_cell(explain_config, model, variables, images: ExplainSet, image_siz
       model, variables, images.images, images.masks, images.labels,
       image_size, extra_masks=images.extra or None,
       batch_size=batch_size, overlay_per_class=explain_config.num_overlays,
-      patient_id=images.patient_id, stage=explain_config.stage or None,
+      patient_id=images.patient_id,
+      stage=cam_stage(explain_config.stage, image_size, stem),
       randomised=randomised or None)
   result['mask_source'] = np.asarray(images.mask_source)
   result['explain_data'] = np.asarray(images.name)

@@ -11,6 +11,7 @@ import datetime
 import json
 import logging
 import re
+import typing
 from pathlib import Path
 
 import jax
@@ -75,6 +76,7 @@ def _validate(config: ml_collections.ConfigDict):
   _run_fields(config)
   _model(config.model)
   names = _stages(config)
+  _curricula(config)
   _finetune(config, names)
   if config.augment_on == 'host' and config.curriculum.pacing.kind != 'none':
     raise ValueError("config.augment_on='host' needs config.curriculum.pacing.kind='none' "
@@ -94,8 +96,10 @@ def _validate(config: ml_collections.ConfigDict):
                  ssl.optimizer_config(config.pretrain, name))
   e = config.explain
   _at_least('config.explain.num_overlays', e.num_overlays, 0)
-  if e.stage not in (0, 1, 2, 3, 4):
-    raise ValueError(f'config.explain.stage must be 0 (the last) or an encoder stage 1-4 (ResNet stage, DenseNet block), got {e.stage!r}')
+  if e.stage not in (0, 1, 2, 3, 4, 'auto'):
+    raise ValueError("config.explain.stage must be 'auto' (the last stage whose map is at "
+                     'least 8x8), 0 (the last) or an encoder stage 1-4 (ResNet stage, '
+                     f'DenseNet block), got {e.stage!r}')
   for kind in vocab.comma_list(e.randomise):
     if kind not in sanity.RANDOMISATIONS:
       raise ValueError(f'config.explain.randomise: {kind!r}; choose from '
@@ -158,10 +162,12 @@ def _schedule_range(key: str, spec, steps: int, low: float, high: float | None):
     raise ValueError(f'{key} must stay in {allowed}, but reaches {bad[0]:g}')
 
 
-def _stages(config) -> list[str]:
+def _stages(config, where: str = 'config.pretrain.stages') -> list[str]:
+  """Checks the stage list config.pretrain.stages (`where` names it in errors: a named
+  curriculum is checked as the stage list of `curriculum_config`)."""
   names = []
   for i, stage in enumerate(config.pretrain.stages):
-    key = f'config.pretrain.stages[{i}]'
+    key = f'{where}[{i}]'
     unknown = sorted(set(stage.keys()) - set(STAGE_KEYS))
     if unknown:
       raise ValueError(f'{key}: unknown key(s) {unknown}; a stage has {list(STAGE_KEYS)}')
@@ -182,19 +188,37 @@ def _stages(config) -> list[str]:
                        '(the paced sampler brings no second image)')
     if stage.ema_momentum.kind != 'method':
       _schedule_range(f'{key}.ema_momentum', stage.ema_momentum, stage.steps, 0.0, 1.0)
-    _stage_method(config, i)
+    _stage_method(config, i, where)
     names.append(stage.name)
   if len(set(names)) != len(names):
-    raise ValueError(f'config.pretrain.stages: stage names must be unique, got {names}')
+    raise ValueError(f'{where}: stage names must be unique, got {names}')
   return names
 
 
-def _stage_method(config, i: int):
+def _curricula(config):
+  """Each named curriculum (config.pretrain.curricula.<name>) is a valid stage list."""
+  for name in curricula(config):
+    where = f'config.pretrain.curricula.{name}'
+    if not _NAME.match(name):
+      raise ValueError(f'{where}: use letters, digits, _ . - in a curriculum\'s name')
+    if not isinstance(config.pretrain.curricula[name], (list, tuple)) or \
+        not config.pretrain.curricula[name]:
+      raise ValueError(f'{where}: a non-empty list of stages (configs/common.stage), like '
+                       'config.pretrain.stages')
+    _stages(curriculum_config(config, name), where)
+
+
+def curricula(config) -> list[str]:
+  """The names of config.pretrain.curricula (none in a config of before the key)."""
+  return sorted(config.pretrain.get('curricula', None) or {})
+
+
+def _stage_method(config, i: int, where: str = 'config.pretrain.stages'):
   """The stage's method exists, its settings and optimizer overrides are valid, and it can
   run the stage: pretext tasks build their own inputs on the device, so they need
   config.augment_on='device' and positives='image'; a change of method from the stage
   before hands over the encoder only, so keep_optimizer=True there is an error."""
-  stage, key = config.pretrain.stages[i], f'config.pretrain.stages[{i}]'
+  stage, key = config.pretrain.stages[i], f'{where}[{i}]'
   if stage.method:
     ssl.get_method(stage.method, f'{key}.method')
   name = ssl.stage_method(config.pretrain, i)
@@ -220,9 +244,9 @@ def _stage_method(config, i: int):
 def _finetune(config, stage_names):
   ft = config.finetune
   for init in inits(config):
-    if init not in vocab.REGIMES:
-      raise ValueError(f'config.finetune.inits: unknown init {init!r}; choose from {vocab.REGIMES}')
-    if init in ('curricular', 'ssl', 'ssl_matched') and not stage_names:
+    _init(config, init)
+    if (init in ('curricular', 'ssl', 'ssl_matched') or init.startswith('alone:')) \
+        and not stage_names:
       raise ValueError(f'config.finetune.inits has {init!r} but config.pretrain.stages is empty')
     if init == 'imagenet' and not ft.imagenet_checkpoint:
       raise ValueError('config.finetune.inits has "imagenet" but '
@@ -236,7 +260,8 @@ def _finetune(config, stage_names):
     if protocol not in vocab.PROTOCOLS:
       raise ValueError(f'config.finetune.protocols: unknown protocol {protocol!r}; '
                        f'choose from {vocab.PROTOCOLS}')
-  if {'ssl', 'ssl_matched'} & set(inits(config)):
+  if {'ssl', 'ssl_matched'} & set(inits(config)) or any(
+      i.startswith('alone:') for i in inits(config)):
     ssl_stage_index(config.pretrain)
   fractions = list(ft.label_fractions)
   if not fractions or any(isinstance(f, bool) or not isinstance(f, (int, float)) or
@@ -260,6 +285,34 @@ def _finetune(config, stage_names):
                      f'{findings!r}')
 
 
+def _init(config, init: str):
+  """`init` is a regime: one of vocab.REGIMES, alone:<method of cxr_jax.ssl.METHODS>,
+  curriculum:<name> or ssl_matched:<name> of config.pretrain.curricula."""
+  family, name = vocab.split_regime(init)
+  if init in vocab.REGIMES:
+    return
+  names = curricula(config)
+  if family == 'alone' and name in ssl.METHODS:
+    index = ssl_stage_index(config.pretrain)
+    try:  # the method must be able to run the target stage
+      _stage_method(alone_config(config, name), 0)
+    except ValueError as e:
+      raise ValueError(f'config.finetune.inits: {init} cannot run the target stage '
+                       f'config.pretrain.stages[{index}]: {e}') from e
+    return
+  if family in ('curriculum', 'ssl_matched') and name in names:
+    return
+  if family == 'alone':
+    why = f'{name!r} is not a method; choose from {ssl.METHODS}'
+  elif family in ('curriculum', 'ssl_matched'):
+    why = (f'{name!r} is not a curriculum of config.pretrain.curricula '
+           f'(it has {names or "none"})')
+  else:
+    why = (f'choose from {vocab.REGIMES}, alone:<method>, curriculum:<name> or '
+           'ssl_matched:<name> (a name of config.pretrain.curricula)')
+  raise ValueError(f'config.finetune.inits: unknown init {init!r}; {why}')
+
+
 def check_data(config, data_dir: Path):
   """Opens (preparing on first use) every dataset the run will read and checks its
   splits, before any training: a typo in a split is found in seconds, not after
@@ -271,14 +324,23 @@ def check_data(config, data_dir: Path):
 
 
 def _check_data(config, data_dir: Path):
-  regimes = inits(config)
-  stages = range(len(config.pretrain.stages)) if 'curricular' in regimes else []
-  if {'ssl', 'ssl_matched'} & set(regimes) and 'curricular' not in regimes:
-    stages = [ssl_stage_index(config.pretrain)]
-  for i in stages:
-    key = f'config.pretrain.stages[{i}].data'
-    data = config.pretrain.stages[i].data
-    pipeline.get_source(pipeline.get_builder(data, data_dir, key=key), data.split, f'{key}.split')
+  opened = set()
+  for regime in inits(config):
+    if not vocab.pretrain_folder(regime):
+      continue
+    plan = regime_plan(config, regime)
+    family, name = vocab.split_regime(regime)
+    where = (f'config.pretrain.curricula.{name}' if family in ('curriculum', 'ssl_matched')
+             else 'config.pretrain.stages')
+    for i in plan.indices:
+      data = plan.config.pretrain.stages[i].data
+      index = ssl_stage_index(config.pretrain) if family == 'alone' else i
+      key = f'{where}[{index}].data'
+      seen = json.dumps(data.to_dict(), sort_keys=True, default=str)
+      if seen not in opened:
+        opened.add(seen)
+        pipeline.get_source(pipeline.get_builder(data, data_dir, key=key), data.split,
+                            f'{key}.split')
   data = config.finetune.data
   builder = pipeline.get_builder(data, data_dir, key='config.finetune.data')
   for split in ('train_split', 'val_split', 'test_split'):
@@ -317,9 +379,76 @@ def ssl_stage_index(pretrain: ml_collections.ConfigDict) -> int:
 MATCH = ('images', 'flops')
 
 
-def matched_steps(pretrain: ml_collections.ConfigDict, stage_total=None) -> int:
-  """The 'ssl_matched' regime's steps: the ssl stage alone, run as long as the whole
-  curriculum by pretrain.match:
+class Plan(typing.NamedTuple):
+  """How a pretraining regime runs (`regime_plan`).
+  config: the config whose stages `indices` it runs (the run's own, or a copy);
+  folder: its workdir folder (vocab.pretrain_folder);
+  reference: for a matched regime, the config whose whole curriculum its one stage is
+    matched to (`matched_config(config, ..., reference=reference)` sets its length);
+    None for the others."""
+  config: ml_collections.ConfigDict
+  indices: list
+  folder: str
+  reference: ml_collections.ConfigDict | None
+
+
+def regime_plan(config: ml_collections.ConfigDict, regime: str) -> Plan:
+  """The stages each pretraining regime runs (see vocab.FAMILIES):
+    curricular      config.pretrain.stages in order                  -> pretrain/
+    ssl             the target stage alone, its own length            -> pretrain_ssl/
+    ssl_matched     the target stage alone, matched to curricular     -> pretrain_ssl_matched/
+    alone:<m>       the target stage alone running m, matched to curricular
+                                                                      -> pretrain_alone_<m>/
+    curriculum:<n>  config.pretrain.curricula.<n> in order            -> pretrain_curriculum_<n>/
+    ssl_matched:<n> the last stage of curriculum n alone, matched to it
+                                                                      -> pretrain_ssl_matched_<n>/
+  (the target stage: config.pretrain.ssl_stage, '' = the last). ValueError for a regime
+  that pretrains nothing (scratch, imagenet) or is unknown."""
+  folder = vocab.pretrain_folder(regime)
+  family, name = vocab.split_regime(regime)
+  if folder is None:
+    raise ValueError(f'{regime!r} is not a pretraining regime')
+  if regime == 'curricular':
+    return Plan(config, list(range(len(config.pretrain.stages))), folder, None)
+  if regime in ('ssl', 'ssl_matched'):
+    return Plan(config, [ssl_stage_index(config.pretrain)], folder,
+                config if regime == 'ssl_matched' else None)
+  if family == 'alone':
+    return Plan(alone_config(config, name), [0], folder, config)
+  named = curriculum_config(config, name)
+  if family == 'curriculum':
+    return Plan(named, list(range(len(named.pretrain.stages))), folder, None)
+  return Plan(named, [len(named.pretrain.stages) - 1], folder, named)
+
+
+def curriculum_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """A copy of `config` whose stage list is config.pretrain.curricula.<name> (its target
+  stage, for ssl_matched:<name>, is its last)."""
+  if name not in curricula(config):
+    raise ValueError(f'{name!r} is not a curriculum of config.pretrain.curricula '
+                     f'(it has {curricula(config) or "none"})')
+  out = copy.deepcopy(config)  # deep: the stage lists' entries are ConfigDicts too
+  out.pretrain.stages = list(out.pretrain.curricula[name])
+  out.pretrain.ssl_stage = ''
+  return out
+
+
+def alone_config(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  """A copy of `config` whose one stage is the target stage (config.pretrain.ssl_stage)
+  running `method`: the alone:<method> regime, before `matched_config` sets its length."""
+  out = copy.deepcopy(config)
+  stage = out.pretrain.stages[ssl_stage_index(out.pretrain)]
+  stage.method = method
+  out.pretrain.stages = [stage]
+  out.pretrain.ssl_stage = ''
+  return out
+
+
+def matched_steps(pretrain: ml_collections.ConfigDict, stage_total=None, reference=None,
+                  reference_total=None) -> int:
+  """A matched regime's steps: the ssl stage alone, run as long as the whole curriculum
+  (`reference`'s stages, default pretrain's own; reference_total counts their FLOPs,
+  default stage_total) by pretrain.match:
     'images': as many images, sum over stages of steps * batch_size, at its own batch
               size (rounded up to whole steps);
     'flops':  as many FLOPs, the curriculum's total over the FLOPs of one step of the ssl
@@ -329,27 +458,32 @@ def matched_steps(pretrain: ml_collections.ConfigDict, stage_total=None) -> int:
   schedules stretched over them): `compute.StageFlops.stage_total`; needed for 'flops'."""
   index = ssl_stage_index(pretrain)
   target = pretrain.stages[index]
+  stages = (reference if reference is not None else pretrain).stages
   if pretrain.get('match', 'images') == 'flops':  # a config.json of before the key: images
     if stage_total is None:
       raise ValueError("config.pretrain.match='flops' needs the stages' FLOP counts "
                        '(experiment.stage_flops)')
-    curriculum_flops = sum(stage_total(i, s.steps) for i, s in enumerate(pretrain.stages))
+    total = reference_total or stage_total
+    curriculum_flops = sum(total(i, s.steps) for i, s in enumerate(stages))
     return compute.matched_steps_by_flops(
         curriculum_flops, lambda n: stage_total(index, n), target.steps)
-  images = sum(s.steps * s.batch_size for s in pretrain.stages)
+  images = sum(s.steps * s.batch_size for s in stages)
   return -(-images // target.batch_size)
 
 
 def matched_config(config: ml_collections.ConfigDict, stage_total=None,
-                   steps: int | None = None) -> ml_collections.ConfigDict:
+                   steps: int | None = None, reference=None,
+                   reference_total=None) -> ml_collections.ConfigDict:
   """A copy of `config` whose ssl stage runs `matched_steps` (its schedules stretch over
   them, as they do over any stage's steps), or `steps` when given (a finished stage's
-  length, from its compute.json); the 'ssl_matched' regime runs that stage."""
+  length, from its compute.json); the matched regimes (`regime_plan`) run that stage.
+  `reference`: the config whose curriculum to match (its .pretrain), default `config`."""
   out = copy.deepcopy(config)  # deep: the stage list's entries are ConfigDicts too
   stage = out.pretrain.stages[ssl_stage_index(out.pretrain)]
   if steps is None:
-    steps = matched_steps(out.pretrain, stage_total)
-    log.info('ssl_matched: stage %s runs %d steps (config.pretrain.match=%r; %d alone)',
+    steps = matched_steps(out.pretrain, stage_total,
+                          None if reference is None else reference.pretrain, reference_total)
+    log.info('matched: stage %s runs %d steps (config.pretrain.match=%r; %d alone)',
              stage.name, steps, config.pretrain.get('match', 'images'), stage.steps)
   stage.steps = steps
   return out
@@ -415,7 +549,11 @@ def _methods_run(config: dict) -> set[str]:
   """The methods the stages of a config (as JSON) run; their settings matter on resume,
   other methods' settings (config.pretrain.<method>) do not."""
   pretrain = config.get('pretrain', {})
-  return {s.get('method', '') or pretrain.get('method', '') for s in pretrain.get('stages', [])}
+  stages = [*pretrain.get('stages', []),
+            *(s for stage_list in (pretrain.get('curricula') or {}).values() for s in stage_list)]
+  alone = {i.partition(':')[2] for i in vocab.comma_list(config.get('finetune', {}).get('inits', ''))
+           if i.startswith('alone:')}
+  return {s.get('method', '') or pretrain.get('method', '') for s in stages} | alone
 
 
 def _added(key: str) -> str:
@@ -448,6 +586,8 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: Path):
   unused = set(ssl.METHODS) - _methods_run(saved) - _methods_run(current)
   changes = {k: v for k, v in changes.items()
              if not (k.startswith('pretrain.') and k.split('.')[1] in unused)}
+  if not saved.get('explain', {}).get('enabled') and not current['explain']['enabled']:
+    changes.pop('explain.stage', None)  # unused without Grad-CAM (its default became 'auto')
   if not changes:  # only keys added since, at the value that keeps the old behaviour,
     return         # or settings of methods that no stage of either config runs
   refused = [k for k in changes if not _allowed(k, allowed)]

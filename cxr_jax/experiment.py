@@ -10,6 +10,10 @@
                 -> <workdir>/pretrain_ssl/<stage>/
                 the 'ssl_matched' regime: that stage alone for as many images as the
                 whole curriculum -> <workdir>/pretrain_ssl_matched/<stage>/
+                alone:<method>, curriculum:<name>, ssl_matched:<name>: the regime
+                families of a study of curricula (configuration.regime_plan)
+                -> <workdir>/pretrain_alone_<method>/, pretrain_curriculum_<name>/,
+                   pretrain_ssl_matched_<name>/
       embeddings (config.explain.umap): each regime's test-split features
                 -> <workdir>/embeddings/<init>.npz      (finetuning.save_embeddings)
       evaluate: protocol x init x label fraction x seed, each cell a job
@@ -65,17 +69,21 @@ def _run(config, workdir: Path) -> list[dict]:
   account = timing.start()  # this process start's time by job and phase
   configuration.check_or_write_config(config, workdir)
   keeper = jax.process_index() == 0  # who writes timing.json and the report
+  finished = False
   try:
     results = _plan(config, workdir, fresh)
     if keeper:
       timing.write(workdir, account)  # the report shows the account up to the report
       with timing.phase('report'):
         report.write_report(workdir)
+    finished = True
     return results
   finally:
     if keeper:
       try:
-        timing.log_summary(timing.write(workdir, account))
+        totals = timing.write(workdir, account)
+        if finished:  # after an error its one-line message is the last word, alone
+          timing.log_summary(totals)
       except OSError as e:  # never in place of the error that stopped the run (a full disk)
         log.warning('the time account could not be written: %s', e)
 
@@ -136,9 +144,14 @@ def pretrained_encoders(config, inits, mesh, writer, workdir: Path, data_dir: Pa
     imagenet = state_lib.load_imagenet_encoder(config.finetune.imagenet_checkpoint,
                                                config.model.name)
   encoders = {'scratch': None, 'imagenet': imagenet}
-  flops = stage_flops(config, mesh, workdir, data_dir)
+  counters = {}  # id(config) -> (config, the FLOP counter of its stage list)
 
-  def pretrain(regime, cfg, indices, folder, **kwargs):
+  def counter(cfg) -> compute.StageFlops:
+    if id(cfg) not in counters:
+      counters[id(cfg)] = (cfg, stage_flops(cfg, mesh, workdir, data_dir))
+    return counters[id(cfg)][1]
+
+  def pretrain(regime, cfg, indices, folder, flops, **kwargs):
     _record_compute(cfg, indices, folder, flops, workdir)  # planned; wall so far
     state = pretraining.run_curriculum(cfg, mesh, writer, workdir, data_dir,
                                        indices, folder=folder, **kwargs)
@@ -148,20 +161,22 @@ def pretrained_encoders(config, inits, mesh, writer, workdir: Path, data_dir: Pa
              compute.format_flops(total['flops']), total['wall_s'])
     return state_lib.encoder_variables(state)
 
-  if 'curricular' in inits:
-    encoders['curricular'] = pretrain(
-        'curricular', config, list(range(len(config.pretrain.stages))), 'pretrain',
-        imagenet=imagenet if config.pretrain.init == 'imagenet' else None)
-  if 'ssl' in inits:  # one SSL stage on the target data, from scratch
-    encoders['ssl'] = pretrain('ssl', config, [configuration.ssl_stage_index(config.pretrain)],
-                               vocab.SINGLE_STAGE_FOLDERS['ssl'])
-  if 'ssl_matched' in inits:  # the same stage, as many images (or FLOPs) as the curriculum
-    with timing.phase('other', job=f'{vocab.SINGLE_STAGE_FOLDERS["ssl_matched"]}/'
-                                   f'{config.pretrain.stages[configuration.ssl_stage_index(config.pretrain)].name}'):
-      matched = configuration.matched_config(config, flops.stage_total)
-    encoders['ssl_matched'] = pretrain(
-        'ssl_matched', matched, [configuration.ssl_stage_index(matched.pretrain)],
-        vocab.SINGLE_STAGE_FOLDERS['ssl_matched'])
+  # curricular, ssl, ssl_matched first (as before the families), then the config's order
+  fixed = [r for r in ('curricular', 'ssl', 'ssl_matched') if r in inits]
+  for regime in fixed + [r for r in inits if r not in fixed and vocab.pretrain_folder(r)]:
+    plan = configuration.regime_plan(config, regime)
+    cfg = plan.config
+    if plan.reference is not None:  # one stage, as many images (or FLOPs) as a curriculum
+      stage = cfg.pretrain.stages[plan.indices[0]].name
+      with timing.phase('other', job=f'{plan.folder}/{stage}'):
+        cfg = configuration.matched_config(cfg, counter(plan.config).stage_total,
+                                           reference=plan.reference,
+                                           reference_total=counter(plan.reference).stage_total)
+    # config.pretrain.init='imagenet' starts every curriculum (not the single stages) from it
+    start = (imagenet if config.pretrain.init == 'imagenet' and plan.reference is None
+             and regime != 'ssl' else None)
+    encoders[regime] = pretrain(regime, cfg, plan.indices, plan.folder,
+                                counter(plan.config), imagenet=start)
   return encoders
 
 
@@ -172,7 +187,8 @@ def _flops_key(config, index: int) -> str:
   stage = {k: v for k, v in config.pretrain.stages[index].to_dict().items()
            if k not in ('name', 'steps', 'image_size')}
   pretrain = {k: v for k, v in config.pretrain.to_dict().items()
-              if k not in ('stages', 'ssl_stage', 'monitor_every', 'match', 'init')}
+              if k not in ('stages', 'ssl_stage', 'monitor_every', 'match', 'init',
+                           'curricula')}
   text = json.dumps([config.model.to_dict(), pretrain, stage, jax.__version__,
                      jax.default_backend()], sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -399,6 +399,6 @@ def explain(config, model, variables, data: EvalData, directory: Path):
           np.nan_to_num(images.labels[:, finding], nan=0.0) >= 0.5).astype(np.int64))
   result = attention_job.explain_cell(config.explain, model, variables, images,
                                       config.finetune.image_size, config.eval_batch_size,
-                                      str(directory))
+                                      str(directory), stem=config.model.stem)
   if result is not None:
     save_npz(directory / 'attention.npz', **result)

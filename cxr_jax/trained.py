@@ -283,13 +283,21 @@ def config_from_json(path: Path) -> ml_collections.ConfigDict:
 def from_stage(workdir, stage: str, folder: str = 'pretrain', config=None):
   """(SSL model, its trained {'params', 'batch_stats'}, the stage's last view size) of a
   finished pretraining stage of `workdir` (`folder`: pretrain | pretrain_ssl |
-  pretrain_ssl_matched): the model rebuilt from W/config.json (or `config`), the weights
+  pretrain_ssl_matched | pretrain_alone_<method> | pretrain_curriculum_<name> |
+  pretrain_ssl_matched_<name>: vocab.pretrain_folder of a regime): the model rebuilt from W/config.json (or `config`), the weights
   from the stage's last Orbax checkpoint, which must be at the stage's final step.
 
   Raises ValueError naming the stage when it is unknown or unfinished."""
   workdir = Path(workdir)
   config = config if config is not None else config_from_json(workdir / 'config.json')
-  if folder == vocab.SINGLE_STAGE_FOLDERS['ssl_matched']:  # that regime's stage ran longer
+  regime = vocab.regime_of_folder(folder)
+  if regime is None:
+    raise ValueError(f'--folder={folder!r} is not a pretraining folder: pretrain, '
+                     'pretrain_ssl, pretrain_ssl_matched, pretrain_alone_<method>, '
+                     'pretrain_curriculum_<name> or pretrain_ssl_matched_<name>')
+  plan = configuration.regime_plan(config, regime)
+  config = plan.config
+  if plan.reference is not None:  # a matched regime: its stage ran longer than its steps
     steps = None
     if config.pretrain.get('match', 'images') == 'flops':  # its length: in its compute.json
       record = compute.read_record(workdir / folder / stage)
@@ -297,7 +305,7 @@ def from_stage(workdir, stage: str, folder: str = 'pretrain', config=None):
         raise ValueError(f'{folder}/{stage} has no {compute.FILE}: its length (matched by '
                          'FLOPs) is unknown')
       steps = record['steps']
-    config = configuration.matched_config(config, steps=steps)
+    config = configuration.matched_config(config, steps=steps, reference=plan.reference)
   names = [s.name for s in config.pretrain.stages]
   if stage not in names:
     raise ValueError(f'--stage={stage!r} is not a stage of {workdir}; stages: {names}')

@@ -1,6 +1,6 @@
 """Embeddings of a dataset split by a trained encoder of a workdir:
 
-    python -m cxr_jax.cli.embed --workdir=W (--stage=NAME [--folder=pretrain|pretrain_ssl|pretrain_ssl_matched] |
+    python -m cxr_jax.cli.embed --workdir=W (--stage=NAME [--folder=pretrain|pretrain_ssl|...] |
         --job=finetune/<init>/<fraction>/seed<k>) --data=BUILDER:SPLIT [--data_dir=...] \\
         [--options=k=v,...] [--image_size=PX] --out=emb.npz
 
@@ -84,8 +84,10 @@ def main(argv=None):
   which.add_argument('--stage', help='a pretraining stage of the run')
   which.add_argument('--job', help='a fine-tuning cell: finetune/<init>/<fraction>/seed<k> '
                      '(its best weights, as selected on val)')
-  parser.add_argument('--folder', default='pretrain', choices=('pretrain', 'pretrain_ssl', 'pretrain_ssl_matched'),
-                      help="the stage's folder: pretrain (curricular) or pretrain_ssl (ssl), pretrain_ssl_matched (ssl_matched)")
+  parser.add_argument('--folder', default='pretrain',
+                      help="the stage's folder: pretrain (curricular), pretrain_ssl (ssl), "
+                      'pretrain_ssl_matched (ssl_matched), pretrain_alone_<method>, '
+                      'pretrain_curriculum_<name>, pretrain_ssl_matched_<name>')
   parser.add_argument('--data', required=True, help='BUILDER:SPLIT, e.g. phantom:test')
   parser.add_argument('--data_dir', default='', help="TFDS data_dir (default: the run's)")
   parser.add_argument('--options', default=None, help="the builder's options 'k=v,...'")

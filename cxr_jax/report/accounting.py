@@ -17,7 +17,6 @@ log = logging.getLogger('cxr_jax')
 
 PHASES = ('data', 'compile', 'train', 'eval', 'checkpoint', 'report', 'other')
 UNEQUAL = 0.05  # regimes whose pretraining FLOPs differ by more than this are flagged
-REGIME_FOLDERS = {'curricular': 'pretrain', **vocab.SINGLE_STAGE_FOLDERS}
 
 
 def _read_json(path: Path):
@@ -31,9 +30,10 @@ def _read_json(path: Path):
 def _stage_order(workdir: Path) -> list[str]:
   path = workdir / 'config.json'
   config = _read_json(path) if path.exists() else None
-  try:
-    return [s['name'] for s in config['pretrain']['stages']]
-  except (TypeError, KeyError):
+  try:  # the curriculum's stages, then the named curricula's (config.pretrain.curricula)
+    lists = [config['pretrain']['stages'], *(config['pretrain'].get('curricula') or {}).values()]
+    return [s['name'] for stages in lists for s in stages]
+  except (TypeError, KeyError, AttributeError):
     return []
 
 
@@ -43,7 +43,11 @@ def regime_compute(workdir: Path) -> dict[str, dict]:
   workdir = Path(workdir)
   order = _stage_order(workdir)
   out = {}
-  for regime, folder in REGIME_FOLDERS.items():
+  folders = {vocab.regime_of_folder(p.name): p.name for p in sorted(workdir.glob('pretrain*'))
+             if p.is_dir()}
+  for regime, folder in sorted(folders.items(), key=lambda kv: vocab.regime_order(kv[0] or '')):
+    if regime is None:
+      continue
     paths = sorted((workdir / folder).glob('*/compute.json'),
                    key=lambda p: (order.index(p.parent.name) if p.parent.name in order
                                   else len(order), p.parent.name))
@@ -101,8 +105,8 @@ def compute_section(run) -> list[str]:
               f'{UNEQUAL:.0%}): ' + '; '.join(f'{a} used {ratio:.2f}× the FLOPs of {b}'
                                            for a, b, ratio in pairs)
               + '. Their paired comparisons above compare regimes at unequal budgets '
-              '(config.pretrain.match=flops matches ssl_matched to the curriculum in '
-              'FLOPs).']
+              '(config.pretrain.match=flops matches ssl_matched, ssl_matched:<name> and '
+              'alone:<method> to their curriculum in FLOPs).']
   return lines + ['']
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from cxr_jax.data.builders import _common
