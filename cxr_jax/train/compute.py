@@ -18,6 +18,8 @@ e.g. `models/resnet.py`'s CPU batch norm as dots, change it by well under 1%).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -97,12 +99,18 @@ class StageFlops:
     self._memo.setdefault(self._key(index), {}).update({int(k): v for k, v in per_step.items()})
 
   def per_step(self, index: int, sizes) -> dict[int, float]:
-    known = self._memo.setdefault(self._key(index), {})
+    key = self._key(index)
+    known = self._memo.setdefault(key, {})
     missing = sorted({int(s) for s in np.asarray(sizes)} - set(known))
+    if missing:  # counted by an earlier run of the same program (tracing costs seconds)
+      known.update(cached_counts(key, missing))
+      missing = sorted(set(missing) - set(known))
     if missing:
       if index not in self._jobs:
         self._jobs[index] = self._build_job(index)
-      known.update(job_flops(self._jobs[index], missing))
+      counted = job_flops(self._jobs[index], missing)
+      known.update(counted)
+      store_counts(key, counted)
     return {int(s): known[int(s)] for s in np.unique(np.asarray(sizes))}
 
   def stage_total(self, index: int, steps: int) -> float:
@@ -112,6 +120,70 @@ class StageFlops:
 
   def key(self, index: int) -> str:
     return self._key(index)
+
+
+# Counts kept beside JAX's persistent compilation cache (jax_compilation_cache_dir, per
+# user; none when it is off), so a repeated run or another workdir of the same stage
+# does not trace its steps again only to count them. Keyed by the stage's key (model,
+# method, stage settings, JAX version, backend), the view size and a digest of this
+# package's source, so a change of code counts afresh.
+CACHE_FILE = 'cxr_jax_flops.json'
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+  """sha256 of the package's Python sources (what a step's program is traced from)."""
+  root = Path(__file__).resolve().parents[1]
+  h = hashlib.sha256()
+  for path in sorted(root.rglob('*.py')):
+    h.update(str(path.relative_to(root)).encode())
+    h.update(path.read_bytes())
+  return h.hexdigest()[:16]
+
+
+def _cache_folder() -> str | None:
+  return jax.config.jax_compilation_cache_dir
+
+
+def _cache_path() -> Path | None:
+  folder = _cache_folder()
+  return Path(folder) / CACHE_FILE if folder else None
+
+
+def _cache_key(key: str, size: int) -> str:
+  return f'{key}/{code_digest()}/{int(size)}'
+
+
+def _read_cache(path: Path) -> dict:
+  try:
+    data = json.loads(path.read_text())
+  except (OSError, ValueError):  # absent, or torn by a crash: it is only a cache
+    return {}
+  return data if isinstance(data, dict) else {}
+
+
+def cached_counts(key: str, sizes) -> dict[int, float]:
+  """{size: FLOPs per step} of the sizes an earlier run counted for this stage key."""
+  path = _cache_path()
+  if path is None:
+    return {}
+  data = _read_cache(path)
+  found = {int(s): data.get(_cache_key(key, s)) for s in sizes}
+  return {s: float(v) for s, v in found.items() if isinstance(v, (int, float)) and v > 0}
+
+
+def store_counts(key: str, counts: dict[int, float]):
+  """Adds counts to the cache file (best effort: a failed write only costs a recount)."""
+  path = _cache_path()
+  if path is None or not counts:
+    return
+  data = _read_cache(path)
+  data.update({_cache_key(key, s): float(v) for s, v in counts.items()})
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workdir_lib.write_text(path, json.dumps(data, sort_keys=True))
+  except OSError:
+    pass
 
 
 def matched_steps_by_flops(target_flops: float, stage_total: Callable[[int], float],

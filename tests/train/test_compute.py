@@ -117,3 +117,34 @@ def test_matched_by_flops_finds_the_fewest_steps_of_a_resized_stage():
   assert n > 15  # the 48 px stage's FLOPs on top of its own
   matched = configuration.matched_config(config, total)
   assert matched.pretrain.stages[1].steps == n and config.pretrain.stages[1].steps == 15
+
+
+def test_counts_are_reused_across_runs_through_the_cache_file(tmp_path, monkeypatch):
+  """A second counter of the same stage key (a repeated run, another workdir) takes the
+  count from the file beside the compilation cache instead of tracing again; another
+  key counts afresh, and without a cache folder nothing is kept."""
+  traced = []
+
+  def fake_job_flops(job, sizes):
+    traced.append((job, tuple(sizes)))
+    return {int(s): 1000.0 * s for s in sizes}
+
+  monkeypatch.setattr(compute, 'job_flops', fake_job_flops)
+  folder = [str(tmp_path)]  # what jax.config.jax_compilation_cache_dir would say
+  monkeypatch.setattr(compute, '_cache_folder', lambda: folder[0])
+
+  def counter(key):
+    return compute.StageFlops(build_job=lambda index: f'job{index}',
+                              sizes_of=lambda index, steps: [48] * steps, key=lambda index: key)
+
+  assert counter('k1').per_step(0, [48, 64]) == {48: 48000.0, 64: 64000.0}
+  assert counter('k1').per_step(0, [64, 48]) == {48: 48000.0, 64: 64000.0}
+  assert traced == [('job0', (48, 64))]  # the second counter traced nothing
+  assert counter('k2').per_step(0, [48]) == {48: 48000.0}
+  assert traced[-1] == ('job0', (48,))
+  (tmp_path / compute.CACHE_FILE).write_text('{"torn')  # a torn file is only a miss
+  assert counter('k1').per_step(0, [48]) == {48: 48000.0} and len(traced) == 3
+  folder[0] = None
+  counter('k3').per_step(0, [48])
+  counter('k3').per_step(0, [48])
+  assert len(traced) == 5
