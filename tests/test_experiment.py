@@ -117,7 +117,7 @@ def test_stage_carry_over_keeps_or_resets_the_head(tmp_path, tiny_data_dir):
     (lambda c: setattr(c.finetune.optimizer, 'name', 'adam'), 'config.finetune.optimizer.name must be one of'),
     (lambda c: setattr(c.curriculum, 'difficulty', 'loss'), 'config.curriculum.difficulty must be one of'),
     (lambda c: setattr(c.curriculum.pacing, 'kind', 'cubic'), 'config.curriculum.pacing'),
-    (lambda c: setattr(c.explain, 'stage', 7), 'config.explain.stage must be 0'),
+    (lambda c: setattr(c.explain, 'stage', 7), "config.explain.stage must be 'auto'"),
     (lambda c: setattr(c.explain, 'randomise', 'head,layer3'),
      r"config.explain.randomise: 'layer3'; choose from \('head', 'full'\)"),
     (lambda c: setattr(c.explain, 'masks', 'segmenter:'), r"config.explain.masks='segmenter:'"),

@@ -113,10 +113,10 @@ def test_paper_config_runs_multilabel_and_reports_per_finding_cis(tmp_path, data
 
 
 def test_any_registered_builder_is_a_paper_dataset_with_its_metadata(tmp_path):
-  c = paper.get_config('dataset=kermany_pneumonia,runlocal=true')
+  c = paper.get_config('dataset=kermany_pneumonia,runlocal=true,data_root=/raw,stage1=none')
   assert c.pretrain.stages[-1].data.split == 'train' and c.explain.extra_masks == ''
   assert c.finetune.data.findings == ''
-  c = paper.get_config('dataset=cxr_collection')
+  c = paper.get_config('dataset=cxr_collection,data_root=/raw,stage1=none')
   assert c.pretrain.stages[-1].data.split == 'unlabeled'
   assert c.explain.extra_masks == 'device,opacity'
   with pytest.raises(ValueError, match="dataset='nope'.*nih_cxr14"):

@@ -145,8 +145,8 @@ def user_error(e: BaseException) -> str | None:
   traceback is printed)."""
   # imported here as in main: cxr_jax loads after platform.setup sets the XLA flags
   from cxr_jax import configuration
-  from cxr_jax.data import errors, identity, splits, validate
-  from cxr_jax.train import workdir
+  from cxr_jax.data import errors, identity, splits, validate  # after platform.setup
+  from cxr_jax.train import workdir  # after platform.setup
   if isinstance(e, (workdir.RunError, configuration.ConfigError, identity.DataIdentityError,
                     validate.DataValidationError, splits.PatientOverlapError,
                     errors.UnreadableImageError)):
@@ -175,7 +175,7 @@ def use_compilation_cache(directory: str) -> str:
   the jobs of one run that compile the same program. Every program is cached: JAX's
   default keeps out those that compiled in under a second, which on a GPU is most of a
   run's small programs (initialisation, evaluation, probes)."""
-  import jax
+  import jax  # after platform.setup: XLA flags are read when jax starts
   env = os.environ.get('JAX_COMPILATION_CACHE_DIR')
   if env or not directory:
     return env or ''
@@ -190,12 +190,12 @@ def use_compilation_cache(directory: str) -> str:
 
 def main(argv):
   del argv
-  from cxr_jax import platform
+  from cxr_jax import platform  # before jax: it sets the XLA flags
   platform.setup(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   use_compilation_cache(_CACHE_DIR.value)
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TFDS are chatty below ERROR
   logging.getLogger('cxr_jax').setLevel(logging.INFO)
-  from cxr_jax import experiment
+  from cxr_jax import experiment  # after platform.setup (imports jax)
   try:
     experiment.run(flags.FLAGS.config, _WORKDIR.value)
   except Exception as e:  # pylint: disable=broad-except
