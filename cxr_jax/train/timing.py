@@ -17,8 +17,8 @@ Phases (`PHASES`):
 
 The account is exclusive: at any moment exactly one (job, phase) pair is charged, the one
 at the top of a stack of `phase(...)` contexts, and a compilation event moves its duration
-from the phase it happened in to 'compile' of the same job. So the phases of a session add
-up to its wall time, by construction. Compilation is measured by JAX's events
+from the phase it happened in to 'compile' of the same job. So the phases of one process
+start add up to its wall time, by construction. Compilation is measured by JAX's events
 (`COMPILE_EVENTS`) as time spans whose overlaps are merged (a nested jit's tracing happens
 inside its caller's), counted only on the thread that owns the account (the one that runs
 the plan; no phase is charged for work done concurrently in other threads).
@@ -159,7 +159,7 @@ def _listen():
 
 
 def start() -> Account:
-  """Starts the account of this process start (the run's session) and returns it."""
+  """Starts the account of this process start and returns it."""
   global _account
   _listen()
   _account = Account()
@@ -193,8 +193,9 @@ def describe(phases: dict[str, float]) -> str:
 
 
 def write(workdir: Path, account: Account | None = None) -> dict:
-  """Writes this session into <workdir>/timing.json (replacing its earlier entry, keeping
-  the other sessions) with the sum over sessions; returns the file's content."""
+  """Writes this process start's account into <workdir>/timing.json (replacing its earlier
+  entry, keeping those of earlier process starts) with their sum; returns the file's
+  content."""
   account = account or _account
   path = Path(workdir) / FILE
   sessions = []
@@ -213,7 +214,7 @@ def write(workdir: Path, account: Account | None = None) -> dict:
         jobs[job][p] = jobs[job].get(p, 0.0) + sec
   content = {
       'phases_meaning': 'seconds of wall time by job and phase; each process start appends '
-                        'a session, total sums them (cxr_jax/train/timing.py)',
+                        'an entry to sessions, total sums them (cxr_jax/train/timing.py)',
       'sessions': sessions,
       'total': {'wall_s': sum(s.get('wall_s', 0.0) for s in sessions), 'jobs': jobs,
                 'phases': _sum_phases(jobs.values()), 'sessions': len(sessions)}}
@@ -222,7 +223,7 @@ def write(workdir: Path, account: Account | None = None) -> dict:
 
 
 def log_summary(content: dict):
-  """Logs the session's and the total's time by phase."""
+  """Logs this process start's and the total's time by phase."""
   session, total = content['sessions'][-1], content['total']
   log.info('time by phase, this process: %.1f s wall; %s', session['wall_s'],
            describe(session['phases']))

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax.data import augment
+from cxr_jax.ssl import pretext
 
 FEATURES = 6
 
@@ -50,6 +51,13 @@ def init(method, cfg, x):
   model = method.build_model(TinyEncoder(), cfg)
   variables = model.init(jax.random.PRNGKey(0), jnp.asarray(x), train=False)
   return model, variables['params'], variables['batch_stats']
+
+
+def classifier_logits(model, params, batch_stats, inputs):
+  """The classifier's training-mode logits of a pretext task's network inputs."""
+  out = model.apply({'params': params, 'batch_stats': batch_stats}, inputs, train=True,
+                    mutable=['batch_stats'], method=pretext.PretextClassifier.classify)[0]
+  return out['logits']
 
 
 def check_interface(method, cfg, model, params, batch_stats, inputs, batch):

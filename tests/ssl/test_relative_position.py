@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxr_jax.ssl import pretext, relative_position as rp
+from cxr_jax.ssl import relative_position as rp
 from tests.ssl import pretext_helpers as H
 
 
@@ -34,9 +34,7 @@ def test_loss_is_the_cross_entropy_of_the_model_logits():
   inputs = rp.make_inputs(jax.random.PRNGKey(5), x, {'strength': jnp.float32(0.2)}, 48, cfg)
   np.testing.assert_allclose(np.mean(np.asarray(inputs['patches']), axis=(1, 2, 3)), 0, atol=1e-5)
   model, params, batch_stats = H.init(rp, cfg, x)
-  logits = model.apply({'params': params, 'batch_stats': batch_stats}, inputs['patches'],
-                       train=True, mutable=['batch_stats'],
-                       method=pretext.PretextClassifier.classify)[0]['logits']
+  logits = H.classifier_logits(model, params, batch_stats, inputs['patches'])
   assert logits.shape == (4, 8)
   loss = H.check_interface(rp, cfg, model, params, batch_stats, inputs, batch=4)
   np.testing.assert_allclose(float(loss), H.numpy_cross_entropy(logits, inputs['labels']),

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxr_jax.ssl import pretext, rotation
+from cxr_jax.ssl import rotation
 from tests.ssl import pretext_helpers as H
 
 
@@ -27,9 +27,7 @@ def test_loss_is_the_cross_entropy_of_the_model_logits():
   cfg.head_hidden_dim = 8
   inputs = rotation.make_inputs(jax.random.PRNGKey(1), x, {'strength': jnp.float32(0.3)}, 32, cfg)
   model, params, batch_stats = H.init(rotation, cfg, x)
-  logits = model.apply({'params': params, 'batch_stats': batch_stats}, inputs['images'],
-                       train=True, mutable=['batch_stats'],
-                       method=pretext.PretextClassifier.classify)[0]['logits']
+  logits = H.classifier_logits(model, params, batch_stats, inputs['images'])
   assert logits.shape == (12, 4)
   loss = H.check_interface(rotation, cfg, model, params, batch_stats, inputs, batch=3)
   np.testing.assert_allclose(float(loss), H.numpy_cross_entropy(logits, inputs['labels']),
