@@ -5,8 +5,9 @@
 
 Runs launch.py in this process with a `jax.monitoring` listener on JAX's compile events
 and prints, at exit: the wall time, the seconds of XLA backend compilation and of
-tracing + lowering, their share of the wall time, and (with --programs) each compiled
-program's name, count and seconds. Pass `--compilation_cache_dir=` (empty: no persistent
+tracing + lowering on the main thread, their share of the wall time, the seconds compiled
+ahead on other threads (overlapping the run; not in the share), and (with --programs) each
+program's name, count, backend seconds and tracing + lowering seconds. Pass `--compilation_cache_dir=` (empty: no persistent
 cache) to measure a cold run; with a warm cache, backend compilation is replaced by
 cache loads (still counted under the same event, much shorter).
 """
@@ -17,6 +18,7 @@ import collections
 import os
 import runpy
 import sys
+import threading
 import time
 
 from jax import monitoring
@@ -30,17 +32,25 @@ def main():
   args = sys.argv[1:]
   programs = '--programs' in args
   args = [a for a in args if a not in ('--programs', '--')]
-  totals = collections.Counter()
+  totals = collections.Counter()  # main thread
+  ahead = collections.Counter()  # other threads (compiling ahead)
   per_program = collections.defaultdict(list)
+  traced = collections.Counter()
   start = time.time()
+  main_thread = threading.get_ident()
 
   def on_duration(event, seconds, **kwargs):
-    totals[event] += seconds
+    on_main = threading.get_ident() == main_thread
+    (totals if on_main else ahead)[event] += seconds
+    name = kwargs.get('fun_name', '?')
+    if event in TRACE:
+      traced[name] += seconds
     if event == BACKEND:
-      name = kwargs.get('fun_name', '?')
       per_program[name].append(seconds)
       if programs:  # as it happens, to see which part of the run compiles what
-        print(f'[compile] {time.time() - start:7.1f}s {seconds:6.2f}s {name}', file=sys.stderr)
+        where = '' if on_main else ' (ahead)'
+        print(f'[compile] {time.time() - start:7.1f}s {seconds:6.2f}s {name}{where}',
+              file=sys.stderr)
 
   monitoring.register_event_duration_secs_listener(on_duration)
 
@@ -48,12 +58,15 @@ def main():
     wall = time.time() - start
     backend = totals[BACKEND]
     trace = sum(totals[e] for e in TRACE)
+    behind = ahead[BACKEND] + sum(ahead[e] for e in TRACE)
     print(f'WALL {wall:.1f}s backend_compile {backend:.1f}s trace+lower {trace:.1f}s '
           f'share {(backend + trace) / wall:.3f} programs '
-          f'{sum(len(v) for v in per_program.values())}', file=sys.stderr)
+          f'{sum(len(v) for v in per_program.values())} ahead {behind:.1f}s', file=sys.stderr)
     if programs:
+      print('  backend  trace+lower  count  program', file=sys.stderr)
       for name, secs in sorted(per_program.items(), key=lambda kv: -sum(kv[1])):
-        print(f'  {sum(secs):7.2f}s  x{len(secs):<3d} {name}', file=sys.stderr)
+        print(f'  {sum(secs):7.2f}s {traced[name]:7.2f}s  x{len(secs):<3d} {name}',
+              file=sys.stderr)
 
   atexit.register(report)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

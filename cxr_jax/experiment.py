@@ -31,8 +31,6 @@ pre-emption finishes the work without redoing it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -152,7 +150,7 @@ def pretrained_encoders(config, inits, mesh, writer, workdir: Path, data_dir: Pa
     return counters[id(cfg)][1]
 
   def pretrain(regime, cfg, indices, folder, flops, **kwargs):
-    _record_compute(cfg, indices, folder, flops, workdir)  # planned; wall so far
+    _record_compute(cfg, indices, folder, flops, workdir, planned=True)
     state = pretraining.run_curriculum(cfg, mesh, writer, workdir, data_dir,
                                        indices, folder=folder, **kwargs)
     total = _record_compute(cfg, indices, folder, flops, workdir)
@@ -180,20 +178,6 @@ def pretrained_encoders(config, inits, mesh, writer, workdir: Path, data_dir: Pa
   return encoders
 
 
-def _flops_key(config, index: int) -> str:
-  """What a stage's FLOPs per step depend on: the model, the pretraining settings and the
-  stage's own (not its length, name or size schedule: the count is per step and size),
-  JAX's version and the backend the program is traced for."""
-  stage = {k: v for k, v in config.pretrain.stages[index].to_dict().items()
-           if k not in ('name', 'steps', 'image_size')}
-  pretrain = {k: v for k, v in config.pretrain.to_dict().items()
-              if k not in ('stages', 'ssl_stage', 'monitor_every', 'match', 'init',
-                           'curricula')}
-  text = json.dumps([config.model.to_dict(), pretrain, stage, jax.__version__,
-                     jax.default_backend()], sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def stage_flops(config, mesh, workdir: Path, data_dir: Path) -> compute.StageFlops:
   """The FLOP counter of config's stages: each stage's Job is built (monitors off, never
   run) the first time one of its view sizes is counted."""
@@ -205,7 +189,7 @@ def stage_flops(config, mesh, workdir: Path, data_dir: Path) -> compute.StageFlo
       sizes_of=lambda index, steps: pretraining.image_sizes(
           config.pretrain.stages[index].image_size, steps,
           f'config.pretrain.stages[{index}].image_size'),
-      key=lambda index: _flops_key(config, index))
+      key=lambda index: pretraining.flops_key(config, index))
 
 
 def _views_per_image(config, stage) -> int:
@@ -215,9 +199,11 @@ def _views_per_image(config, stage) -> int:
 
 
 def _record_compute(config, indices, folder: str, flops: compute.StageFlops,
-                    workdir: Path) -> dict:
+                    workdir: Path, planned: bool = False) -> dict:
   """Writes <workdir>/<folder>/<stage>/compute.json for the stages `indices` (process 0;
-  FLOPs are counted on every process, for the same matched lengths); returns their sum."""
+  FLOPs are counted on every process, for the same matched lengths); returns their sum.
+  planned: before the stages run, a record only for the stages whose counts need no trace
+  of their own (a stage's first step counts itself on CPU: `pretraining.ResizingStep`)."""
   account = timing.write(workdir)['total']['jobs'] if jax.process_index() == 0 else {}
   records = []
   for index in indices:
@@ -229,7 +215,9 @@ def _record_compute(config, indices, folder: str, flops: compute.StageFlops,
       flops.seed(index, old['flops_per_step'])
     with timing.phase('other', job=job):
       sizes = flops.sizes_of(index, stage.steps)
-      per_step = flops.per_step(index, sizes)
+      per_step = flops.per_step(index, sizes, trace=not planned)
+    if per_step is None:
+      continue
     record = compute.stage_record(
         stage.name, folder, stage.steps, stage.batch_size, _views_per_image(config, stage),
         per_step, sizes, flops.key(index), sum(account.get(job, {}).values()))

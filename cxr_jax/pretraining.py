@@ -15,6 +15,8 @@ different methods only the encoder carries over (`carry_over`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -39,6 +41,7 @@ from cxr_jax.models import convert
 from cxr_jax.models.merge import merge_strict
 from cxr_jax.train import inference
 from cxr_jax.train import loop
+from cxr_jax.train import compute
 from cxr_jax.train import optim
 from cxr_jax.train import sharding
 from cxr_jax.train import state as state_lib
@@ -88,6 +91,20 @@ def make_step(model, method, mcfg, tx, schedules, image_size: int):
   return loop.checked(step)
 
 
+def flops_key(config, index: int) -> str:
+  """What a stage's FLOPs per step depend on: the model, the pretraining settings and the
+  stage's own (not its length, name or size schedule: the count is per step and size),
+  JAX's version and the backend the program is traced for."""
+  stage = {k: v for k, v in config.pretrain.stages[index].to_dict().items()
+           if k not in ('name', 'steps', 'image_size')}
+  pretrain = {k: v for k, v in config.pretrain.to_dict().items()
+              if k not in ('stages', 'ssl_stage', 'monitor_every', 'match', 'init',
+                           'curricula')}
+  text = json.dumps([config.model.to_dict(), pretrain, stage, jax.__version__,
+                     jax.default_backend()], sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def image_sizes(spec, num_steps: int, key: str) -> np.ndarray:
   """[num_steps] view sizes of a stage: its `image_size` schedule rounded to multiples of 8
   (progressive resizing; each distinct size compiles the step once)."""
@@ -103,13 +120,15 @@ class ResizingStep:
   """The stage's step at the view size its schedule gives for the current step: one
   jit-compiled function per distinct size, chosen on the host (no device sync)."""
 
-  def __init__(self, make_sized_step, sizes, mesh):
+  def __init__(self, make_sized_step, sizes, mesh, flops_key: str | None = None):
     self._sizes = sizes
     self.make_sized_step = make_sized_step  # also read by train/compute.py's FLOP count
     self.input_spec = None  # a global batch's shapes (pretrain_job sets it), for the same
     self._steps = {int(s): jax.jit(make_sized_step(int(s)), donate_argnums=0,
                                    out_shardings=sharding.replicated(mesh))
                    for s in np.unique(sizes)}
+    self._flops_key = flops_key  # the stage's FLOP key (`flops_key`): count from our lowering
+    self._ready: set[int] = set()
     self._t = None
 
   def __call__(self, state, batch):
@@ -117,7 +136,23 @@ class ResizingStep:
       self._t = int(state.step)
     size = int(self._sizes[min(self._t, len(self._sizes) - 1)])
     self._t += 1
+    if size not in self._ready:
+      self._ready.add(size)
+      self._count_while_compiling(size, state, batch)
     return self._steps[size](state, batch)
+
+  def _count_while_compiling(self, size: int, state, batch):
+    """On the CPU backend, the FLOP count of a size not counted yet comes from the
+    lowering the step compiles from (the jitted call reuses the compiled program), so the
+    count costs no trace of its own. Only for the batch the count is defined on (views
+    cut on the device: `input_spec`)."""
+    if (self._flops_key is None or not compute.counts_on_the_step()
+        or set(batch) != set(self.input_spec or ())
+        or compute.cached_counts(self._flops_key, [size])):
+      return
+    lowered = self._steps[size].lower(state, batch)
+    compute.note_lowered(self._flops_key, size, lowered)
+    lowered.compile()
 
 
 def make_loader(config, stage, source, batch_size: int, seed: int, sizes, strength):
@@ -310,7 +345,7 @@ def pretrain_job(config, index: int, previous, mesh, workdir: Path, data_dir: Pa
     return sharding.replicate(state, mesh)
 
   step = ResizingStep(lambda size: make_step(model, method, mcfg, tx, schedules, size),
-                      sizes, mesh)
+                      sizes, mesh, flops_key=flops_key(config, index))
   step.input_spec = {  # the FLOP count's batch (train/compute.py): views cut on the device
       name: jax.ShapeDtypeStruct((stage.batch_size, *builder.info.features['image'].shape),
                                  np.uint8)

@@ -1,6 +1,7 @@
 """What pretraining costs: FLOPs of a step from XLA's cost analysis, per stage and regime.
 
     step_flops(fn, *args)          FLOPs of one call of a step function at the shapes of args
+    note_lowered(key, size, lowered)  a count taken from a step's own lowering (no extra trace)
     job_flops(job, sizes)          a pretraining Job's FLOPs per step at each view size
     StageFlops                     per-stage FLOPs per step (memoised), stage totals
     stage_record(...)              what <workdir>/<folder>/<stage>/compute.json holds
@@ -10,7 +11,9 @@ update, augmentation on the device) as lowered for the CPU backend, whatever the
 that runs it: on GPU, XLA's analysis does not count the convolutions it hands to cuDNN
 (it reported 1e11 FLOP for a ResNet-50 step of ~6e12), while the CPU lowering keeps every
 convolution and dot. Nothing is compiled: the unoptimised module is analysed (a trace and a
-lowering, charged to 'compile' in the time account). XLA counts the multiply-adds that
+lowering, charged to 'compile' in the time account). On the CPU backend the step's own
+lowering is that module: `pretraining.ResizingStep` hands it to `note_lowered` before
+compiling it, so a run on CPU counts its steps without tracing them a second time. XLA counts the multiply-adds that
 touch real pixels: a 'SAME'-padded convolution counts a little less than the textbook
 2·H_out·W_out·K·K·C_in·C_out per image, which counts the padding too. The count is
 deterministic for a given program and JAX version (the model's own choices by backend,
@@ -44,10 +47,17 @@ def step_flops(fn: Callable, *args) -> float:
   """FLOPs of one call `fn(*args)`: XLA's cost analysis of its program lowered for the CPU
   backend at the shapes and dtypes of `args` (arrays, ShapeDtypeStructs or pytrees of
   them; the global shapes: the count is for the whole batch). A jitted `fn` is analysed
-  through the function it wraps."""
-  fn = getattr(fn, '__wrapped__', fn)
+  through the function it wraps (a step's finite check, `loop.checked`, is counted: it is
+  part of the program that runs)."""
+  if hasattr(fn, 'lower'):  # jax.jit's wrapper
+    fn = fn.__wrapped__
   specs = jax.tree_util.tree_map(_cpu_spec, args)
-  lowered = jax.jit(fn).lower(*specs)
+  return lowered_flops(jax.jit(fn).lower(*specs), getattr(fn, '__name__', fn))
+
+
+def lowered_flops(lowered, name='the step') -> float:
+  """FLOPs of a `jax.stages.Lowered` program: XLA's cost analysis of its unoptimised
+  module (compiled only where that analysis is unavailable)."""
   cost = None
   try:
     cost = lowered.cost_analysis()  # the unoptimised module: no compilation
@@ -59,8 +69,7 @@ def step_flops(fn: Callable, *args) -> float:
     cost = cost[0]
   flops = float(cost.get('flops', -1.0)) if cost else -1.0
   if not flops > 0:
-    raise ValueError(f'XLA\'s cost analysis gave no FLOP count for {getattr(fn, "__name__", fn)}: '
-                     f'{cost}')
+    raise ValueError(f'XLA\'s cost analysis gave no FLOP count for {name}: {cost}')
   return flops
 
 
@@ -98,13 +107,17 @@ class StageFlops:
     """Counts known already (a compute.json of the same key)."""
     self._memo.setdefault(self._key(index), {}).update({int(k): v for k, v in per_step.items()})
 
-  def per_step(self, index: int, sizes) -> dict[int, float]:
+  def per_step(self, index: int, sizes, trace: bool = True) -> dict[int, float] | None:
+    """{size: FLOPs per step} of stage `index` at `sizes`; with trace=False, None where a
+    count would need a trace of its own (not counted by this process's steps or before)."""
     key = self._key(index)
     known = self._memo.setdefault(key, {})
     missing = sorted({int(s) for s in np.asarray(sizes)} - set(known))
-    if missing:  # counted by an earlier run of the same program (tracing costs seconds)
+    if missing:  # counted by a step already, or an earlier run (tracing costs seconds)
       known.update(cached_counts(key, missing))
       missing = sorted(set(missing) - set(known))
+    if missing and not trace:
+      return None
     if missing:
       if index not in self._jobs:
         self._jobs[index] = self._build_job(index)
@@ -162,13 +175,34 @@ def _read_cache(path: Path) -> dict:
   return data if isinstance(data, dict) else {}
 
 
+# Counts this process took from its steps' own lowerings (`note_lowered`), by _cache_key.
+_lowered: dict[str, float] = {}
+
+
+def counts_on_the_step() -> bool:
+  """Whether a step's own lowering is the module `step_flops` analyses: on the CPU
+  backend (elsewhere the step is lowered for its accelerator, and counted apart)."""
+  return jax.default_backend() == 'cpu'
+
+
+def note_lowered(key: str, size: int, lowered) -> float:
+  """Counts a step of stage key `key` at view size `size` from its own lowering (the
+  program about to be compiled, on the CPU backend), for this process's counters and the
+  cache file; returns the count."""
+  flops = lowered_flops(lowered, f'the step of stage {key} at {size} px')
+  _lowered[_cache_key(key, size)] = flops
+  store_counts(key, {int(size): flops})
+  return flops
+
+
 def cached_counts(key: str, sizes) -> dict[int, float]:
-  """{size: FLOPs per step} of the sizes an earlier run counted for this stage key."""
+  """{size: FLOPs per step} of the sizes counted already: by this process's steps
+  (`note_lowered`) or by an earlier run (the cache file)."""
+  found = {int(s): _lowered.get(_cache_key(key, s)) for s in sizes}
   path = _cache_path()
-  if path is None:
-    return {}
-  data = _read_cache(path)
-  found = {int(s): data.get(_cache_key(key, s)) for s in sizes}
+  if path is not None and not all(found.values()):
+    data = _read_cache(path)
+    found = {s: v or data.get(_cache_key(key, s)) for s, v in found.items()}
   return {s: float(v) for s, v in found.items() if isinstance(v, (int, float)) and v > 0}
 
 

@@ -8,10 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax import monitoring
+
 from configs import default
 from cxr_jax import configuration, pretraining
 from cxr_jax.curriculum import schedule
-from cxr_jax.train import compute
+from cxr_jax.train import compute, sharding
+from tests.test_experiment import tiny_config
 
 
 class TwoConvs(nn.Module):
@@ -148,3 +151,52 @@ def test_counts_are_reused_across_runs_through_the_cache_file(tmp_path, monkeypa
   counter('k3').per_step(0, [48])
   counter('k3').per_step(0, [48])
   assert len(traced) == 5
+
+
+_traced = []  # (event, program) of JAX's compile events while a test listens
+_listening = []
+
+
+def _on_compile_event(event, seconds, **kwargs):
+  del seconds
+  if _listening:
+    _traced.append((event.rsplit('/', 1)[-1], kwargs.get('fun_name')))
+
+
+monitoring.register_event_duration_secs_listener(_on_compile_event)
+
+
+def test_a_stage_on_cpu_counts_its_step_from_the_lowering_it_compiles(tmp_path, tiny_data_dir,
+                                                                     monkeypatch):
+  """A running stage's FLOPs per step, noted from the program its step compiles, equal the
+  separate count of the same stage (`job_flops`: its own trace), and the step is traced and
+  compiled once for both (the count costs no trace of its own); the counter of the run
+  then finds the count without tracing."""
+  monkeypatch.setattr(compute, '_lowered', {})
+  monkeypatch.setattr(compute, '_cache_folder', lambda: None)
+  config = tiny_config(tiny_data_dir)
+  mesh = sharding.make_mesh()
+  job = pretraining.pretrain_job(config, 1, None, mesh, tmp_path, tiny_data_dir)
+  batch = sharding.to_global({k: np.zeros(v.shape, v.dtype)
+                              for k, v in job.train_step.input_spec.items()}, mesh)
+  state = job.init_state()
+  _traced.clear()
+  _listening.append(True)
+  try:
+    for _ in range(2):
+      state, _ = job.train_step(state, batch)
+  finally:
+    _listening.clear()
+  step_events = [e for e, name in _traced if name in ('step', 'jit(step)')]
+  assert sorted(step_events) == ['backend_compile_duration', 'jaxpr_to_mlir_module_duration',
+                                 'jaxpr_trace_duration']
+  key = pretraining.flops_key(config, 1)
+  noted = compute.cached_counts(key, [32])
+  assert list(noted) == [32]
+  assert noted[32] == compute.job_flops(job, [32])[32]
+  counter = compute.StageFlops(build_job=lambda index: pytest.fail('traced again'),
+                               sizes_of=lambda index, steps: [32] * steps,
+                               key=lambda index: key)
+  assert counter.per_step(1, [32], trace=False) == noted
+  assert compute.StageFlops(build_job=None, sizes_of=None, key=lambda index: 'other').per_step(
+      0, [32], trace=False) is None
