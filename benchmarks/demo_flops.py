@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from configs import common, default
-from cxr_jax import configuration, experiment
+from cxr_jax import experiment, regimes
 from cxr_jax.data import pipeline
 from cxr_jax.train import compute, sharding
 
@@ -43,9 +43,9 @@ def main(argv=None):
   curriculum = 120 * f48 + 150 * f64
   print(f'curriculum: {compute.format_flops(curriculum)} = {curriculum / f64:.1f} steps at 64 px')
   c.pretrain.match = 'flops'
-  print(f'ssl_matched by FLOPs: {configuration.matched_steps(c.pretrain, flops.stage_total)} steps')
+  print(f'ssl_matched by FLOPs: {regimes.matched_steps(c.pretrain, flops.stage_total)} steps')
   c.pretrain.match = 'images'
-  steps = configuration.matched_steps(c.pretrain)
+  steps = regimes.matched_steps(c.pretrain)
   print(f'ssl_matched by images: {steps} steps, {steps * f64 / curriculum:.3f}× the '
         "curriculum's FLOPs")
 

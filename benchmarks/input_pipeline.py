@@ -10,7 +10,7 @@ Contenders, each timed in alternating rounds in this one process (median):
                decoded (the pretraining path before commit 16ab2ae) or the image only.
   loader:      `cxr_jax.data.pipeline.make_loader` (grain.MapDataset, 2 read threads)
                over the TFDS records, and over the split's image cache
-               (`pipeline.image_cache`: raw uint8 records, uncompressed ArrayRecord),
+               (`image_cache.for_split`: raw uint8 records, uncompressed ArrayRecord),
                which is what pretraining reads.
   raw:         the same images as raw records, TFDS's compression or none, indexed
                straight through grain.MapDataset (no iterator): the read's floor.
@@ -27,7 +27,7 @@ the CPU time much less. With W Grain workers the host paths scale with the cores
         [--workers=0,1,2]
 
 What feeds a GPU at 224 px (docs/scaling.md): an image cache of `--num` synthetic uint8
-images at `--store` px (written straight as `pipeline.image_cache` writes it; the loader
+images at `--store` px (written straight as `image_cache.for_split` writes it; the loader
 only copies bytes, so the content does not matter), its disk bytes per image, then
 `pipeline.make_loader` over it with 0 / 1 / 2 ... worker processes: the default
 pipeline (uint8 images batched, views cut on the device: 2 views per image) and host
@@ -56,7 +56,7 @@ def feed(a):
   import numpy as np
   from array_record.python.array_record_module import ArrayRecordWriter
   from benchmarks import common
-  from cxr_jax.data import host_augment, pipeline
+  from cxr_jax.data import host_augment, image_cache, pipeline
   if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags
     flags.FLAGS.mark_as_parsed()
   common.print_facts(common.machine_facts())
@@ -65,7 +65,7 @@ def feed(a):
   shape = (a.store, a.store, 1)
   if not os.path.exists(path):
     rng = np.random.default_rng(0)
-    writer = ArrayRecordWriter(path + '.tmp', pipeline._CACHE_OPTIONS)  # pylint: disable=protected-access
+    writer = ArrayRecordWriter(path + '.tmp', image_cache.OPTIONS)
     for _ in range(a.num):
       writer.write(rng.integers(0, 256, shape, np.uint8).tobytes())
     writer.close()
@@ -73,7 +73,7 @@ def feed(a):
   print(f'# cache: {a.num} images {a.store}px, {os.path.getsize(path) / a.num:,.0f} bytes per '
         f'image on disk ({a.store * a.store} pixel bytes)')
   rss0 = _rss_mib()
-  cache = pipeline.RawImages(path, shape, np.uint8)
+  cache = image_cache.RawImages(path, shape, np.uint8)
   rows = []
   for host in (False, True):
     for workers in (int(w) for w in a.workers.split(',')):
@@ -123,7 +123,7 @@ def main(argv=None):
   import jax
   import numpy as np
   from benchmarks import common, prepare
-  from cxr_jax.data import augment, host_augment, pipeline
+  from cxr_jax.data import augment, host_augment, image_cache, pipeline
 
   common.print_facts(common.machine_facts())
   builder, seconds = prepare.prepare(a.store, a.num, a.data_dir)
@@ -196,7 +196,7 @@ def main(argv=None):
     jax.block_until_ready(two(key, images, 1.0, a.res))
     return a.batch / (time.process_time() - t0)
 
-  cache = pipeline.image_cache(source)  # what pretraining reads (config.image_cache)
+  cache = image_cache.for_split(source)  # what pretraining reads (config.image_cache)
 
   def loader_rate(src, n_batches, threads):
     it = iter(pipeline.make_loader(src, batch_size=a.batch, seed=0, read_threads=threads))

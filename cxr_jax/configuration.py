@@ -6,18 +6,17 @@ what a locked ConfigDict cannot: entries of the stage list, names, choices betwe
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime
 import json
 import logging
 import re
-import typing
 from pathlib import Path
 
 import jax
 import ml_collections
 
 from cxr_jax import curriculum
+from cxr_jax import regimes
 from cxr_jax import ssl
 from cxr_jax import vocab
 from cxr_jax.data import pacing
@@ -26,7 +25,6 @@ from cxr_jax.data import schema
 from cxr_jax.explain import sanity
 from cxr_jax.models import segmenter
 from cxr_jax.models.registry import ENCODERS
-from cxr_jax.train import compute
 from cxr_jax.train import optim
 from cxr_jax.train import workdir as workdir_lib
 
@@ -86,8 +84,8 @@ def _validate(config: ml_collections.ConfigDict):
   if config.pretrain.init not in ('scratch', 'imagenet'):
     raise ValueError(f"config.pretrain.init must be 'scratch' or 'imagenet', got {config.pretrain.init!r}")
   _at_least('config.pretrain.monitor_every', config.pretrain.monitor_every, 0)
-  if config.pretrain.match not in MATCH:
-    raise ValueError(f'config.pretrain.match must be one of {MATCH} (what ssl_matched '
+  if config.pretrain.match not in regimes.MATCH:
+    raise ValueError(f'config.pretrain.match must be one of {regimes.MATCH} (what ssl_matched '
                      f'matches the curriculum in), got {config.pretrain.match!r}')
   _optimizer('config.pretrain.optimizer', config.pretrain.optimizer)
   for name in ssl.METHODS:  # a method's optimizer recipe, applied on top of the global one
@@ -197,7 +195,7 @@ def _stages(config, where: str = 'config.pretrain.stages') -> list[str]:
 
 def _curricula(config):
   """Each named curriculum (config.pretrain.curricula.<name>) is a valid stage list."""
-  for name in curricula(config):
+  for name in regimes.curricula(config):
     where = f'config.pretrain.curricula.{name}'
     if not _NAME.match(name):
       raise ValueError(f'{where}: use letters, digits, _ . - in a curriculum\'s name')
@@ -205,12 +203,7 @@ def _curricula(config):
         not config.pretrain.curricula[name]:
       raise ValueError(f'{where}: a non-empty list of stages (configs/common.stage), like '
                        'config.pretrain.stages')
-    _stages(curriculum_config(config, name), where)
-
-
-def curricula(config) -> list[str]:
-  """The names of config.pretrain.curricula (none in a config of before the key)."""
-  return sorted(config.pretrain.get('curricula', None) or {})
+    _stages(regimes.curriculum_config(config, name), where)
 
 
 def _stage_method(config, i: int, where: str = 'config.pretrain.stages'):
@@ -243,7 +236,7 @@ def _stage_method(config, i: int, where: str = 'config.pretrain.stages'):
 
 def _finetune(config, stage_names):
   ft = config.finetune
-  for init in inits(config):
+  for init in regimes.inits(config):
     _init(config, init)
     if (init in ('curricular', 'ssl', 'ssl_matched') or init.startswith('alone:')) \
         and not stage_names:
@@ -251,18 +244,18 @@ def _finetune(config, stage_names):
     if init == 'imagenet' and not ft.imagenet_checkpoint:
       raise ValueError('config.finetune.inits has "imagenet" but '
                        'config.finetune.imagenet_checkpoint is empty')
-  if not inits(config):
+  if not regimes.inits(config):
     raise ValueError('config.finetune.inits is empty; give at least one of '
                      f'{vocab.REGIMES}')
-  if not protocols(config):
+  if not regimes.protocols(config):
     raise ValueError(f'config.finetune.protocols is empty; give at least one of {vocab.PROTOCOLS}')
-  for protocol in protocols(config):
+  for protocol in regimes.protocols(config):
     if protocol not in vocab.PROTOCOLS:
       raise ValueError(f'config.finetune.protocols: unknown protocol {protocol!r}; '
                        f'choose from {vocab.PROTOCOLS}')
-  if {'ssl', 'ssl_matched'} & set(inits(config)) or any(
-      i.startswith('alone:') for i in inits(config)):
-    ssl_stage_index(config.pretrain)
+  if {'ssl', 'ssl_matched'} & set(regimes.inits(config)) or any(
+      i.startswith('alone:') for i in regimes.inits(config)):
+    regimes.ssl_stage_index(config.pretrain)
   fractions = list(ft.label_fractions)
   if not fractions or any(isinstance(f, bool) or not isinstance(f, (int, float)) or
                           not 0 < f <= 1 for f in fractions):
@@ -291,11 +284,11 @@ def _init(config, init: str):
   family, name = vocab.split_regime(init)
   if init in vocab.REGIMES:
     return
-  names = curricula(config)
+  names = regimes.curricula(config)
   if family == 'alone' and name in ssl.METHODS:
-    index = ssl_stage_index(config.pretrain)
+    index = regimes.ssl_stage_index(config.pretrain)
     try:  # the method must be able to run the target stage
-      _stage_method(alone_config(config, name), 0)
+      _stage_method(regimes.alone_config(config, name), 0)
     except ValueError as e:
       raise ValueError(f'config.finetune.inits: {init} cannot run the target stage '
                        f'config.pretrain.stages[{index}]: {e}') from e
@@ -325,16 +318,16 @@ def check_data(config, data_dir: Path):
 
 def _check_data(config, data_dir: Path):
   opened = set()
-  for regime in inits(config):
+  for regime in regimes.inits(config):
     if not vocab.pretrain_folder(regime):
       continue
-    plan = regime_plan(config, regime)
+    plan = regimes.regime_plan(config, regime)
     family, name = vocab.split_regime(regime)
     where = (f'config.pretrain.curricula.{name}' if family in ('curriculum', 'ssl_matched')
              else 'config.pretrain.stages')
     for i in plan.indices:
       data = plan.config.pretrain.stages[i].data
-      index = ssl_stage_index(config.pretrain) if family == 'alone' else i
+      index = regimes.ssl_stage_index(config.pretrain) if family == 'alone' else i
       key = f'{where}[{index}].data'
       seen = json.dumps(data.to_dict(), sort_keys=True, default=str)
       if seen not in opened:
@@ -355,138 +348,6 @@ def _check_data(config, data_dir: Path):
     if finding and finding not in names:
       raise ValueError(f'config.explain.finding={finding!r} is not one of the fine-tuned '
                        f'findings {list(names)} (config.finetune.data.findings)')
-
-
-def inits(config) -> list[str]:
-  """The regimes of config.finetune.inits, in the config's order."""
-  return vocab.comma_list(config.finetune.inits)
-
-
-def protocols(config) -> list[str]:
-  """The protocols of config.finetune.protocols, in the config's order."""
-  return vocab.comma_list(config.finetune.protocols)
-
-
-def ssl_stage_index(pretrain: ml_collections.ConfigDict) -> int:
-  """The stage the 'ssl' regime runs alone: pretrain.ssl_stage, or the last."""
-  names = [s.name for s in pretrain.stages]
-  name = pretrain.ssl_stage or names[-1]
-  if name not in names:
-    raise ValueError(f'config.pretrain.ssl_stage={name!r} is not a stage; stages: {names}')
-  return names.index(name)
-
-
-MATCH = ('images', 'flops')
-
-
-class Plan(typing.NamedTuple):
-  """How a pretraining regime runs (`regime_plan`).
-  config: the config whose stages `indices` it runs (the run's own, or a copy);
-  folder: its workdir folder (vocab.pretrain_folder);
-  reference: for a matched regime, the config whose whole curriculum its one stage is
-    matched to (`matched_config(config, ..., reference=reference)` sets its length);
-    None for the others."""
-  config: ml_collections.ConfigDict
-  indices: list
-  folder: str
-  reference: ml_collections.ConfigDict | None
-
-
-def regime_plan(config: ml_collections.ConfigDict, regime: str) -> Plan:
-  """The stages each pretraining regime runs (see vocab.FAMILIES):
-    curricular      config.pretrain.stages in order                  -> pretrain/
-    ssl             the target stage alone, its own length            -> pretrain_ssl/
-    ssl_matched     the target stage alone, matched to curricular     -> pretrain_ssl_matched/
-    alone:<m>       the target stage alone running m, matched to curricular
-                                                                      -> pretrain_alone_<m>/
-    curriculum:<n>  config.pretrain.curricula.<n> in order            -> pretrain_curriculum_<n>/
-    ssl_matched:<n> the last stage of curriculum n alone, matched to it
-                                                                      -> pretrain_ssl_matched_<n>/
-  (the target stage: config.pretrain.ssl_stage, '' = the last). ValueError for a regime
-  that pretrains nothing (scratch, imagenet) or is unknown."""
-  folder = vocab.pretrain_folder(regime)
-  family, name = vocab.split_regime(regime)
-  if folder is None:
-    raise ValueError(f'{regime!r} is not a pretraining regime')
-  if regime == 'curricular':
-    return Plan(config, list(range(len(config.pretrain.stages))), folder, None)
-  if regime in ('ssl', 'ssl_matched'):
-    return Plan(config, [ssl_stage_index(config.pretrain)], folder,
-                config if regime == 'ssl_matched' else None)
-  if family == 'alone':
-    return Plan(alone_config(config, name), [0], folder, config)
-  named = curriculum_config(config, name)
-  if family == 'curriculum':
-    return Plan(named, list(range(len(named.pretrain.stages))), folder, None)
-  return Plan(named, [len(named.pretrain.stages) - 1], folder, named)
-
-
-def curriculum_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """A copy of `config` whose stage list is config.pretrain.curricula.<name> (its target
-  stage, for ssl_matched:<name>, is its last)."""
-  if name not in curricula(config):
-    raise ValueError(f'{name!r} is not a curriculum of config.pretrain.curricula '
-                     f'(it has {curricula(config) or "none"})')
-  out = copy.deepcopy(config)  # deep: the stage lists' entries are ConfigDicts too
-  out.pretrain.stages = list(out.pretrain.curricula[name])
-  out.pretrain.ssl_stage = ''
-  return out
-
-
-def alone_config(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
-  """A copy of `config` whose one stage is the target stage (config.pretrain.ssl_stage)
-  running `method`: the alone:<method> regime, before `matched_config` sets its length."""
-  out = copy.deepcopy(config)
-  stage = out.pretrain.stages[ssl_stage_index(out.pretrain)]
-  stage.method = method
-  out.pretrain.stages = [stage]
-  out.pretrain.ssl_stage = ''
-  return out
-
-
-def matched_steps(pretrain: ml_collections.ConfigDict, stage_total=None, reference=None,
-                  reference_total=None) -> int:
-  """A matched regime's steps: the ssl stage alone, run as long as the whole curriculum
-  (`reference`'s stages, default pretrain's own; reference_total counts their FLOPs,
-  default stage_total) by pretrain.match:
-    'images': as many images, sum over stages of steps * batch_size, at its own batch
-              size (rounded up to whole steps);
-    'flops':  as many FLOPs, the curriculum's total over the FLOPs of one step of the ssl
-              stage at its view size (rounded up; with a size schedule, the fewest steps
-              whose total reaches it: `compute.matched_steps_by_flops`).
-  stage_total(index, steps) -> FLOPs of stage `index` run for `steps` steps (its
-  schedules stretched over them): `compute.StageFlops.stage_total`; needed for 'flops'."""
-  index = ssl_stage_index(pretrain)
-  target = pretrain.stages[index]
-  stages = (reference if reference is not None else pretrain).stages
-  if pretrain.get('match', 'images') == 'flops':  # a config.json of before the key: images
-    if stage_total is None:
-      raise ValueError("config.pretrain.match='flops' needs the stages' FLOP counts "
-                       '(experiment.stage_flops)')
-    total = reference_total or stage_total
-    curriculum_flops = sum(total(i, s.steps) for i, s in enumerate(stages))
-    return compute.matched_steps_by_flops(
-        curriculum_flops, lambda n: stage_total(index, n), target.steps)
-  images = sum(s.steps * s.batch_size for s in stages)
-  return -(-images // target.batch_size)
-
-
-def matched_config(config: ml_collections.ConfigDict, stage_total=None,
-                   steps: int | None = None, reference=None,
-                   reference_total=None) -> ml_collections.ConfigDict:
-  """A copy of `config` whose ssl stage runs `matched_steps` (its schedules stretch over
-  them, as they do over any stage's steps), or `steps` when given (a finished stage's
-  length, from its compute.json); the matched regimes (`regime_plan`) run that stage.
-  `reference`: the config whose curriculum to match (its .pretrain), default `config`."""
-  out = copy.deepcopy(config)  # deep: the stage list's entries are ConfigDicts too
-  stage = out.pretrain.stages[ssl_stage_index(out.pretrain)]
-  if steps is None:
-    steps = matched_steps(out.pretrain, stage_total,
-                          None if reference is None else reference.pretrain, reference_total)
-    log.info('matched: stage %s runs %d steps (config.pretrain.match=%r; %d alone)',
-             stage.name, steps, config.pretrain.get('match', 'images'), stage.steps)
-  stage.steps = steps
-  return out
 
 
 def _flatten(value, prefix=''):

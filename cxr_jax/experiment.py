@@ -11,7 +11,7 @@
                 the 'ssl_matched' regime: that stage alone for as many images as the
                 whole curriculum -> <workdir>/pretrain_ssl_matched/<stage>/
                 alone:<method>, curriculum:<name>, ssl_matched:<name>: the regime
-                families of a study of curricula (configuration.regime_plan)
+                families of a study of curricula (regimes.regime_plan)
                 -> <workdir>/pretrain_alone_<method>/, pretrain_curriculum_<name>/,
                    pretrain_ssl_matched_<name>/
       embeddings (config.explain.umap): each regime's test-split features
@@ -40,6 +40,7 @@ import ml_collections
 from cxr_jax import configuration
 from cxr_jax import finetuning
 from cxr_jax import pretraining
+from cxr_jax import regimes
 from cxr_jax import report
 from cxr_jax import ssl
 from cxr_jax import vocab
@@ -100,7 +101,7 @@ def _plan(config, workdir: Path, fresh: bool) -> list[dict]:
     raise
   mesh = sharding.make_mesh()
   writer = loop.MetricWriter(workdir)
-  inits = configuration.inits(config)
+  inits = regimes.inits(config)
   try:
     encoders = pretrained_encoders(config, inits, mesh, writer, workdir, data_dir)
     with timing.phase('data'):
@@ -112,7 +113,7 @@ def _plan(config, workdir: Path, fresh: bool) -> list[dict]:
         for init in inits:
           finetuning.save_embeddings(config, programs, init, encoders[init], data, workdir)
     results = []
-    for protocol in configuration.protocols(config):
+    for protocol in regimes.protocols(config):
       for init in inits:
         for fraction in map(float, config.finetune.label_fractions):
           for seed in finetuning.seeds(protocol, init, fraction, config.finetune.num_seeds):
@@ -162,12 +163,12 @@ def pretrained_encoders(config, inits, mesh, writer, workdir: Path, data_dir: Pa
   # curricular, ssl, ssl_matched first (as before the families), then the config's order
   fixed = [r for r in ('curricular', 'ssl', 'ssl_matched') if r in inits]
   for regime in fixed + [r for r in inits if r not in fixed and vocab.pretrain_folder(r)]:
-    plan = configuration.regime_plan(config, regime)
+    plan = regimes.regime_plan(config, regime)
     cfg = plan.config
     if plan.reference is not None:  # one stage, as many images (or FLOPs) as a curriculum
       stage = cfg.pretrain.stages[plan.indices[0]].name
       with timing.phase('other', job=f'{plan.folder}/{stage}'):
-        cfg = configuration.matched_config(cfg, counter(plan.config).stage_total,
+        cfg = regimes.matched_config(cfg, counter(plan.config).stage_total,
                                            reference=plan.reference,
                                            reference_total=counter(plan.reference).stage_total)
     # config.pretrain.init='imagenet' starts every curriculum (not the single stages) from it

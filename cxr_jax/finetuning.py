@@ -22,6 +22,7 @@ import optax
 from cxr_jax import attention_job
 from cxr_jax import vocab
 from cxr_jax.data import augment
+from cxr_jax.data import image_cache
 from cxr_jax.data import pipeline
 from cxr_jax.data import schema
 from cxr_jax.data import splits
@@ -86,7 +87,7 @@ class EvalData:
     cache (with the labels read once) when config.image_cache, else the TFDS records.
     Opened on the first call and shared by every fine-tuning job."""
     if self._train_images is None:
-      cache = pipeline.image_cache(self.train_source) if self._image_cache else None
+      cache = image_cache.for_split(self.train_source) if self._image_cache else None
       name = self.target_field
       if cache is not None:
         self._train_images = cache.with_columns(**{name: self.train_meta['label']})

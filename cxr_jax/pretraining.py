@@ -32,6 +32,7 @@ from cxr_jax import ssl
 from cxr_jax.ssl import common as ssl_common
 from cxr_jax.data import augment
 from cxr_jax.data import host_augment
+from cxr_jax.data import image_cache
 from cxr_jax.data import pacing as pacing_lib
 from cxr_jax.data import pipeline
 from cxr_jax.data import schema
@@ -162,7 +163,7 @@ def make_loader(config, stage, source, batch_size: int, seed: int, sizes, streng
   config.augment_on='host', records leave the loader as the step's two views (`sizes`:
   view size per step, `strength`: its schedule)."""
   if config.curriculum.pacing.kind == 'none':
-    images = (pipeline.image_cache(source) or source) if config.image_cache else source
+    images = (image_cache.for_split(source) or source) if config.image_cache else source
     maps, fields = [], ('image',)
     if stage.positives == 'patient':  # view 2 from another image of the same patient
       patient_ids = pipeline.read_all(source, ('patient_id',))['patient_id']

@@ -36,6 +36,7 @@ from flax import serialization
 
 from cxr_jax import configuration
 from cxr_jax import pretraining
+from cxr_jax import regimes
 from cxr_jax import ssl
 from cxr_jax import vocab
 from cxr_jax.data import imageio
@@ -295,7 +296,7 @@ def from_stage(workdir, stage: str, folder: str = 'pretrain', config=None):
     raise ValueError(f'--folder={folder!r} is not a pretraining folder: pretrain, '
                      'pretrain_ssl, pretrain_ssl_matched, pretrain_alone_<method>, '
                      'pretrain_curriculum_<name> or pretrain_ssl_matched_<name>')
-  plan = configuration.regime_plan(config, regime)
+  plan = regimes.regime_plan(config, regime)
   config = plan.config
   if plan.reference is not None:  # a matched regime: its stage ran longer than its steps
     steps = None
@@ -305,7 +306,7 @@ def from_stage(workdir, stage: str, folder: str = 'pretrain', config=None):
         raise ValueError(f'{folder}/{stage} has no {compute.FILE}: its length (matched by '
                          'FLOPs) is unknown')
       steps = record['steps']
-    config = configuration.matched_config(config, steps=steps, reference=plan.reference)
+    config = regimes.matched_config(config, steps=steps, reference=plan.reference)
   names = [s.name for s in config.pretrain.stages]
   if stage not in names:
     raise ValueError(f'--stage={stage!r} is not a stage of {workdir}; stages: {names}')

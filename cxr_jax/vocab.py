@@ -14,7 +14,7 @@ metrics (`cxr_jax.eval.metrics.ECE_BINS`).
 REGIMES = ('scratch', 'imagenet', 'ssl', 'ssl_matched', 'curricular')
 # the workdir folder of each single-stage regime's pretraining
 SINGLE_STAGE_FOLDERS = {'ssl': 'pretrain_ssl', 'ssl_matched': 'pretrain_ssl_matched'}
-# regime families, '<family>:<name>' (configuration.regime_plan runs them):
+# regime families, '<family>:<name>' (regimes.regime_plan runs them):
 #   alone:<method>      the curriculum's target stage (config.pretrain.ssl_stage) alone, from
 #                       scratch, running <method>, as long as the curriculum in images or
 #                       FLOPs (config.pretrain.match): each task of a task curriculum alone

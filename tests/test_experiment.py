@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from cxr_jax import configuration, experiment, finetuning, pretraining
+from cxr_jax import configuration, experiment, finetuning, pretraining, regimes
 from cxr_jax.curriculum import schedule
 from cxr_jax.train import loop, sharding
 from cxr_jax.train import state as state_lib
@@ -314,12 +314,12 @@ def test_a_bfloat16_run_goes_end_to_end_and_saves_float32_arrays(tmp_path, tiny_
 
 def test_matched_steps_give_the_single_stage_the_curriculum_images():
   config = default.get_config()  # 120 x 128 + 150 x 128 images -> 270 steps at 128
-  assert configuration.matched_steps(config.pretrain) == 270
+  assert regimes.matched_steps(config.pretrain) == 270
   config.pretrain.stages[0].batch_size, config.pretrain.stages[1].batch_size = 256, 64
-  assert configuration.matched_steps(config.pretrain) == (120 * 256 + 150 * 64) // 64
+  assert regimes.matched_steps(config.pretrain) == (120 * 256 + 150 * 64) // 64
   config.pretrain.ssl_stage = 'low_res'  # the target stage at 256: 40_320 / 256 = 157.5
-  assert configuration.matched_steps(config.pretrain) == 158  # whole steps, at least as many
-  matched = configuration.matched_config(config)
+  assert regimes.matched_steps(config.pretrain) == 158  # whole steps, at least as many
+  matched = regimes.matched_config(config)
   assert matched.pretrain.stages[0].steps == 158 and config.pretrain.stages[0].steps == 120
 
 

@@ -18,6 +18,7 @@ LAYERS = [
     ['cxr_jax.experiment'],                        # the plan
     ['cxr_jax.configuration', 'cxr_jax.pretraining', 'cxr_jax.finetuning',
      'cxr_jax.report'],
+    ['cxr_jax.regimes'],                           # which stages each pretraining regime runs
     ['cxr_jax.attention_job'],                     # the Grad-CAM job of a fine-tuning cell
     ['cxr_jax.train'],                             # loop, state, inference, optim, sharding
     ['cxr_jax.ssl', 'cxr_jax.explain', 'cxr_jax.eval'],

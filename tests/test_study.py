@@ -7,9 +7,8 @@ import json
 import pytest
 
 from configs import default
-from cxr_jax import configuration, experiment, vocab
+from cxr_jax import configuration, experiment, regimes, vocab
 from cxr_jax.attention_job import cam_stage
-from cxr_jax.curriculum import schedule
 from tests.test_experiment import tiny_config
 
 
@@ -43,7 +42,7 @@ def test_the_report_lists_tasks_alone_before_their_curriculum_and_a_control_befo
 def test_the_task_study_config_plans_each_regime():
   c = default.get_config('curriculum=tasks')
   configuration.validate(c)
-  plans = {r: configuration.regime_plan(c, r) for r in configuration.inits(c)
+  plans = {r: regimes.regime_plan(c, r) for r in regimes.inits(c)
            if vocab.pretrain_folder(r)}
   runs = {r: [(p.config.pretrain.stages[i].name, configuration.ssl.stage_method(
       p.config.pretrain, i)) for i in p.indices] for r, p in plans.items()}
@@ -59,8 +58,8 @@ def test_the_task_study_config_plans_each_regime():
   # by images: the curriculum's 270 x 128 images, the alone stage at its batch of 128
   by_images = copy.deepcopy(c)
   by_images.pretrain.match = 'images'
-  alone = configuration.regime_plan(by_images, 'alone:rotation')
-  matched = configuration.matched_config(alone.config, reference=alone.reference)
+  alone = regimes.regime_plan(by_images, 'alone:rotation')
+  matched = regimes.matched_config(alone.config, reference=alone.reference)
   assert matched.pretrain.stages[0].steps == 270
   assert default.get_config().finetune.inits == 'scratch,curricular'  # the demo keeps its own
 
@@ -160,7 +159,7 @@ def test_the_paper_config_runs_a_task_curriculum_against_each_task_alone(arg, st
   configuration.validate(c)
   assert [(s.name, s.method) for s in c.pretrain.stages] == stages
   assert [s.name for s in c.pretrain.curricula.stages] == ['low_res', 'full_res']
-  assert configuration.inits(c) == ['scratch', *(f'alone:{t}' for t, _ in stages), 'curricular',
+  assert regimes.inits(c) == ['scratch', *(f'alone:{t}' for t, _ in stages), 'curricular',
                                     'ssl_matched:stages', 'curriculum:stages']
   assert c.pretrain.match == 'flops'
   c.phantom = 'size=32,seed=1'  # every stage's data follows the config's phantom

@@ -65,6 +65,7 @@ from ml_collections import config_flags
 from cxr_jax import configuration
 from cxr_jax import platform
 from cxr_jax import pretraining
+from cxr_jax import regimes
 from cxr_jax import ssl
 from cxr_jax import vocab
 from cxr_jax.cli import launch
@@ -276,7 +277,7 @@ def run_candidates(config, workdir: Path, tasks: list[str], steps: int | None,
     raise SystemExit(f'error: --stage={stage_name!r} is not a stage of the config; '
                      f'stages: {names}')
   index = (names.index(stage_name) if stage_name
-           else configuration.ssl_stage_index(config.pretrain))
+           else regimes.ssl_stage_index(config.pretrain))
   data_dir = str(Path(config.data_dir or workdir / 'tfds').absolute())
   mesh = sharding.make_mesh()
   rows = {}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from cxr_jax.data import pipeline
+from cxr_jax.data import image_cache, pipeline
 from tests.conftest import TINY_PHANTOM
 
 
@@ -121,13 +121,13 @@ def full_label(source, i):
 
 def test_image_cache_holds_the_same_images_and_is_reused(source):
   import os
-  cache = pipeline.image_cache(source)
+  cache = image_cache.for_split(source)
   assert len(cache) == len(source)
   for i in (0, 17, len(source) - 1):
     np.testing.assert_array_equal(cache[i]['image'], source[i]['image'])
   assert cache[0]['image'].dtype == np.uint8
   stamp = os.stat(cache.path).st_mtime_ns
-  again = pipeline.image_cache(source)
+  again = image_cache.for_split(source)
   assert again.path == cache.path and os.stat(again.path).st_mtime_ns == stamp
   with pytest.raises(ValueError, match=r"not \['label'\]"):
     cache.decoding(('image', 'label'))
@@ -148,7 +148,7 @@ def test_image_cache_holds_the_same_images_and_is_reused(source):
 
 
 def test_a_stale_image_cache_is_refused(source, tmp_path):
-  cache = pipeline.image_cache(source)
+  cache = image_cache.for_split(source)
   from array_record.python.array_record_module import ArrayRecordWriter
   bad = tmp_path / 'bad.array_record'
   writer = ArrayRecordWriter(str(bad), 'group_size:1,uncompressed')
@@ -158,7 +158,7 @@ def test_a_stale_image_cache_is_refused(source, tmp_path):
   shutil.copy(bad, cache.path)
   try:
     with pytest.raises(ValueError, match='holds 1 images for the 64 examples'):
-      pipeline.image_cache(source)
+      image_cache.for_split(source)
   finally:
     import os
     os.remove(cache.path)
@@ -195,7 +195,7 @@ def test_image_cache_on_a_read_only_dataset_falls_back_to_the_records(
     os.chmod(folder, 0o555)
   try:
     with caplog.at_level(logging.WARNING, logger='cxr_jax'):
-      assert pipeline.image_cache(source) is None
+      assert image_cache.for_split(source) is None
   finally:
     os.chmod(folder, 0o755)
   assert 'image cache: cannot write' in caplog.text and 'reading the TFDS records' in caplog.text

@@ -11,7 +11,7 @@ import pytest
 from jax import monitoring
 
 from configs import default
-from cxr_jax import configuration, pretraining
+from cxr_jax import pretraining, regimes
 from cxr_jax.curriculum import schedule
 from cxr_jax.train import compute, sharding
 from tests.test_experiment import tiny_config
@@ -95,13 +95,13 @@ def test_matched_by_flops_gives_the_single_stage_the_curriculum_flops():
   217.5 steps at 64 px, so 218 (by images it would be 270)."""
   config = default.get_config()
   config.pretrain.match = 'flops'
-  assert configuration.matched_steps(config.pretrain, _stage_total(config.pretrain)) == 218
+  assert regimes.matched_steps(config.pretrain, _stage_total(config.pretrain)) == 218
   assert math.ceil((120 * _per_size(48) + 150 * _per_size(64)) / _per_size(64)) == 218
   config.pretrain.match = 'images'
-  assert configuration.matched_steps(config.pretrain) == 270
+  assert regimes.matched_steps(config.pretrain) == 270
   config.pretrain.match = 'flops'
   with pytest.raises(ValueError, match="match='flops'"):
-    configuration.matched_steps(config.pretrain)
+    regimes.matched_steps(config.pretrain)
 
 
 def test_matched_by_flops_finds_the_fewest_steps_of_a_resized_stage():
@@ -114,11 +114,11 @@ def test_matched_by_flops_finds_the_fewest_steps_of_a_resized_stage():
   config.pretrain.stages[1].image_size = schedule('linear', 32, 64)
   total = _stage_total(config.pretrain)
   target = total(0, 12) + total(1, 15)
-  n = configuration.matched_steps(config.pretrain, total)
+  n = regimes.matched_steps(config.pretrain, total)
   assert total(1, n) >= target and total(1, n - 1) < target
   assert n == next(m for m in range(1, 100) if total(1, m) >= target)
   assert n > 15  # the 48 px stage's FLOPs on top of its own
-  matched = configuration.matched_config(config, total)
+  matched = regimes.matched_config(config, total)
   assert matched.pretrain.stages[1].steps == n and config.pretrain.stages[1].steps == 15
 
 

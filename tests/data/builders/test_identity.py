@@ -8,7 +8,7 @@ import types
 import pytest
 
 from cxr_jax.cli import prepare as prepare_cli
-from cxr_jax.data import identity, pipeline, prepare
+from cxr_jax.data import identity, image_cache, pipeline, prepare
 from cxr_jax.data.builders import _common, image_folder
 from cxr_jax.data.identity import DataIdentityError
 
@@ -128,7 +128,7 @@ def test_a_data_dir_inside_the_source_is_not_part_of_it(h, tmp_path):
   root = _csv_folder(h, tmp_path / 'a')
   builder = _prepare(root / 'tfds', root)
   assert builder.info.metadata['identity']['num_files'] == 5
-  pipeline.image_cache(pipeline.get_source(builder, 'train'))  # writes into root/tfds
+  image_cache.for_split(pipeline.get_source(builder, 'train'))  # writes into root/tfds
   _prepare(root / 'tfds', root)  # opens
 
 
