@@ -287,7 +287,9 @@ def make_monitor(finetune_data, model, image_size: int, mesh, data_dir: Path,
     knn_metrics = M.classification_metrics(query['label'], knn, names)
     return state, {'monitor/knn_acc': knn_metrics['accuracy'],
                    'monitor/knn_auroc': knn_metrics['auroc'],
-                   'monitor/linear_acc': float(np.mean(linear.argmax(-1) == query['label']))}
+                   'monitor/linear_acc': float(np.mean(linear.argmax(-1) == query['label'])),
+                   'monitor/linear_auroc':
+                       M.classification_metrics(query['label'], linear, names)['auroc']}
   return evaluate
 
 

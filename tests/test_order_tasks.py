@@ -2,6 +2,7 @@
 tool end to end on the tiny phantom (scores = the monitors' logged values, val only;
 curriculum overrides accepted by launch.py's config loader)."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -144,13 +145,9 @@ def test_scores_are_the_monitors_on_val_and_the_order_follows_them(ordered, tiny
     assert row['knn_auroc'] == monitor['monitor/knn_auroc']
     assert row['steps'] == STEPS and row['batch_size'] == 16 and row['images_seen'] == 48
     assert row['image_size'] == 32
-    # single-label: today's monitor logs the probe's accuracy, so the tool refits it for
-    # its AUROC; a monitor that logs the AUROC is used as it is
-    if 'monitor/linear_auroc' in monitor:
-      assert row['linear_auroc_source'] == 'monitor'
-      assert row['linear_auroc'] == monitor['monitor/linear_auroc']
-    else:
-      assert row['linear_auroc_source'] == 'probe'
+    # single-label monitors log the linear probe's AUROC too: the tool takes it as it is
+    assert row['linear_auroc_source'] == 'monitor'
+    assert row['linear_auroc'] == monitor['monitor/linear_auroc']
     # the linear AUROC: the probe on the candidate's final encoder, fit on train and
     # scored on val by sklearn's AUROC (the restored state: nothing is retrained)
     config = _tiny_config(workdir / task)
@@ -181,6 +178,29 @@ def test_scores_are_the_monitors_on_val_and_the_order_follows_them(ordered, tiny
     assert (f'| {task} | {r["knn_auroc"]:.3f} | {r["linear_auroc"]:.3f} | {means[task]:.3f} |'
             in table)
   assert f'Curriculum (stage order): {expected[0]} → {expected[1]}' in table
+
+
+def test_a_candidate_whose_monitor_logged_no_linear_auroc_gets_the_same_probe_refit(
+    ordered, tmp_path):
+  """A finished candidate of an earlier version (its monitor line without
+  `monitor/linear_auroc`): the tool refits the monitors' probe on the restored encoder,
+  trains nothing, and scores what the monitor would have logged."""
+  workdir, _ = ordered
+  task = TASKS[0]
+  task_dir = tmp_path / task
+  shutil.copytree(workdir / task, task_dir)
+  logged = _monitor_line(task_dir)['monitor/linear_auroc']
+  metrics = task_dir / 'metrics.jsonl'
+  rows = [json.loads(l) for l in metrics.read_text().splitlines()]
+  for r in rows:
+    r.pop('monitor/linear_auroc', None)
+  metrics.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  (task_dir / 'candidate.json').unlink()
+  row = order_tasks.run_candidate(_tiny_config(task_dir), task, task_dir,
+                                  sharding.make_mesh())
+  assert row['linear_auroc_source'] == 'probe'
+  assert row['linear_auroc'] == pytest.approx(logged, abs=1e-6)
+  assert len(metrics.read_text().splitlines()) == len(rows)  # no step ran
 
 
 def test_curriculum_overrides_are_accepted_by_the_launch_config_loader(ordered, tmp_path):

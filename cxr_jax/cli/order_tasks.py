@@ -23,10 +23,10 @@ Scores, val split only (the test split is never scored). The stage's online moni
 split as kNN bank and probe training set, val as queries) are forced on at the last step
 (config.pretrain.monitor_every = steps when it is 0), and the scores are what they log
 there in W/<task>/metrics.jsonl: `monitor/knn_auroc` and `monitor/linear_auroc` (for
-multi-label tasks the mean AUROC over the findings). Where the monitor logs no linear
-AUROC (single-label tasks, whose monitor logs `linear_acc`), the same probe
-(`eval.probes.linear_probe_fit` on the same features) is fit here on the final encoder and
-scored by `eval.metrics.classification_metrics` on val. Each candidate's scores and budget
+multi-label tasks the mean AUROC over the findings). Where the monitor line has no linear
+AUROC (a candidate trained before single-label monitors logged it, 2026-12-04), the same
+probe (`eval.probes.linear_probe_fit` on the same features) is fit here on the final
+encoder and scored by `eval.metrics.classification_metrics` on val. Each candidate's scores and budget
 are kept in W/<task>/candidate.json.
 
 Rules (`RULES`; `--score`: knn, linear, or mean = their mean): every rule ranks the
@@ -197,8 +197,8 @@ def _final_monitor(metrics_path: Path, job: str, step: int) -> dict:
 
 def _linear_probe_auroc(config, task: str, state, mesh, data_dir: Path) -> float:
   """Val AUROC of the monitors' logistic-regression probe on the final encoder's frozen
-  features (train split fit, val scored), for single-label tasks whose monitor logs only
-  the probe's accuracy."""
+  features (train split fit, val scored), for a candidate whose monitor logged only the
+  probe's accuracy (trained before single-label monitors logged its AUROC)."""
   stage = config.pretrain.stages[0]
   model = ssl.get_method(task).build_model(state_lib.encoder_from_config(config.model),
                                            config.pretrain[task])
@@ -357,8 +357,9 @@ def write_outputs(workdir: Path, rows: dict[str, dict], rule: str, score: str,
   if left_out:
     lines += ['Left out:', ''] + [f'- {t}: {why}' for t, why in left_out.items()] + ['']
   if any(r.get('linear_auroc_source') == 'probe' for r in ok):
-    lines += ['Linear AUROC of single-label tasks: the monitors\' logistic-regression probe '
-              'refit on the final encoder (the monitor logs only its accuracy).', '']
+    lines += ['Linear AUROC of candidates whose monitor logged only the probe\'s accuracy '
+              '(trained by an earlier version): the monitors\' logistic-regression probe '
+              'refit on the final encoder.', '']
   lines += ['Wall time: the candidate\'s run (compilation, steps, monitors, checkpoints) '
             'in the invocation that finished it (time before an interruption not counted); not '
             'the refit probe. Curriculum overrides and a config snippet: '
