@@ -1,8 +1,8 @@
 """Probes of frozen features: weighted kNN and a logistic-regression (linear) probe.
 
 Both are pure jax.numpy and jit-friendly, so the pretraining loop can run them as online
-monitors (`monitor/knn_acc`, `monitor/linear_acc`, their AUROCs) and the evaluation job as the linear and
-kNN protocols of the study.
+monitors (`monitor/knn_acc`, `monitor/linear_acc`, their AUROCs) and the evaluation job as
+the linear and kNN protocols of the study.
 """
 from __future__ import annotations
 
