@@ -40,9 +40,9 @@ from cxr_jax.eval import metrics as M
 from cxr_jax.eval import probes
 from cxr_jax.models import convert
 from cxr_jax.models.merge import merge_strict
+from cxr_jax.train import compute
 from cxr_jax.train import inference
 from cxr_jax.train import loop
-from cxr_jax.train import compute
 from cxr_jax.train import optim
 from cxr_jax.train import sharding
 from cxr_jax.train import state as state_lib

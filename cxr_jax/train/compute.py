@@ -13,8 +13,8 @@ that runs it: on GPU, XLA's analysis does not count the convolutions it hands to
 convolution and dot. Nothing is compiled: the unoptimised module is analysed (a trace and a
 lowering, charged to 'compile' in the time account). On the CPU backend the step's own
 lowering is that module: `pretraining.ResizingStep` hands it to `note_lowered` before
-compiling it, so a run on CPU counts its steps without tracing them a second time. XLA counts the multiply-adds that
-touch real pixels: a 'SAME'-padded convolution counts a little less than the textbook
+compiling it, so a run on CPU counts its steps without tracing them a second time.
+XLA counts the multiply-adds that touch real pixels: a 'SAME'-padded convolution counts a little less than the textbook
 2·H_out·W_out·K·K·C_in·C_out per image, which counts the padding too. The count is
 deterministic for a given program and JAX version (the model's own choices by backend,
 e.g. `models/resnet.py`'s CPU batch norm as dots, change it by well under 1%).
