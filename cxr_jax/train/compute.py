@@ -14,10 +14,11 @@ convolution and dot. Nothing is compiled: the unoptimised module is analysed (a 
 lowering, charged to 'compile' in the time account). On the CPU backend the step's own
 lowering is that module: `pretraining.ResizingStep` hands it to `note_lowered` before
 compiling it, so a run on CPU counts its steps without tracing them a second time.
-XLA counts the multiply-adds that touch real pixels: a 'SAME'-padded convolution counts a little less than the textbook
-2·H_out·W_out·K·K·C_in·C_out per image, which counts the padding too. The count is
-deterministic for a given program and JAX version (the model's own choices by backend,
-e.g. `models/resnet.py`'s CPU batch norm as dots, change it by well under 1%).
+XLA counts the multiply-adds that touch real pixels: a 'SAME'-padded convolution counts a
+little less than the textbook 2·H_out·W_out·K·K·C_in·C_out per image, which counts the
+padding too. The count is deterministic for a given program and JAX version (the model's
+own choices by backend, e.g. `models/resnet.py`'s CPU batch norm as dots, change it by
+well under 1%).
 """
 from __future__ import annotations
 
