@@ -169,8 +169,8 @@ def pretrained_encoders(config, inits, mesh, writer, workdir: Path, data_dir: Pa
       stage = cfg.pretrain.stages[plan.indices[0]].name
       with timing.phase('other', job=f'{plan.folder}/{stage}'):
         cfg = regimes.matched_config(cfg, counter(plan.config).stage_total,
-                                           reference=plan.reference,
-                                           reference_total=counter(plan.reference).stage_total)
+                                     reference=plan.reference,
+                                     reference_total=counter(plan.reference).stage_total)
     # config.pretrain.init='imagenet' starts every curriculum (not the single stages) from it
     start = (imagenet if config.pretrain.init == 'imagenet' and plan.reference is None
              and regime != 'ssl' else None)

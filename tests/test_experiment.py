@@ -134,6 +134,12 @@ def test_validate_names_the_bad_key(change, message):
   config = default.get_config()
   config.finetune.inits = 'scratch,ssl,curricular'
   change(config)
+  validates_or_names(config, message)
+
+
+def validates_or_names(config, message):
+  """`configuration.validate(config)` passes (message None) or raises a ValueError whose
+  text matches `message`."""
   if message is None:
     configuration.validate(config)
     return

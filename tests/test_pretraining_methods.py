@@ -12,7 +12,7 @@ import pytest
 from configs import default
 from cxr_jax import configuration, pretraining, ssl
 from cxr_jax.train import loop, sharding
-from tests.test_experiment import tiny_config
+from tests.test_experiment import tiny_config, validates_or_names
 
 
 def _same(x, y):
@@ -162,11 +162,7 @@ def test_methods_bring_their_optimizer_recipe():
 def test_validate_names_the_bad_method_key(change, message):
   config = default.get_config()
   change(config)
-  if message is None:
-    configuration.validate(config)
-    return
-  with pytest.raises(ValueError, match=message):
-    configuration.validate(config)
+  validates_or_names(config, message)
 
 
 def test_resuming_ignores_settings_of_methods_no_stage_runs(tmp_path):

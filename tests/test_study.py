@@ -160,7 +160,7 @@ def test_the_paper_config_runs_a_task_curriculum_against_each_task_alone(arg, st
   assert [(s.name, s.method) for s in c.pretrain.stages] == stages
   assert [s.name for s in c.pretrain.curricula.stages] == ['low_res', 'full_res']
   assert regimes.inits(c) == ['scratch', *(f'alone:{t}' for t, _ in stages), 'curricular',
-                                    'ssl_matched:stages', 'curriculum:stages']
+                              'ssl_matched:stages', 'curriculum:stages']
   assert c.pretrain.match == 'flops'
   c.phantom = 'size=32,seed=1'  # every stage's data follows the config's phantom
   assert {s.data.options for s in [*c.pretrain.stages, *c.pretrain.curricula.stages]} == \
